@@ -1,0 +1,9 @@
+"""distilbert-jax: sentence-embedding encoders (msmarco-distilbert-dot-v5 and BERT-family) in JAX/Flax."""
+
+from distilbert_jax.config import EncoderConfig
+from distilbert_jax.encoder import SentenceEncoder
+from distilbert_jax.model import Encoder
+from distilbert_jax.pooling import PoolingConfig
+
+__all__ = ["EncoderConfig", "Encoder", "PoolingConfig", "SentenceEncoder"]
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+"""Model directories: reading sentence-transformers/HF and our own, writing ours, exporting to sentence-transformers.
+
+Our directory (`distilbert_jax.json` marks it) needs no torch:
+  distilbert_jax.json   max_seq_length, do_lower_case, pooling, format version
+  config.json           the HF config of the encoder
+  params.safetensors    Flax parameters, keys like `transformer/layer_0/attention/q_lin/kernel`
+  tokenizer.json, ...   the tokenizer files, as they came
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from distilbert_jax import checkpoint
+from distilbert_jax.config import EncoderConfig
+from distilbert_jax.pooling import PoolingConfig, read_sentence_transformers_modules
+from distilbert_jax.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
+
+JAX_MARKER = "distilbert_jax.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  config: EncoderConfig
+  params: dict
+  pooling: PoolingConfig
+  max_seq_length: int
+  do_lower_case: bool
+  tokenizer_dir: Path
+  source: str
+
+
+def load(model_dir: str | Path) -> LoadedModel:
+  """A sentence-transformers directory, a plain HF encoder directory, or one of ours."""
+  model_dir = Path(model_dir)
+  if not model_dir.is_dir():
+    raise FileNotFoundError(f"{model_dir}: not a directory")
+  if (model_dir / JAX_MARKER).exists():
+    return _load_jax_dir(model_dir)
+  return _load_sentence_transformers_dir(model_dir)
+
+
+def _load_sentence_transformers_dir(model_dir: Path) -> LoadedModel:
+  transformer_path, pooling = read_sentence_transformers_modules(model_dir)
+  encoder_dir = model_dir / transformer_path
+  config = EncoderConfig.from_file(encoder_dir / "config.json")
+  tensors, source = checkpoint.read_tensors(encoder_dir)
+  params = checkpoint.torch_to_flax(tensors, config, source)
+  st_config_file = encoder_dir / "sentence_bert_config.json"
+  st_config = json.loads(st_config_file.read_text()) if st_config_file.exists() else {}
+  max_seq_length = st_config.get("max_seq_length") or _tokenizer_max_length(encoder_dir, config)
+  return LoadedModel(config, params, pooling, int(max_seq_length), bool(st_config.get("do_lower_case", False)),
+                     encoder_dir, str(model_dir))
+
+
+def _tokenizer_max_length(encoder_dir: Path, config: EncoderConfig) -> int:
+  # sentence-transformers' rule without sentence_bert_config.json: min(model positions, tokenizer limit).
+  limit = config.max_position_embeddings
+  tok_config = encoder_dir / "tokenizer_config.json"
+  if tok_config.exists():
+    limit = min(limit, int(json.loads(tok_config.read_text()).get("model_max_length", limit)))
+  return limit
+
+
+def _load_jax_dir(model_dir: Path) -> LoadedModel:
+  meta = json.loads((model_dir / JAX_MARKER).read_text())
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{model_dir / JAX_MARKER}: format_version {meta.get('format_version')} is not "
+                     f"{FORMAT_VERSION}")
+  config = EncoderConfig.from_file(model_dir / "config.json")
+  flat = checkpoint.read_safetensors(model_dir / "params.safetensors")
+  expected = checkpoint.parameter_shapes(config)
+  got = {tuple(k.split("/")): v for k, v in flat.items()}
+  missing = sorted("/".join(k) for k in set(expected) - set(got))
+  unexpected = sorted("/".join(k) for k in set(got) - set(expected))
+  misshaped = sorted(f"{'/'.join(k)}: expected {expected[k]}, got {got[k].shape}"
+                     for k in set(got) & set(expected) if tuple(got[k].shape) != expected[k])
+  if missing or unexpected or misshaped:
+    raise checkpoint.CheckpointError(
+        f"{model_dir / 'params.safetensors'} does not match {model_dir / 'config.json'}: "
+        f"missing {missing}, unexpected {unexpected}, wrong shape {misshaped}")
+  pooling = PoolingConfig(modes=tuple(meta["pooling"]["modes"]), normalize=bool(meta["pooling"]["normalize"]))
+  return LoadedModel(config, checkpoint.nest_params(got), pooling, int(meta["max_seq_length"]),
+                     bool(meta["do_lower_case"]), model_dir, str(model_dir))
+
+
+def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  flat = {"/".join(path): np.asarray(v, np.float32) for path, v in checkpoint.flatten_params(model.params).items()}
+  checkpoint.write_safetensors(out_dir / "params.safetensors", flat, metadata={"format": "distilbert-jax"})
+  model.config.save(out_dir / "config.json")
+  copy_tokenizer_files(model.tokenizer_dir, out_dir)
+  meta = {
+      "format_version": FORMAT_VERSION,
+      "max_seq_length": model.max_seq_length,
+      "do_lower_case": model.do_lower_case,
+      "pooling": {"modes": list(model.pooling.modes), "normalize": model.pooling.normalize},
+      "source": model.source,
+  }
+  (out_dir / JAX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks it complete
+  return out_dir
+
+
+def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) -> Path:
+  """The sentence-transformers layout (model at the root, 1_Pooling, 2_Normalize) that PyTorch loads."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tensors = checkpoint.flax_to_torch(model.params, model.config)
+  checkpoint.write_safetensors(out_dir / "model.safetensors", tensors, metadata={"format": "pt"})
+  model.config.save(out_dir / "config.json")
+  copy_tokenizer_files(model.tokenizer_dir, out_dir)
+  (out_dir / "sentence_bert_config.json").write_text(json.dumps(
+      {"max_seq_length": model.max_seq_length, "do_lower_case": model.do_lower_case}, indent=2) + "\n")
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  (out_dir / "1_Pooling").mkdir(exist_ok=True)
+  (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(
+      model.pooling.to_sentence_transformers_config(model.config.hidden_size), indent=2) + "\n")
+  if model.pooling.normalize:
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (out_dir / "2_Normalize").mkdir(exist_ok=True)
+  elif (out_dir / "2_Normalize").exists():
+    shutil.rmtree(out_dir / "2_Normalize")
+  (out_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+  return out_dir
+
+
+__all__ = ["LoadedModel", "load", "save_jax_dir", "export_sentence_transformers_dir", "TOKENIZER_FILES"]

@@ -1,0 +1,126 @@
+"""Pooling token embeddings into sentence embeddings, as sentence-transformers' `Pooling` and `Normalize`.
+
+Pooling works per segment so that packed rows (several texts in one row) and plain padded rows share one code
+path: segment s (1-based) of row b becomes output [b, s-1]. A plain batch is the case of one segment per row.
+Everything here runs in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# sentence-transformers' legacy boolean keys, in the order it concatenates the outputs.
+_LEGACY_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+SUPPORTED_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolingConfig:
+  modes: tuple[str, ...] = ("mean",)
+  normalize: bool = False
+
+  def __post_init__(self):
+    unsupported = [m for m in self.modes if m not in SUPPORTED_MODES]
+    if unsupported or not self.modes:
+      raise ValueError(f"pooling modes {unsupported or '()'} are not supported; supported: {SUPPORTED_MODES}")
+
+  @classmethod
+  def from_sentence_transformers_config(cls, pooling: dict[str, Any], normalize: bool,
+                                        source: str = "1_Pooling/config.json") -> "PoolingConfig":
+    if "pooling_mode" in pooling:
+      mode = pooling["pooling_mode"]
+      modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    else:
+      modes = tuple(name for key, name in _LEGACY_KEYS.items() if pooling.get(key))
+    if not pooling.get("include_prompt", True):
+      raise ValueError(f"{source}: include_prompt=false is not supported")
+    try:
+      return cls(modes=modes, normalize=normalize)
+    except ValueError as e:
+      raise ValueError(f"{source}: {e}") from None
+
+  def to_sentence_transformers_config(self, dim: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"word_embedding_dimension": dim}
+    out.update({key: name in self.modes for key, name in _LEGACY_KEYS.items()})
+    out["include_prompt"] = True
+    return out
+
+  def output_dim(self, hidden_size: int) -> int:
+    return hidden_size * len(self.modes)
+
+
+def read_sentence_transformers_modules(model_dir: Path) -> tuple[str, PoolingConfig]:
+  """(transformer subfolder, pooling) from `modules.json`; a plain HF directory means mean pooling."""
+  modules_file = model_dir / "modules.json"
+  if not modules_file.exists():
+    return "", PoolingConfig()
+  modules = json.loads(modules_file.read_text())
+  transformer_path, pooling, normalize = None, None, False
+  for module in modules:
+    kind = module["type"].rsplit(".", 1)[-1]
+    if kind == "Transformer":
+      transformer_path = module["path"]
+    elif kind == "Pooling":
+      pooling = json.loads((model_dir / module["path"] / "config.json").read_text())
+      pooling_source = str(model_dir / module["path"] / "config.json")
+    elif kind == "Normalize":
+      normalize = True
+    else:
+      raise ValueError(f"{modules_file}: module type {module['type']!r} is not supported "
+                       "(supported: Transformer, Pooling, Normalize)")
+  if transformer_path is None:
+    raise ValueError(f"{modules_file}: no sentence_transformers Transformer module listed")
+  if pooling is None:
+    return transformer_path, PoolingConfig(normalize=normalize)
+  return transformer_path, PoolingConfig.from_sentence_transformers_config(pooling, normalize, pooling_source)
+
+
+def pool(token_embeddings: Array, segment_ids: Array, positions: Array, num_segments: int,
+         config: PoolingConfig) -> Array:
+  """[B, T, D] token embeddings -> [B, num_segments, D * len(modes)] sentence embeddings, float32."""
+  x = token_embeddings.astype(jnp.float32)  # [B, T, D]
+  seg = jnp.arange(1, num_segments + 1)
+  member = (segment_ids[:, None, :] == seg[None, :, None]).astype(jnp.float32)  # [B, S, T]
+  count = member.sum(-1)[..., None]  # [B, S, 1]
+  hp = jax.lax.Precision.HIGHEST
+  outputs = []
+  for mode in config.modes:
+    if mode == "cls":
+      first = member * (positions[:, None, :] == 0)  # [B, S, T]: the segment's first token
+      outputs.append(jnp.einsum("bst,btd->bsd", first, x, precision=hp))
+    elif mode == "max":
+      batch, length, dim = x.shape
+      # segment_max over flattened rows avoids a [B, S, T, D] intermediate; padding goes to a dropped bucket.
+      flat_ids = jnp.where(segment_ids > 0, jnp.arange(batch)[:, None] * num_segments + segment_ids - 1,
+                           batch * num_segments).reshape(-1)
+      best = jax.ops.segment_max(x.reshape(-1, dim), flat_ids, num_segments=batch * num_segments + 1)
+      outputs.append(best[:-1].reshape(batch, num_segments, dim))
+    else:
+      total = jnp.einsum("bst,btd->bsd", member, x, precision=hp)  # [B, S, D]
+      denom = jnp.maximum(count, 1e-9)
+      outputs.append(total / (denom if mode == "mean" else jnp.sqrt(denom)))
+  pooled = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+  if config.normalize:
+    pooled = normalize(pooled)
+  return pooled
+
+
+def normalize(x: Array) -> Array:
+  """L2 normalisation as torch.nn.functional.normalize (eps 1e-12)."""
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

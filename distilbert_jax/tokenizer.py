@@ -1,0 +1,69 @@
+"""WordPiece tokenisation with the Rust `tokenizers` library, as sentence-transformers' Transformer module does it.
+
+Texts are stripped (and lower-cased when `sentence_bert_config.json` says `do_lower_case`), wrapped in
+[CLS] ... [SEP] and truncated to `max_seq_length`. Padding is not done here: the encoder packs and pads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+# Files that make up a tokenizer, copied as they are when a model directory is saved or exported.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+class WordPieceTokenizer:
+
+  def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False):
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_seq_length)
+    self.backend = tokenizer
+    self.max_seq_length = max_seq_length
+    self.do_lower_case = do_lower_case
+    self.pad_token_id = tokenizer.token_to_id("[PAD]") or 0
+
+  @classmethod
+  def from_dir(cls, path: str | Path, max_seq_length: int, do_lower_case: bool = False) -> "WordPieceTokenizer":
+    """From `tokenizer.json`, or else `vocab.txt` with the options in `tokenizer_config.json`."""
+    path = Path(path)
+    if (path / "tokenizer.json").exists():
+      return cls(Tokenizer.from_file(str(path / "tokenizer.json")), max_seq_length, do_lower_case)
+    if not (path / "vocab.txt").exists():
+      raise FileNotFoundError(f"{path}: neither tokenizer.json nor vocab.txt found")
+    options = {}
+    if (path / "tokenizer_config.json").exists():
+      options = json.loads((path / "tokenizer_config.json").read_text())
+    lowercase = options.get("do_lower_case", True)
+    strip_accents = options.get("strip_accents")
+    built = BertWordPieceTokenizer(
+        str(path / "vocab.txt"),
+        clean_text=True,
+        handle_chinese_chars=options.get("tokenize_chinese_chars", True),
+        strip_accents=lowercase if strip_accents is None else strip_accents,  # BERT: accents go with case
+        lowercase=lowercase,
+    )
+    return cls(built._tokenizer, max_seq_length, do_lower_case)
+
+  def prepare(self, text: str) -> str:
+    text = text.strip()
+    return text.lower() if self.do_lower_case else text
+
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    """Token ids per text ([CLS] ... [SEP], truncated), int32, in input order."""
+    encodings = self.backend.encode_batch([self.prepare(t) for t in texts])
+    return [np.asarray(e.ids, np.int32) for e in encodings]
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+  copied = [name for name in TOKENIZER_FILES if (src / name).exists()]
+  if not copied:
+    raise FileNotFoundError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+  for name in copied:
+    shutil.copyfile(src / name, dst / name)
