@@ -43,7 +43,7 @@ def _linear(x, p):
 
 def token_embeddings(params: dict, config: EncoderConfig, ids: np.ndarray) -> np.ndarray:
   """One unpadded sequence of token ids [T] -> [T, D] float64."""
-  p = _to_float64(params)
+  p = to_float64(params)
   t = len(ids)
   x = p["embeddings"]["word_embeddings"][ids] + p["embeddings"]["position_embeddings"][:t]
   x = _layer_norm(x, p["embeddings"]["LayerNorm"], config.layer_norm_eps)
@@ -70,7 +70,7 @@ def sentence_embedding(params: dict, config: EncoderConfig, pooling: PoolingConf
   return out / max(np.linalg.norm(out), 1e-12) if pooling.normalize else out
 
 
-def _to_float64(tree):
+def to_float64(tree):
   if isinstance(tree, dict):
-    return {k: _to_float64(v) for k, v in tree.items()}
+    return {k: to_float64(v) for k, v in tree.items()}
   return np.asarray(tree, np.float64)

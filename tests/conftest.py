@@ -9,48 +9,13 @@ import numpy as np
 import pytest
 
 from conversion.make_reference_checkpoint import make_reference_checkpoint, minilm_dir
+from distilbert_jax.parity import SAMPLE_TEXTS
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 if not SCIFACT.exists():
   SCIFACT = Path(os.environ.get("SCIFACT_DIR", "../shared/data/scifact")).resolve()
 
-# Varied texts: short, longer than 512 tokens, punctuation, accents, CJK, emoji, empty and whitespace-only.
-TEXTS = [
-    "what is the capital of france?",
-    "Paris is the capital and most populous city of France.",
-    "",
-    "   ",
-    "\t\n",
-    "A café in Zürich serves crème brûlée and piña colada.",
-    "Ångström, naïve, façade, résumé, coöperate, Øresund, Łódź.",
-    "日本語のテキストを埋め込みます。",
-    "中文句子也应该被正确地处理。",
-    "한국어 문장도 포함합니다.",
-    "Emoji time 🎉🚀🔥 with 👩‍👩‍👧 family and flags 🇫🇷🇯🇵",
-    "!!!???...;;;:::---(((brackets)))[[[square]]]{{{curly}}}",
-    "e-mail: someone@example.com, url: https://example.org/path?q=1&x=2#frag",
-    "Numbers 3.14159, 2,718, 1e-12 and -42 and 10^6.",
-    "UPPER CASE TEXT SHOULD BE LOWERED BY THE UNCASED VOCAB",
-    "   leading and trailing whitespace   ",
-    "tabs\tand\nnewlines\r\ninside",
-    "a",
-    "the " * 20,
-    " ".join(f"word{i}" for i in range(300)),  # WordPiece splits each into several tokens: > 512
-    "Long passage. " * 400,  # far past 512 tokens: truncated
-    "Supercalifragilisticexpialidocious antidisestablishmentarianism pneumonoultramicroscopic",
-    "Mixed 日本 and English and émoji 😀 in one sentence.",
-    "Σωκράτης ήταν Έλληνας φιλόσοφος.",
-    "Москва — столица России.",
-    "مرحبا بالعالم",
-    "शब्द और वाक्य",
-    "Diabetes mellitus type 2 is associated with insulin resistance.",
-    "The mitochondria is the powerhouse of the cell.",
-    "COVID-19 vaccines reduce hospitalisation rates in older adults.",
-    "BRCA1 mutations increase breast cancer risk.",
-    "[CLS] [SEP] [PAD] [MASK] [UNK] literal special tokens",
-    "\u00a0non-breaking\u00a0spaces\u200band zero-width",
-    "x" * 1000,
-]
+TEXTS = SAMPLE_TEXTS
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,181 @@
+"""The `distilbert-jax` command: convert, encode, search, eval, parity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "msmarco-distilbert-dot-v5"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--model", default=DEFAULT_MODEL,
+                 help=f"hub id (resolved through the Hugging Face cache) or local model directory "
+                      f"(default: {DEFAULT_MODEL})")
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+  p.add_argument("--batch-size", type=int, default=32)
+
+
+def _load_encoder(args):
+  from distilbert_jax.encoder import SentenceEncoder
+  from distilbert_jax.hub import ModelNotFoundError
+  try:
+    return SentenceEncoder.from_pretrained(args.model, dtype=args.dtype)
+  except ModelNotFoundError as e:
+    sys.exit(f"error: {e}")
+
+
+def _read_lines(path: str) -> list[str]:
+  """Texts one per line from a file, or from standard input for '-'."""
+  if path == "-":
+    return [line.rstrip("\n") for line in sys.stdin]
+  with open(path, encoding="utf-8") as f:
+    return [line.rstrip("\n") for line in f]
+
+
+def _read_corpus(path: str) -> tuple[list[str], list[str]]:
+  """(ids, texts) from a BEIR directory, a corpus.jsonl[.gz], a TSV of id<TAB>text, or plain lines."""
+  from distilbert_jax import retrieval
+  p = Path(path)
+  if p.is_dir() or p.name.endswith((".jsonl", ".jsonl.gz")):
+    file = retrieval.find_beir_file(p, "corpus") if p.is_dir() else p
+    docs = [(str(d["_id"]), retrieval.document_text(d)) for _, d in retrieval.read_jsonl(file)]
+    return [d[0] for d in docs], [d[1] for d in docs]
+  lines = _read_lines(path)
+  if p.suffix == ".tsv":
+    rows = [line.split("\t", 1) for line in lines]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) != 2]
+    if bad:
+      sys.exit(f"error: {path}:{bad[0]}: expected id<TAB>text")
+    return [r[0] for r in rows], [r[1] for r in rows]
+  return [str(i + 1) for i in range(len(lines))], lines
+
+
+def cmd_encode(args) -> None:
+  import numpy as np
+  texts = _read_lines(args.input)
+  encoder = _load_encoder(args)
+  start = time.perf_counter()
+  embeddings = encoder.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize,
+                              show_progress_bar=not args.quiet)
+  np.save(args.out, embeddings)
+  print(f"{len(texts)} texts -> {args.out} {embeddings.shape} in {time.perf_counter() - start:.1f}s",
+        file=sys.stderr)
+
+
+def cmd_search(args) -> None:
+  import numpy as np
+  from distilbert_jax.scoring import semantic_search
+  queries = list(args.query or []) + (_read_lines(args.queries) if args.queries else [])
+  if not queries:
+    sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
+  ids, texts = _read_corpus(args.corpus)
+  encoder = _load_encoder(args)
+  if args.embeddings and Path(args.embeddings).exists():
+    corpus_embeddings = np.load(args.embeddings, mmap_mode="r")
+    if len(corpus_embeddings) != len(texts):
+      sys.exit(f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has "
+               f"{len(texts)} documents")
+  else:
+    corpus_embeddings = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=True)
+    if args.embeddings:
+      np.save(args.embeddings, corpus_embeddings)
+      print(f"saved corpus embeddings to {args.embeddings}", file=sys.stderr)
+  query_embeddings = encoder.encode(queries, batch_size=args.batch_size)
+  results = semantic_search(query_embeddings, corpus_embeddings, top_k=args.top_k, score_function=args.score)
+  for query, hits in zip(queries, results):
+    print(f"\nquery: {query}")
+    for rank, hit in enumerate(hits, 1):
+      text = texts[hit["corpus_id"]].replace("\n", " ")
+      print(f"{rank:3d}. {hit['score']:9.4f}  [{ids[hit['corpus_id']]}]  {text[:110]}")
+
+
+def cmd_eval(args) -> None:
+  from distilbert_jax import retrieval
+  from distilbert_jax.scoring import semantic_search
+  data = retrieval.load_beir(args.beir_dir, split=args.split, max_docs=args.max_docs)
+  encoder = _load_encoder(args)
+  start = time.perf_counter()
+  corpus = encoder.encode(data.corpus_texts, batch_size=args.batch_size, show_progress_bar=not args.json)
+  queries = encoder.encode(data.query_texts, batch_size=args.batch_size)
+  results = semantic_search(queries, corpus, top_k=100, score_function=args.score)
+  metrics = retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids),
+                               data.qrels)
+  if args.json:
+    print(json.dumps({"model": args.model, "split": args.split, "documents": len(data.corpus_ids),
+                      "queries": len(data.query_ids), **metrics}))
+    return
+  print(f"{args.beir_dir} ({args.split}): {len(data.query_ids)} queries, {len(data.corpus_ids)} documents, "
+        f"{time.perf_counter() - start:.1f}s")
+  for name, value in metrics.items():
+    print(f"  {name:<11} {value:.4f}")
+
+
+def cmd_parity(args) -> None:
+  from distilbert_jax.parity import parity_report
+  report = parity_report(args.model_dir, use_torch=not args.no_torch)
+  if args.json:
+    print(json.dumps(report))
+    return
+  print(f"{'comparison':<17} {'max abs diff':>13} {'min cosine':>12} {'top-5 agree':>12}")
+  for name, row in report.items():
+    print(f"{name:<17} {row['max_abs_diff']:13.3g} {row['min_cosine']:12.9f} {row['top_k_agreement']:12.1%}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="distilbert-jax", description="Sentence embeddings in JAX: "
+                                   "msmarco-distilbert-dot-v5 and BERT-family encoders, with PyTorch parity.")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  from conversion import convert
+  p = sub.add_parser("convert", help="convert a checkpoint (sentence-transformers <-> distilbert-jax)",
+                     description=convert.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  convert.add_arguments(p)
+  p.set_defaults(func=convert.run)
+
+  p = sub.add_parser("encode", help="encode texts (one per line) to a .npy file")
+  p.add_argument("input", help="text file, one text per line; '-' for stdin")
+  p.add_argument("--out", required=True, help="output .npy")
+  p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  _add_model_args(p)
+  p.set_defaults(func=cmd_encode)
+
+  p = sub.add_parser("search", help="semantic search of queries against a corpus")
+  p.add_argument("--corpus", required=True,
+                 help="BEIR directory or corpus.jsonl[.gz], TSV of id<TAB>text, or a text file (one doc a line)")
+  p.add_argument("--query", action="append", help="a query (repeatable)")
+  p.add_argument("--queries", help="file of queries, one per line; '-' for stdin")
+  p.add_argument("--embeddings", help="corpus embeddings .npy: read if it exists, else written after encoding")
+  p.add_argument("--top-k", type=int, default=10)
+  p.add_argument("--score", choices=("dot", "cos_sim"), default="dot")
+  _add_model_args(p)
+  p.set_defaults(func=cmd_search)
+
+  p = sub.add_parser("eval", help="retrieval metrics (nDCG@10, MRR@10, Recall@100) on a BEIR directory")
+  p.add_argument("beir_dir")
+  p.add_argument("--split", default="test")
+  p.add_argument("--max-docs", type=int, help="first N documents plus every judged one (for quick runs)")
+  p.add_argument("--score", choices=("dot", "cos_sim"), default="dot")
+  p.add_argument("--json", action="store_true", help="one JSON line for scripts")
+  _add_model_args(p)
+  p.set_defaults(func=cmd_eval)
+
+  p = sub.add_parser("parity", help="JAX vs PyTorch vs float64 NumPy oracle on a model directory")
+  p.add_argument("model_dir")
+  p.add_argument("--no-torch", action="store_true", help="compare to the oracle only")
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=cmd_parity)
+  return parser
+
+
+def main(argv=None) -> None:
+  args = build_parser().parse_args(argv)
+  args.func(args)
+
+
+if __name__ == "__main__":
+  main()
