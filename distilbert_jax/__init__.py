@@ -4,6 +4,7 @@ from distilbert_jax.config import EncoderConfig
 from distilbert_jax.encoder import SentenceEncoder
 from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import PoolingConfig
+from distilbert_jax.scoring import cos_sim, dot_score, semantic_search
 
-__all__ = ["EncoderConfig", "Encoder", "PoolingConfig", "SentenceEncoder"]
+__all__ = ["EncoderConfig", "Encoder", "PoolingConfig", "SentenceEncoder", "cos_sim", "dot_score", "semantic_search"]
 __version__ = "0.1.0"

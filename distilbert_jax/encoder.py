@@ -56,6 +56,7 @@ class SentenceEncoder:
     # Matrices are stored in the compute dtype (half the memory in bf16); vectors (biases, LayerNorm) stay float32.
     cast = lambda p: np.asarray(p, compute if np.ndim(p) >= 2 else np.float32)
     self.params = jax.device_put(jax.tree_util.tree_map(cast, loaded.params), NamedSharding(self.mesh, PartitionSpec()))
+    self.last_encode_stats: dict[str, int] = {}  # real vs computed tokens of the last encode call
     self._forward = jax.jit(functools.partial(_forward, self.module, self.pooling),
                             static_argnames=("num_segments", "output"))
 
@@ -104,12 +105,32 @@ class SentenceEncoder:
       result = np.asarray(normalize(jnp.asarray(result)))
     return result[0] if single else result
 
-  def _run(self, texts: list[str], batch_size: int, packing: bool, output: str,
-           show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Batch, np.ndarray]]:
-    """(chunk's input indices, batch, device output as numpy) for every batch, in completion order."""
+  def warmup(self, sentences: Sequence[str], batch_size: int = 32, packing: bool = True) -> int:
+    """Compiles every batch shape `encode(sentences, ...)` will use, running one batch of each; returns how
+    many shapes that was."""
+    shapes = {}
+    for batch in self._plan(self.tokenizer.encode_batch(list(sentences)), batch_size, packing):
+      shapes.setdefault(batch.input_ids.shape, batch)
+    for batch in shapes.values():
+      self._dispatch(batch, "sentence_embedding").block_until_ready()
+    return len(shapes)
+
+  def _plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool) -> Iterator[Batch]:
+    """Batches whose row counts are multiples of the device count (a full one, and a small one for tails)."""
     n_dev = len(self.devices)
     rows = -(-batch_size // n_dev) * n_dev
     small_rows = -(-max(1, rows // 8) // n_dev) * n_dev
+    return plan_batches(token_ids, rows, self.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows)
+
+  def _dispatch(self, batch: Batch, output: str) -> jax.Array:
+    """Starts the batch on the devices (rows sharded over `data`) and returns without waiting."""
+    arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
+    return self._forward(self.params, *arrays, num_segments=batch.text_index.shape[1], output=output)
+
+  def _run(self, texts: list[str], batch_size: int, packing: bool, output: str,
+           show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Batch, np.ndarray]]:
+    """(chunk's input indices, batch, device output as numpy) for every batch, in completion order."""
+    stats = self.last_encode_stats = {"texts": len(texts), "real_tokens": 0, "computed_tokens": 0, "batches": 0}
     progress = _Progress(len(texts), enabled=show_progress_bar)
     chunks = [np.arange(s, min(s + CHUNK_TEXTS, len(texts))) for s in range(0, len(texts), CHUNK_TEXTS)]
 
@@ -123,11 +144,11 @@ class SentenceEncoder:
         indices, token_ids = futures[k].result()
         if k + 1 < len(chunks):  # tokenise the next chunk while this one computes
           futures.append(pool_.submit(tokenize, chunks[k + 1]))
-        for batch in plan_batches(token_ids, rows, self.max_seq_length, packing, self.tokenizer.pad_token_id,
-                                  small_rows):
-          arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
-          out = self._forward(self.params, *arrays, num_segments=batch.text_index.shape[1], output=output)
-          pending.append((indices, batch, out))
+        for batch in self._plan(token_ids, batch_size, packing):
+          stats["real_tokens"] += batch.real_tokens
+          stats["computed_tokens"] += batch.input_ids.size
+          stats["batches"] += 1
+          pending.append((indices, batch, self._dispatch(batch, output)))
           if len(pending) > 2:  # keep two batches in flight
             done = pending.pop(0)
             progress.update(done[1])

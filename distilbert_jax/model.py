@@ -44,6 +44,16 @@ def activation_fn(name: str):
   }[name]
 
 
+def attention_bias(segment_ids: Array) -> Array:
+  """[B, T] segment ids -> [B, 1, T, S] additive bias: 0 within a segment, float32 min elsewhere.
+
+  Built once per forward pass, not per layer. Padding queries see nothing and get a uniform row that no
+  output uses.
+  """
+  allowed = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)  # [B, T, S]
+  return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None].astype(jnp.float32)
+
+
 class Linear(nn.Module):
   """y = x @ kernel + bias, kernel [in, out] (the transpose of torch's weight), float32 accumulation."""
 
@@ -101,7 +111,7 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, segment_ids: Array, deterministic: bool) -> tuple[Array, Array]:
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
     cfg = self.config
     dense = lambda name: Linear(cfg.hidden_size, self.dtype, self.param_dtype, name=name)
     split_heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, H, K]
@@ -111,10 +121,7 @@ class Attention(nn.Module):
 
     logits = jnp.einsum("bthk,bshk->bhts", q, k, precision=_precision(self.dtype),
                         preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)  # [B, H, T, S]
-    # Same segment, and not padding. Padding queries see nothing and get a uniform row that no output uses.
-    allowed = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)  # [B, T, S]
-    logits = jnp.where(allowed[:, None], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S], float32
+    weights = jax.nn.softmax(logits + bias, axis=-1)  # [B, H, T, S], float32
     dropped = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
 
     context = jnp.einsum("bhts,bshk->bthk", dropped.astype(self.dtype), v, precision=_precision(self.dtype),
@@ -145,9 +152,9 @@ class Block(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, segment_ids: Array, deterministic: bool) -> tuple[Array, Array]:
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
     cfg = self.config
-    attn_out, weights = Attention(cfg, self.dtype, self.param_dtype, name="attention")(x, segment_ids, deterministic)
+    attn_out, weights = Attention(cfg, self.dtype, self.param_dtype, name="attention")(x, bias, deterministic)
     if cfg.model_type == "bert":  # BERT drops out the attention output; DistilBERT does not.
       attn_out = nn.Dropout(cfg.dropout)(attn_out, deterministic=deterministic)
     x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="sa_layer_norm")(
@@ -166,10 +173,10 @@ class Transformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, segment_ids: Array, deterministic: bool) -> tuple[list[Array], list[Array]]:
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[list[Array], list[Array]]:
     hidden_states, attentions = [x], []
     for i in range(self.config.num_layers):
-      x, weights = Block(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(x, segment_ids, deterministic)
+      x, weights = Block(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(x, bias, deterministic)
       hidden_states.append(x)
       attentions.append(weights)
     return hidden_states, attentions
@@ -191,7 +198,7 @@ class Encoder(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
     x = Embeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(input_ids, positions, deterministic)
     hidden_states, attentions = Transformer(cfg, self.dtype, self.param_dtype, name="transformer")(
-        x, segment_ids, deterministic)
+        x, attention_bias(segment_ids), deterministic)
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:
       out["hidden_states"] = tuple(hidden_states)  # embeddings output, then each block's, as transformers

@@ -10,7 +10,7 @@ import transformers
 
 from distilbert_jax import checkpoint
 from distilbert_jax.config import EncoderConfig
-from distilbert_jax.model import Attention, Block, Embeddings, Encoder, FeedForward
+from distilbert_jax.model import Attention, Block, Embeddings, Encoder, FeedForward, attention_bias
 
 TOL = 1e-5
 B, T = 3, 11
@@ -64,11 +64,11 @@ def test_each_block_and_its_parts(activation):
   ids, mask = _inputs()
   x = model.embeddings(torch.from_numpy(ids))
   torch_mask = _torch_additive_mask(mask)
-  segment_ids = jnp.asarray(mask)
+  bias = attention_bias(jnp.asarray(mask))
   for i in range(cfg.num_layers):
     layer, p = model.transformer.layer[i], params["transformer"][f"layer_{i}"]
     attn_out, weights = Attention(cfg).apply({"params": p["attention"]}, jnp.asarray(x.detach().numpy()),
-                                             segment_ids, True)
+                                             bias, True)
     torch_attn, torch_weights = layer.attention(x, attention_mask=torch_mask)
     _close(attn_out, torch_attn, f"layer {i} attention output", mask)
     query_mask = mask.astype(bool)
@@ -77,7 +77,7 @@ def test_each_block_and_its_parts(activation):
     ffn_in = layer.sa_layer_norm(torch_attn + x)
     _close(FeedForward(cfg).apply({"params": p["ffn"]}, jnp.asarray(ffn_in.detach().numpy()), True),
            layer.ffn(ffn_in), f"layer {i} feed-forward")
-    block_out, _ = Block(cfg).apply({"params": p}, jnp.asarray(x.detach().numpy()), segment_ids, True)
+    block_out, _ = Block(cfg).apply({"params": p}, jnp.asarray(x.detach().numpy()), bias, True)
     x = layer(x, attention_mask=torch_mask)
     _close(block_out, x, f"layer {i} block", mask)
 

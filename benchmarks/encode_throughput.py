@@ -1,0 +1,92 @@
+"""Encoding throughput: our `encode` vs sentence-transformers' `encode`, each in its own process.
+
+The first 1,000 SciFact documents at the full msmarco-distilbert-dot-v5 config (random weights), CPU, batch 32,
+2 threads. Each side warms up first (torch on one batch; JAX compiles each batch shape it will use, running one
+batch of each), then encodes all documents once, timed. Prints tokens/s, ratios against torch float32, and padding efficiency (real / computed tokens).
+
+  python benchmarks/encode_throughput.py [--docs 1000] [--variants jax-f32,jax-bf16,jax-f32-nopack]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import msmarco_random_checkpoint, scifact_documents  # noqa: E402
+
+THREADS = 2
+
+
+def run_torch(docs, path, batch_size):
+  import torch
+  torch.set_num_threads(THREADS)
+  from sentence_transformers import SentenceTransformer
+  model = SentenceTransformer(str(path), device="cpu")
+  tokens = sum(len(t) for t in model.tokenizer([d.strip() for d in docs], truncation=True,
+                                               max_length=model.max_seq_length)["input_ids"])
+  model.encode(docs[:batch_size], batch_size=batch_size)  # warm-up
+  start = time.perf_counter()
+  model.encode(docs, batch_size=batch_size)
+  return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+
+def run_jax(docs, path, batch_size, dtype, packing):
+  from distilbert_jax import SentenceEncoder
+  model = SentenceEncoder.from_pretrained(path, dtype=dtype)
+  start = time.perf_counter()
+  shapes = model.warmup(docs, batch_size=batch_size, packing=packing)  # compiles each shape, one batch each
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  model.encode(docs, batch_size=batch_size, packing=packing)
+  stats = model.last_encode_stats
+  return {"seconds": time.perf_counter() - start, "warmup_seconds": first, "shapes": shapes,
+          "tokens": stats["real_tokens"],
+          "padding_efficiency": stats["real_tokens"] / stats["computed_tokens"]}
+
+
+VARIANTS = {
+    "torch-f32": lambda d, p, b: run_torch(d, p, b),
+    "jax-f32": lambda d, p, b: run_jax(d, p, b, "float32", True),
+    "jax-f32-nopack": lambda d, p, b: run_jax(d, p, b, "float32", False),
+    "jax-bf16": lambda d, p, b: run_jax(d, p, b, "bfloat16", True),
+    "jax-bf16-nopack": lambda d, p, b: run_jax(d, p, b, "bfloat16", False),
+}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--docs", type=int, default=1000)
+  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--variants", default="jax-f32,jax-bf16,jax-f32-nopack")
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:  # one measurement in this process
+    docs = scifact_documents(args.docs)
+    print(json.dumps(VARIANTS[args.child](docs, msmarco_random_checkpoint(), args.batch_size)))
+    return
+  msmarco_random_checkpoint()
+  env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TOKENIZERS_PARALLELISM="true")
+  results = {}
+  for variant in ["torch-f32"] + args.variants.split(","):
+    out = subprocess.run([sys.executable, __file__, "--child", variant, "--docs", str(args.docs),
+                          "--batch-size", str(args.batch_size)], env=env, capture_output=True, text=True)
+    if out.returncode:
+      sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
+    results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    r = results[variant]
+    line = f"{variant:<16} {r['tokens'] / r['seconds']:>9,.0f} tokens/s  {r['seconds']:7.1f}s"
+    if variant != "torch-f32":
+      ratio = (r["tokens"] / r["seconds"]) / (results["torch-f32"]["tokens"] / results["torch-f32"]["seconds"])
+      line += f"  {ratio:5.2f}x torch-f32  padding efficiency {r['padding_efficiency']:.1%}"
+      line += f"  ({r['shapes']} shapes, warm-up {r['warmup_seconds']:.0f}s)"
+    print(line, flush=True)
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  main()

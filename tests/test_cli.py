@@ -1,0 +1,71 @@
+"""The `distilbert-jax` command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distilbert_jax import SentenceEncoder
+
+
+def cli(*args, input=None, check=True):
+  out = subprocess.run([sys.executable, "-m", "distilbert_jax.cli", *map(str, args)], input=input,
+                       capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+  if check and out.returncode:
+    raise AssertionError(f"exit {out.returncode}\n{out.stderr[-2000:]}")
+  return out
+
+
+@pytest.mark.parametrize("sub", [None, "convert", "encode", "search", "eval", "parity"])
+def test_help(sub):
+  out = cli(*([sub] if sub else []), "--help")
+  assert "usage: distilbert-jax" in out.stdout
+
+
+def test_convert_both_directions(tiny_checkpoint, tmp_path):
+  cli("convert", tiny_checkpoint, tmp_path / "jax")
+  cli("convert", tmp_path / "jax", tmp_path / "st", "--to", "sentence-transformers")
+  texts = ["a sentence", "another one"]
+  np.testing.assert_allclose(SentenceEncoder.from_pretrained(tmp_path / "st").encode(texts),
+                             SentenceEncoder.from_pretrained(tiny_checkpoint).encode(texts), atol=1e-7)
+
+
+def test_encode_from_stdin_and_search(tiny_checkpoint, tmp_path):
+  texts = ["the cat sat", "a dog barked", "stock markets fell"]
+  cli("encode", "-", "--model", tiny_checkpoint, "--out", tmp_path / "e.npy", input="\n".join(texts) + "\n")
+  np.testing.assert_allclose(np.load(tmp_path / "e.npy"), SentenceEncoder.from_pretrained(tiny_checkpoint).encode(texts),
+                             atol=1e-6)
+  (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n")
+  out = cli("search", "--model", tiny_checkpoint, "--corpus", tmp_path / "corpus.txt", "--query", "the cat sat",
+            "--top-k", "2", "--embeddings", tmp_path / "c.npy")
+  hits = [line.split() for line in out.stdout.splitlines() if line.strip()[:2] in ("1.", "2.")]
+  assert len(hits) == 2 and float(hits[0][1]) >= float(hits[1][1])
+  assert (tmp_path / "c.npy").exists()
+  again = cli("search", "--model", tiny_checkpoint, "--corpus", tmp_path / "corpus.txt", "--query", "the cat sat",
+              "--top-k", "2", "--embeddings", tmp_path / "c.npy")
+  assert again.stdout == out.stdout
+
+
+def test_eval_json_and_parity_without_torch(tiny_checkpoint, tmp_path):
+  (tmp_path / "qrels").mkdir()
+  (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+  (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "cat"}\n')
+  (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "cat"}\n'
+                                         '{"_id": "d2", "title": "", "text": "dog"}\n')
+  metrics = json.loads(cli("eval", tmp_path, "--model", tiny_checkpoint, "--json").stdout)
+  assert set(metrics) >= {"nDCG@10", "MRR@10", "Recall@100"} and metrics["documents"] == 2
+  report = json.loads(cli("parity", tiny_checkpoint, "--no-torch", "--json").stdout)
+  assert list(report) == ["jax_vs_oracle"] and report["jax_vs_oracle"]["max_abs_diff"] < 1e-5
+
+
+def test_missing_hub_model_offline_says_how_to_use_a_local_checkpoint(tmp_path):
+  (tmp_path / "c.txt").write_text("doc\n")
+  out = cli("search", "--corpus", tmp_path / "c.txt", "--query", "q", "--model", "msmarco-distilbert-dot-v5",
+            check=False)
+  assert out.returncode != 0
+  assert "sentence-transformers/msmarco-distilbert-dot-v5 is not in the Hugging Face cache" in out.stderr
+  assert "--model" in out.stderr

@@ -1,0 +1,116 @@
+"""sentence-transformers' encode API, bounded compilation, and batch invariance (packing, buckets, neighbours)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distilbert_jax import SentenceEncoder
+from distilbert_jax.batching import plan_batches
+from tests.conftest import TEXTS
+
+WORDS = ["the", "protein", "binds", "receptor", "cells", "in", "mice", "ångström", "日本", "🎉", "increase", "risk",
+         "of", "cancer", "vitamin", "d", "covid-19", "trial", "placebo", "!!"]
+
+
+# Every XLA compilation in this process (JAX has no way to unregister a listener, so one for the module).
+COMPILES: list[str] = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, *args, **kwargs: COMPILES.append(event) if event == "/jax/core/compile/backend_compile_duration"
+    else None)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+  return SentenceEncoder.from_pretrained(tiny_checkpoint)
+
+
+def _random_texts(n, seed, max_words=150):
+  rng = np.random.default_rng(seed)
+  return [" ".join(rng.choice(WORDS, size=rng.integers(0, max_words))) for _ in range(n)]
+
+
+def test_shapes_dtype_and_order(tiny):
+  out = tiny.encode(TEXTS, batch_size=4)
+  assert out.shape == (len(TEXTS), 32) and out.dtype == np.float32
+  np.testing.assert_allclose(out[::-1], tiny.encode(TEXTS[::-1], batch_size=4), atol=1e-5)
+  assert tiny.encode("one text").shape == (32,)
+  assert tiny.encode([]).shape == (0, 32)
+
+
+def test_non_string_item_raises_type_error_naming_index(tiny):
+  with pytest.raises(TypeError, match=r"sentences\[2\] is int"):
+    tiny.encode(["a", "b", 3])
+
+
+def test_token_embeddings_match_sentence_transformers(tiny, tiny_checkpoint):
+  from sentence_transformers import SentenceTransformer
+  texts = TEXTS[:12]
+  ours = tiny.encode(texts, output_value="token_embeddings")
+  theirs = SentenceTransformer(str(tiny_checkpoint), device="cpu").encode(texts, output_value="token_embeddings")
+  for i, (a, b) in enumerate(zip(ours, theirs)):
+    b = b.numpy() if hasattr(b, "numpy") else b
+    assert a.shape == b.shape, (i, a.shape, b.shape)
+    np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"text {i}")
+
+
+def test_normalize_embeddings(tiny):
+  out = tiny.encode(TEXTS, normalize_embeddings=True)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+
+
+def test_bfloat16_computes_close_to_float32(tiny_checkpoint, tiny):
+  bf16 = SentenceEncoder.from_pretrained(tiny_checkpoint, dtype="bfloat16")
+  a, b = bf16.encode(TEXTS), tiny.encode(TEXTS)
+  assert a.dtype == np.float32
+  cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+  assert cos.min() > 0.99, cos.min()
+
+
+def test_plan_covers_every_text_once_and_packs_short_texts():
+  rng = np.random.default_rng(0)
+  token_ids = [np.arange(n, dtype=np.int32) + 1 for n in rng.integers(2, 200, size=500)]
+  for packing in (True, False):
+    seen = []
+    real = computed = 0
+    for batch in plan_batches(token_ids, rows_per_batch=8, max_seq_length=256, packing=packing):
+      seen += batch.text_index[batch.text_index >= 0].tolist()
+      real, computed = real + batch.real_tokens, computed + batch.input_ids.size
+      for r, s in zip(*np.nonzero(batch.text_index >= 0)):
+        i, start = batch.text_index[r, s], batch.text_start[r, s]
+        np.testing.assert_array_equal(batch.input_ids[r, start:start + len(token_ids[i])], token_ids[i])
+        np.testing.assert_array_equal(batch.positions[r, start:start + len(token_ids[i])], np.arange(len(token_ids[i])))
+    assert sorted(seen) == list(range(len(token_ids)))
+    if packing:
+      assert real / computed > 0.95, real / computed
+
+
+def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
+  encoder = SentenceEncoder.from_pretrained(tiny_checkpoint)
+  texts = _random_texts(1000, seed=1, max_words=200)  # up to ~400 tokens: every bucket of max_seq_length 128
+  start = len(COMPILES)
+  first = encoder.encode(texts, batch_size=16)
+  after_first = len(COMPILES)
+  second = encoder.encode(texts, batch_size=16)
+  assert 0 < after_first - start <= 16, after_first - start
+  assert len(COMPILES) == after_first, "the second call compiled again"
+  for seed in range(2, 6):  # other inputs reuse the same bounded set of shapes
+    more = encoder.encode(_random_texts(300, seed=seed, max_words=200), batch_size=16)
+  assert encoder._forward._cache_size() <= 16
+  np.testing.assert_array_equal(first, second)
+  assert more.shape == (300, 32)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_text_does_not_depend_on_its_neighbours(tiny, data):
+  texts = data.draw(st.lists(st.sampled_from(_random_texts(60, seed=3) + TEXTS), min_size=1, max_size=40))
+  target = data.draw(st.integers(0, len(texts) - 1))
+  batch_size = data.draw(st.sampled_from([1, 2, 3, 8, 32]))
+  packing = data.draw(st.booleans())
+  alone = tiny.encode([texts[target]], packing=False)[0]
+  in_batch = tiny.encode(texts, batch_size=batch_size, packing=packing)[target]
+  np.testing.assert_allclose(in_batch, alone, atol=1e-5, rtol=1e-5)

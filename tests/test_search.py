@@ -1,0 +1,61 @@
+"""semantic_search against sentence-transformers' on random embeddings: ties, top_k > corpus, odd chunk sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import util
+
+from distilbert_jax import cos_sim, dot_score, semantic_search
+
+
+def _theirs(q, c, **kw):
+  score = util.dot_score if kw.pop("score_function") == "dot" else util.cos_sim
+  return util.semantic_search(torch.from_numpy(q), torch.from_numpy(c), score_function=score, **kw)
+
+
+def _assert_same(ours, theirs):
+  assert len(ours) == len(theirs)
+  for qi, (a, b) in enumerate(zip(ours, theirs)):
+    assert [h["corpus_id"] for h in a] == [h["corpus_id"] for h in b], f"query {qi}"
+    np.testing.assert_allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("score_function", ["dot", "cos_sim"])
+@pytest.mark.parametrize("top_k,query_chunk_size,corpus_chunk_size",
+                         [(10, 100, 500_000), (5, 7, 13), (3, 1, 1), (250, 3, 17), (40, 64, 50)])
+def test_equals_sentence_transformers(score_function, top_k, query_chunk_size, corpus_chunk_size):
+  rng = np.random.default_rng(top_k)
+  q = rng.normal(size=(37, 24)).astype(np.float32)
+  c = rng.normal(size=(203, 24)).astype(np.float32)
+  kw = dict(top_k=top_k, score_function=score_function, query_chunk_size=query_chunk_size,
+            corpus_chunk_size=corpus_chunk_size)
+  ours = semantic_search(q, c, **kw)
+  _assert_same(ours, _theirs(q, c, **kw))
+  assert all(len(hits) == min(top_k, len(c)) for hits in ours)
+
+
+def test_ties_are_kept_and_ordered_by_corpus_id():
+  rng = np.random.default_rng(0)
+  base = rng.normal(size=(20, 8)).astype(np.float32)
+  corpus = np.concatenate([base, base[:5], base[:5]])  # three copies of 5 documents: exact ties
+  queries = base[:4]
+  for chunk in (7, 1000):
+    ours = semantic_search(queries, corpus, top_k=9, query_chunk_size=3, corpus_chunk_size=chunk)
+    theirs = _theirs(queries, corpus, top_k=9, score_function="dot", query_chunk_size=3, corpus_chunk_size=chunk)
+    for a, b in zip(ours, theirs):
+      # The same (score, id) set; ties inside the top-k in a documented order: lower corpus id first.
+      assert sorted((round(h["score"], 4), h["corpus_id"]) for h in a) == \
+          sorted((round(h["score"], 4), h["corpus_id"]) for h in b)
+      keys = [(-h["score"], h["corpus_id"]) for h in a]
+      assert keys == sorted(keys)
+
+
+def test_scores_and_edge_cases():
+  a = np.array([[1.0, 0.0], [3.0, 4.0]], np.float32)
+  np.testing.assert_allclose(dot_score(a, a), a @ a.T)
+  np.testing.assert_allclose(cos_sim(a, a), [[1.0, 0.6], [0.6, 1.0]], atol=1e-6)
+  assert semantic_search(a[0], a, top_k=5)[0][0] == {"corpus_id": 1, "score": 3.0}  # 1-D query
+  with pytest.raises(ValueError, match=r"corpus embeddings have shape \(2, 3\)"):
+    semantic_search(a, np.zeros((2, 3), np.float32))
