@@ -68,13 +68,21 @@ def cmd_encode(args) -> None:
 
 def cmd_search(args) -> None:
   import numpy as np
+  from distilbert_jax.corpus_job import load_embeddings
   from distilbert_jax.scoring import semantic_search
   queries = list(args.query or []) + (_read_lines(args.queries) if args.queries else [])
   if not queries:
     sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
-  ids, texts = _read_corpus(args.corpus)
+  embeddings_dir = args.embeddings and Path(args.embeddings).is_dir()
+  if not args.corpus and not embeddings_dir:
+    sys.exit("error: give --corpus, or --embeddings DIR written by encode-corpus")
+  ids, texts = _read_corpus(args.corpus) if args.corpus else ([], [])
   encoder = _load_encoder(args)
-  if args.embeddings and Path(args.embeddings).exists():
+  if embeddings_dir:
+    corpus_ids, corpus_embeddings = load_embeddings(args.embeddings)
+    text_of = dict(zip(ids, texts))
+    ids, texts = corpus_ids, [text_of.get(i, "") for i in corpus_ids]
+  elif args.embeddings and Path(args.embeddings).exists():
     corpus_embeddings = np.load(args.embeddings, mmap_mode="r")
     if len(corpus_embeddings) != len(texts):
       sys.exit(f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has "
@@ -91,6 +99,22 @@ def cmd_search(args) -> None:
     for rank, hit in enumerate(hits, 1):
       text = texts[hit["corpus_id"]].replace("\n", " ")
       print(f"{rank:3d}. {hit['score']:9.4f}  [{ids[hit['corpus_id']]}]  {text[:110]}")
+
+
+def cmd_encode_corpus(args) -> None:
+  from distilbert_jax.corpus_job import JobError, run_job
+  from distilbert_jax.hub import ModelNotFoundError
+  fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
+  try:
+    summary = run_job(args.input, args.model, args.out, dtype=args.dtype, shard_size=args.shard_size,
+                      on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size, fields=fields,
+                      process_index=args.process_index, process_count=args.process_count,
+                      show_progress=not args.quiet)
+  except (JobError, ModelNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(f"{summary['rows']} embeddings in {summary['shards']} shards at {summary['out']}; encoded now "
+        f"{summary['encoded_now']} ({summary['docs_per_s']} docs/s, {summary['tokens_per_s']} tokens/s), "
+        f"rejected {summary['rejected']}, {summary['seconds']}s", file=sys.stderr)
 
 
 def cmd_eval(args) -> None:
@@ -125,6 +149,21 @@ def cmd_parity(args) -> None:
     print(f"{name:<17} {row['max_abs_diff']:13.3g} {row['min_cosine']:12.9f} {row['top_k_agreement']:12.1%}")
 
 
+def cmd_train(args) -> None:
+  from distilbert_jax.training import TrainConfig, train
+  cfg = TrainConfig(loss=args.loss, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                    grad_accumulation=args.grad_accumulation, dtype=args.dtype, seed=args.seed)
+  try:
+    summary = train(args.model, args.train_data, args.out, cfg, checkpoint_every=args.checkpoint_every,
+                    show_progress=not args.quiet)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  print(f"trained {summary['steps']} steps ({summary['seconds_per_step']:.2f} s/step), last loss "
+        f"{summary['last_loss']}; models in {summary['out']}/jax and {summary['out']}/sentence-transformers",
+        file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="distilbert-jax", description="Sentence embeddings in JAX: "
                                    "msmarco-distilbert-dot-v5 and BERT-family encoders, with PyTorch parity.")
@@ -145,15 +184,32 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_encode)
 
   p = sub.add_parser("search", help="semantic search of queries against a corpus")
-  p.add_argument("--corpus", required=True,
+  p.add_argument("--corpus",
                  help="BEIR directory or corpus.jsonl[.gz], TSV of id<TAB>text, or a text file (one doc a line)")
   p.add_argument("--query", action="append", help="a query (repeatable)")
   p.add_argument("--queries", help="file of queries, one per line; '-' for stdin")
-  p.add_argument("--embeddings", help="corpus embeddings .npy: read if it exists, else written after encoding")
+  p.add_argument("--embeddings", help="an encode-corpus output directory; or a .npy file, read if it exists, "
+                                      "else written after encoding --corpus")
   p.add_argument("--top-k", type=int, default=10)
   p.add_argument("--score", choices=("dot", "cos_sim"), default="dot")
   _add_model_args(p)
   p.set_defaults(func=cmd_search)
+
+  p = sub.add_parser("encode-corpus", help="encode a large corpus to shards: streaming, resumable, safe on bad input")
+  p.add_argument("input", help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, or plain text lines (id = line number)")
+  p.add_argument("--out", required=True, help="output directory (shards, ids, manifest.json, rejects.jsonl)")
+  p.add_argument("--shard-size", type=int, default=10_000)
+  p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                 help="stop (default): fail on a bad line naming file and line; skip: record it in rejects.jsonl")
+  p.add_argument("--overwrite", action="store_true", help="start again when OUT holds a different job")
+  p.add_argument("--id-field", default="_id")
+  p.add_argument("--title-field", default="title")
+  p.add_argument("--text-field", default="text")
+  p.add_argument("--process-index", type=int, help="this process (default: jax.process_index())")
+  p.add_argument("--process-count", type=int, help="all processes (default: jax.process_count())")
+  p.add_argument("--quiet", action="store_true")
+  _add_model_args(p)
+  p.set_defaults(func=cmd_encode_corpus)
 
   p = sub.add_parser("eval", help="retrieval metrics (nDCG@10, MRR@10, Recall@100) on a BEIR directory")
   p.add_argument("beir_dir")
@@ -163,6 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true", help="one JSON line for scripts")
   _add_model_args(p)
   p.set_defaults(func=cmd_eval)
+
+  p = sub.add_parser("train", help="fine-tune with MarginMSE or MultipleNegativesRanking (AdamW, linear warmup)")
+  p.add_argument("--model", required=True, help="hub id or local model directory to start from")
+  p.add_argument("--train-data", required=True,
+                 help='JSONL: {"query", "positive"} for mnrl; {"query", "positive", "negative", "margin"} '
+                      "for margin-mse")
+  p.add_argument("--loss", choices=("margin-mse", "mnrl"), required=True)
+  p.add_argument("--steps", type=int, required=True, help="optimiser updates")
+  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--out", required=True, help="checkpoint.msgpack (resumed when present), jax/, sentence-transformers/")
+  p.add_argument("--lr", type=float, default=2e-5)
+  p.add_argument("--weight-decay", type=float, default=0.01)
+  p.add_argument("--warmup-steps", type=int, default=100)
+  p.add_argument("--grad-accumulation", type=int, default=1)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--checkpoint-every", type=int, default=100)
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(func=cmd_train)
 
   p = sub.add_parser("parity", help="JAX vs PyTorch vs float64 NumPy oracle on a model directory")
   p.add_argument("model_dir")

@@ -74,8 +74,9 @@ def semantic_search(query_embeddings: Any, corpus_embeddings: Any, top_k: int = 
   if score_function not in SCORE_FUNCTIONS:
     raise ValueError(f"score_function {score_function!r} is not one of {sorted(SCORE_FUNCTIONS)}")
   queries = np.atleast_2d(np.asarray(query_embeddings, np.float32))
-  corpus = np.asarray(corpus_embeddings)  # may be a memory map: read chunk by chunk
-  if corpus.ndim != 2 or corpus.shape[1] != queries.shape[1]:
+  # A memory map or load_embeddings' shards: only shape and slicing are used, one chunk read at a time.
+  corpus = corpus_embeddings if hasattr(corpus_embeddings, "shape") else np.asarray(corpus_embeddings)
+  if len(corpus.shape) != 2 or corpus.shape[1] != queries.shape[1]:
     raise ValueError(f"corpus embeddings have shape {corpus.shape}; expected (N, {queries.shape[1]})")
   n_queries, n_corpus = len(queries), len(corpus)
   k = min(top_k, n_corpus)

@@ -1,0 +1,168 @@
+"""encode-corpus: kill -9 and resume gives byte-identical output; bad input in both modes; refusal on a changed
+job; shards read back and searched like in-memory embeddings; simulated multi-host shards."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conversion.make_reference_checkpoint import make_reference_checkpoint
+from distilbert_jax import SentenceEncoder, load_embeddings, semantic_search
+from distilbert_jax.corpus_job import JobError, run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "protein binds receptor cells mice vitamin risk cancer trial placebo dose gene expression".split()
+
+
+def _corpus(path: Path, n: int, seed: int = 0) -> Path:
+  rng = random.Random(seed)
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    for i in range(n):
+      text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 120)))
+      f.write(json.dumps({"_id": f"doc{i}", "title": f"Title {i}", "text": text}) + "\n")
+  return path
+
+
+def _cli(*args) -> list[str]:
+  return [sys.executable, "-m", "distilbert_jax.cli", "encode-corpus", *map(str, args), "--quiet"]
+
+
+def _env():
+  return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _committed(out: Path) -> int:
+  try:
+    return len(json.loads((out / "manifest.json").read_text())["shards"])
+  except (FileNotFoundError, json.JSONDecodeError):
+    return 0
+
+
+def test_kill_9_at_random_points_then_resume_is_byte_identical(tiny_checkpoint, tmp_path):
+  corpus = _corpus(tmp_path / "corpus.jsonl.gz", 3000)
+  args = (corpus, "--model", tiny_checkpoint, "--shard-size", "100")
+  reference = tmp_path / "reference"
+  subprocess.run(_cli(*args, "--out", reference), check=True, env=_env(), capture_output=True)
+  total = _committed(reference)
+  assert total == 30
+
+  out = tmp_path / "resumed"
+  rng = random.Random(1234)
+  targets = sorted(rng.sample(range(1, total - 1), 5))  # kill after this many committed shards (+ a random delay)
+  kills = []
+  for target in [0] + targets:
+    proc = subprocess.Popen(_cli(*args, "--out", out), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _committed(out) < target and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    time.sleep(rng.uniform(0, 0.15) if target else rng.uniform(0.2, 2.0))  # target 0: during start-up
+    if proc.poll() is None:
+      proc.send_signal(signal.SIGKILL)
+      kills.append(_committed(out))
+    proc.wait()
+  assert len(kills) >= 5 and any(0 < k < total for k in kills), kills
+  subprocess.run(_cli(*args, "--out", out), check=True, env=_env(), capture_output=True)
+  assert _files(out) == _files(reference)  # every file, byte for byte: no row lost, repeated or reordered
+
+
+def _bad_input(path: Path) -> Path:
+  lines = [json.dumps({"_id": f"d{i}", "title": "", "text": f"good document {i}"}).encode() for i in range(10)]
+  lines[2] = b'{"_id": "d2", "text": "unterminated'  # invalid JSON
+  lines[4] = json.dumps({"_id": "d4", "title": "t"}).encode()  # missing text field
+  lines[6] = b'{"_id": "d6", "text": "bad \xff\xfe bytes"}'  # invalid UTF-8
+  lines[8] = json.dumps({"_id": "d8", "title": "", "text": "   "}).encode()  # empty text
+  path.write_bytes(b"\n".join(lines) + b"\n")
+  return path
+
+
+def test_bad_input_stops_naming_file_and_line_and_keeps_committed_shards(tiny_checkpoint, tmp_path):
+  corpus = _bad_input(tmp_path / "bad.jsonl")
+  with pytest.raises(JobError, match=r"bad\.jsonl:3: invalid JSON"):
+    run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=2, show_progress=False)
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  assert [s["rows"] for s in manifest["shards"]] == [2]  # lines 1-2 were committed and are kept
+  assert (tmp_path / "out" / "shard-000000.npy").exists()
+
+
+@pytest.mark.parametrize("line,reason", [(3, "invalid JSON"), (5, "missing text field 'text'"),
+                                         (7, "invalid UTF-8"), (9, "empty text")])
+def test_each_bad_line_in_stop_mode(tiny_checkpoint, tmp_path, line, reason):
+  lines = _bad_input(tmp_path / "bad.jsonl").read_bytes().split(b"\n")
+  good = [json.dumps({"_id": f"g{i}", "text": "fine"}).encode() for i in range(10)]
+  only = [lines[i] if i + 1 == line else good[i] for i in range(10)]  # this one bad line among good ones
+  (tmp_path / "one.jsonl").write_bytes(b"\n".join(only) + b"\n")
+  with pytest.raises(JobError, match=rf"one\.jsonl:{line}: {reason}"):
+    run_job(tmp_path / "one.jsonl", str(tiny_checkpoint), tmp_path / "out", show_progress=False)
+
+
+def test_bad_input_skip_mode_records_rejects(tiny_checkpoint, tmp_path):
+  corpus = _bad_input(tmp_path / "bad.jsonl")
+  summary = run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=4, on_error="skip",
+                    show_progress=False)
+  assert summary["rows"] == 6 and summary["rejected"] == 4
+  rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+  assert [(r["line"], r["reason"].split(":")[0]) for r in rejects] == [
+      (3, "invalid JSON"), (5, "missing text field 'text'"), (7, "invalid UTF-8 at byte 27"), (9, "empty text")]
+  ids, embeddings = load_embeddings(tmp_path / "out")
+  assert ids == ["d0", "d1", "d3", "d5", "d7", "d9"]
+  texts = [f"good document {i}" for i in (0, 1, 3, 5, 7, 9)]
+  np.testing.assert_allclose(np.asarray(embeddings), SentenceEncoder.from_pretrained(tiny_checkpoint).encode(texts),
+                             atol=1e-5)
+
+
+def test_refuses_a_changed_model_or_input_unless_overwrite(tiny_checkpoint, tmp_path):
+  corpus = _corpus(tmp_path / "c.jsonl.gz", 20)
+  out = tmp_path / "out"
+  run_job(corpus, str(tiny_checkpoint), out, show_progress=False)
+  run_job(corpus, str(tiny_checkpoint), out, show_progress=False)  # same job again: fine, nothing to do
+  other_model = make_reference_checkpoint(tmp_path / "other", seed=7, n_layers=2, dim=32, n_heads=4, hidden_dim=64,
+                                          max_seq_length=128)
+  with pytest.raises(JobError, match=r"different job \(model, weights_sha256 differ\)"):
+    run_job(corpus, str(other_model), out, show_progress=False)
+  _corpus(corpus, 21)
+  with pytest.raises(JobError, match=r"different job \(input differ\).*--overwrite"):
+    run_job(corpus, str(tiny_checkpoint), out, show_progress=False)
+  summary = run_job(corpus, str(tiny_checkpoint), out, overwrite=True, show_progress=False)
+  assert summary["rows"] == 21
+
+
+def test_shards_search_like_in_memory_embeddings(tiny_checkpoint, tmp_path):
+  corpus = _corpus(tmp_path / "c.jsonl.gz", 250)
+  run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=40, show_progress=False)
+  ids, shards = load_embeddings(tmp_path / "out")
+  assert ids == [f"doc{i}" for i in range(250)] and shards.shape == (250, 32)
+  encoder = SentenceEncoder.from_pretrained(tiny_checkpoint)
+  in_memory = np.asarray(shards)
+  queries = encoder.encode(["protein binds receptor", "cancer risk trial"])
+  for chunk in (33, 1000):
+    a = semantic_search(queries, shards, top_k=7, corpus_chunk_size=chunk)
+    b = semantic_search(queries, in_memory, top_k=7)
+    assert [[h["corpus_id"] for h in x] for x in a] == [[h["corpus_id"] for h in x] for x in b]
+
+
+def test_simulated_two_process_job_reads_back_in_global_order(tiny_checkpoint, tmp_path):
+  corpus = _corpus(tmp_path / "c.jsonl.gz", 230)
+  run_job(corpus, str(tiny_checkpoint), tmp_path / "single", shard_size=50, show_progress=False)
+  for p in (1, 0):
+    run_job(corpus, str(tiny_checkpoint), tmp_path / "multi", shard_size=50, process_index=p, process_count=2,
+            show_progress=False)
+  ids_single, single = load_embeddings(tmp_path / "single")
+  ids_multi, multi = load_embeddings(tmp_path / "multi")
+  assert ids_multi == ids_single
+  np.testing.assert_array_equal(np.asarray(multi), np.asarray(single))
+  assert sorted(p.name for p in (tmp_path / "multi").glob("manifest*")) == ["manifest-0.json", "manifest-1.json"]

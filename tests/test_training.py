@@ -1,0 +1,165 @@
+"""Fine-tuning: loss and gradient parity with sentence-transformers' losses in torch, 20 AdamW steps tracking
+torch's AdamW + get_linear_schedule_with_warmup, exact resume, export that PyTorch loads, the train command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import losses
+from transformers import get_linear_schedule_with_warmup
+
+from distilbert_jax import SentenceEncoder, checkpoint, model_dir
+from distilbert_jax.training import Example, TrainConfig, Trainer, batches, read_train_data
+
+QUERIES = ["what binds the receptor", "vitamin d and cancer risk", "mice trial placebo", "gene expression in cells"]
+POSITIVES = ["the protein binds the receptor strongly", "vitamin d lowers cancer risk in adults",
+             "a placebo controlled trial in mice", "cells change gene expression under stress"]
+NEGATIVES = ["stock markets fell on monday", "the weather is sunny", "a recipe for bread", "football results"]
+MARGINS = [3.5, -1.25, 2.0, 0.5]
+
+
+def _examples(loss):
+  return [Example(q, p, n if loss == "margin-mse" else None, m if loss == "margin-mse" else None)
+          for q, p, n, m in zip(QUERIES, POSITIVES, NEGATIVES, MARGINS)]
+
+
+def _torch_model(path):
+  torch.manual_seed(0)
+  model = SentenceTransformer(str(path), device="cpu")
+  model.eval()  # dropout off, as our dropout=False
+  return model
+
+
+def _torch_loss(model, loss_name):
+  texts = [QUERIES, POSITIVES] + ([NEGATIVES] if loss_name == "margin-mse" else [])
+  features = [model.preprocess(t) for t in texts]
+  if loss_name == "margin-mse":
+    return losses.MarginMSELoss(model)(features, torch.tensor(MARGINS))
+  return losses.MultipleNegativesRankingLoss(model)(features, None)
+
+
+def _torch_grads_as_flax(model, config):
+  grads = {name: p.grad.numpy() for name, p in model[0].auto_model.named_parameters()}
+  return checkpoint.flatten_params(checkpoint.torch_to_flax(grads, config))
+
+
+def _rel(a, b):
+  return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-30))
+
+
+@pytest.mark.parametrize("loss_name", ["margin-mse", "mnrl"])
+def test_one_step_loss_and_gradients_match_torch(tiny_checkpoint, loss_name):
+  loaded = model_dir.load(tiny_checkpoint)
+  trainer = Trainer(loaded, TrainConfig(loss=loss_name, dropout=False))
+  inputs = trainer.prepare(_examples(loss_name))
+  loss, grads = jax.value_and_grad(trainer.loss_fn)(trainer.params, inputs, jax.random.PRNGKey(0), True)
+
+  model = _torch_model(tiny_checkpoint)
+  torch_loss = _torch_loss(model, loss_name)
+  torch_loss.backward()
+  assert abs(float(loss) - torch_loss.item()) <= 1e-5 * abs(torch_loss.item()), (float(loss), torch_loss.item())
+  expected = _torch_grads_as_flax(model, loaded.config)
+  ours = checkpoint.flatten_params(grads)
+  # The key bias gets an exactly zero gradient (softmax ignores a shift shared by all keys): both sides hold
+  # rounding noise there, so it is held to an absolute bound against the whole gradient's norm instead.
+  global_norm = np.sqrt(sum(np.sum(np.square(g)) for g in expected.values()))
+  zero = {k for k in expected if k[-2:] == ("k_lin", "bias")}
+  for k in zero:
+    assert np.linalg.norm(ours[k] - expected[k]) <= 1e-6 * global_norm, k
+  worst = max((_rel(ours[k], expected[k]), "/".join(k)) for k in ours if k not in zero)
+  print(f"\n{loss_name}: loss {float(loss):.6f} vs torch {torch_loss.item():.6f}; worst gradient rel diff {worst}")
+  assert worst[0] <= 1e-4, worst
+
+
+def test_twenty_adamw_steps_with_warmup_and_decay_track_torch(tiny_checkpoint):
+  steps, warmup, lr = 20, 5, 1e-3
+  loaded = model_dir.load(tiny_checkpoint)
+  cfg = TrainConfig(loss="margin-mse", steps=steps, warmup_steps=warmup, lr=lr, dropout=False)
+  trainer = Trainer(loaded, cfg)
+  data = _examples("margin-mse")
+  for _ in range(steps):
+    trainer.step(data)
+
+  model = _torch_model(tiny_checkpoint)
+  named = list(model[0].auto_model.named_parameters())
+  no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n]
+  decay = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n)]
+  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=lr, betas=(0.9, 0.999), eps=1e-8)
+  schedule = get_linear_schedule_with_warmup(optimizer, warmup, steps)
+  for _ in range(steps):
+    _torch_loss(model, "margin-mse").backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad()
+
+  theirs = checkpoint.flatten_params(checkpoint.torch_to_flax(
+      {n: p.detach().numpy() for n, p in named}, loaded.config))
+  before = checkpoint.flatten_params(loaded.params)
+  ours = checkpoint.flatten_params(jax.device_get(trainer.params))
+  worst = max((_rel(ours[k], theirs[k]), "/".join(k)) for k in ours)
+  moved = float(np.median([_rel(theirs[k], before[k]) for k in ours]))
+  print(f"\nafter {steps} steps: worst per-tensor rel diff {worst}; median relative move {moved:.3g}")
+  assert worst[0] <= 1e-4, worst
+  assert moved > 1e-3  # the run really moved the weights, so the comparison means something
+
+
+def test_resume_from_checkpoint_is_exact(tiny_checkpoint, tmp_path):
+  loaded = model_dir.load(tiny_checkpoint)
+  cfg = TrainConfig(loss="mnrl", steps=6, warmup_steps=2, lr=1e-3, batch_size=2, dropout=True)
+  examples = _examples("mnrl") * 2
+  straight = Trainer(loaded, cfg)
+  for batch, _ in zip(batches(examples, 2, cfg.seed), range(6)):
+    straight.step(batch)
+  first = Trainer(loaded, cfg)
+  for batch, _ in zip(batches(examples, 2, cfg.seed), range(3)):
+    first.step(batch)
+  first.save_checkpoint(tmp_path / "ckpt.msgpack")
+  resumed = Trainer(loaded, cfg)
+  resumed.load_checkpoint(tmp_path / "ckpt.msgpack")
+  assert resumed.step_count == 3
+  for batch, _ in zip(batches(examples, 2, cfg.seed, start_step=3), range(3)):
+    resumed.step(batch)
+  for path, value in checkpoint.flatten_params(jax.device_get(straight.params)).items():
+    np.testing.assert_array_equal(value, checkpoint.flatten_params(jax.device_get(resumed.params))[path])
+
+
+def test_exported_model_loads_in_sentence_transformers(tiny_checkpoint, tmp_path):
+  loaded = model_dir.load(tiny_checkpoint)
+  trainer = Trainer(loaded, TrainConfig(loss="margin-mse", steps=3, warmup_steps=1, lr=1e-3))
+  for _ in range(3):
+    trainer.step(_examples("margin-mse"))
+  out = model_dir.export_sentence_transformers_dir(trainer.trained_model(), tmp_path / "st")
+  texts = QUERIES + POSITIVES + ["", "a much longer passage " * 30]
+  ours = SentenceEncoder(trainer.trained_model()).encode(texts)
+  theirs = SentenceTransformer(str(out), device="cpu").encode(texts)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  assert not np.allclose(ours, SentenceEncoder(loaded).encode(texts), atol=1e-3)  # training changed the model
+
+
+def test_train_command_and_bad_lines(tiny_checkpoint, tmp_path):
+  data = tmp_path / "train.jsonl"
+  data.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n, "margin": m}) + "\n"
+                          for q, p, n, m in zip(QUERIES, POSITIVES, NEGATIVES, MARGINS)))
+  out = subprocess.run([sys.executable, "-m", "distilbert_jax.cli", "train", "--model", str(tiny_checkpoint),
+                        "--train-data", str(data), "--loss", "margin-mse", "--steps", "3", "--batch-size", "2",
+                        "--warmup-steps", "1", "--out", str(tmp_path / "run"), "--quiet"],
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert (tmp_path / "run" / "checkpoint.msgpack").exists()
+  SentenceTransformer(str(tmp_path / "run" / "sentence-transformers"), device="cpu")
+  SentenceEncoder.from_pretrained(tmp_path / "run" / "jax")
+  data.write_text(data.read_text() + '{"query": "q", "positive": "p"}\n')
+  with pytest.raises(ValueError, match=r"train\.jsonl:5: missing negative, margin \(needed for margin-mse\)"):
+    read_train_data(data, "margin-mse")
+  data.write_text('{"query": "q", "positive": "p"}\nnot json\n')
+  with pytest.raises(ValueError, match=r"train\.jsonl:2: invalid JSON"):
+    read_train_data(data, "mnrl")
