@@ -12,12 +12,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512)
+BUCKET_STEP = 32
 MAX_SEGMENTS = 32  # texts per packed row; fixes the pooling output shape
 
 
 def bucket_lengths(max_seq_length: int) -> tuple[int, ...]:
-  return tuple(b for b in BUCKETS if b < max_seq_length) + (max_seq_length,)
+  return tuple(range(BUCKET_STEP, max_seq_length, BUCKET_STEP)) + (max_seq_length,)
 
 
 def bucket_for(length: int, buckets: Sequence[int]) -> int:
@@ -66,8 +66,7 @@ def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_l
                  pad_token_id: int = 0, small_rows: int | None = None) -> Iterator[Batch]:
   """Batches covering every text exactly once, longest rows first.
 
-  A last batch that fits in `small_rows` rows (default rows_per_batch // 8) gets that many, so a short input
-  does not compute a whole batch of padding.
+  When all rows fit in `small_rows` (default rows_per_batch // 8), the batch has that many rows instead.
   """
   small_rows = small_rows or max(1, rows_per_batch // 8)
   if not token_ids:
@@ -82,10 +81,10 @@ def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_l
     segments = 1
   fill = np.array([lengths[r].sum() for r in rows])
   rows = [rows[i] for i in np.argsort(-fill, kind="stable")]
-  for start in range(0, len(rows), rows_per_batch):
-    chunk = rows[start:start + rows_per_batch]
+  height = small_rows if len(rows) <= small_rows else rows_per_batch
+  for start in range(0, len(rows), height):
+    chunk = rows[start:start + height]
     width = bucket_for(max(int(lengths[r].sum()) for r in chunk), buckets)
-    height = small_rows if len(chunk) <= small_rows else rows_per_batch
     batch = Batch(
         input_ids=np.full((height, width), pad_token_id, np.int32),
         segment_ids=np.zeros((height, width), np.int32),

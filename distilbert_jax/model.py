@@ -111,7 +111,8 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
+  def __call__(self, x: Array, bias: Array, deterministic: bool,
+               return_weights: bool = False) -> tuple[Array, Array | None]:
     cfg = self.config
     dense = lambda name: Linear(cfg.hidden_size, self.dtype, self.param_dtype, name=name)
     split_heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, H, K]
@@ -119,13 +120,23 @@ class Attention(nn.Module):
     k = split_heads(dense("k_lin")(x))
     v = split_heads(dense("v_lin")(x))
 
-    logits = jnp.einsum("bthk,bshk->bhts", q, k, precision=_precision(self.dtype),
-                        preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)  # [B, H, T, S]
-    weights = jax.nn.softmax(logits + bias, axis=-1)  # [B, H, T, S], float32
-    dropped = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
+    def attention_weights(q, k, bias):  # works with or without the leading B axis
+      logits = jnp.einsum("...thk,...shk->...hts", q, k, precision=_precision(self.dtype),
+                          preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)  # [B, H, T, S]
+      return jax.nn.softmax(logits + bias, axis=-1)  # float32
 
-    context = jnp.einsum("bhts,bshk->bthk", dropped.astype(self.dtype), v, precision=_precision(self.dtype),
-                         preferred_element_type=jnp.float32).astype(self.dtype)  # [B, T, H, K]
+    def mix(weights, v):
+      return jnp.einsum("...hts,...shk->...thk", weights.astype(self.dtype), v, precision=_precision(self.dtype),
+                        preferred_element_type=jnp.float32).astype(self.dtype)  # [B, T, H, K]
+
+    weights = None
+    if deterministic and not return_weights and jax.default_backend() == "cpu":
+      # XLA:CPU runs the batched [B, H, T, S] form about 3x slower than one example at a time (the whole
+      # [B, H, T, S] tensor leaves the caches); accelerators keep the batched form.
+      context = jax.lax.map(lambda a: mix(attention_weights(a[0], a[1], a[2]), a[3]), (q, k, bias, v))
+    else:
+      weights = attention_weights(q, k, bias)
+      context = mix(nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic), v)
     out = dense("out_lin")(context.reshape(*context.shape[:-2], cfg.hidden_size))  # [B, T, D]
     return out, weights
 
@@ -152,9 +163,11 @@ class Block(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[Array, Array]:
+  def __call__(self, x: Array, bias: Array, deterministic: bool,
+               return_weights: bool = False) -> tuple[Array, Array | None]:
     cfg = self.config
-    attn_out, weights = Attention(cfg, self.dtype, self.param_dtype, name="attention")(x, bias, deterministic)
+    attn_out, weights = Attention(cfg, self.dtype, self.param_dtype, name="attention")(
+        x, bias, deterministic, return_weights)
     if cfg.model_type == "bert":  # BERT drops out the attention output; DistilBERT does not.
       attn_out = nn.Dropout(cfg.dropout)(attn_out, deterministic=deterministic)
     x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="sa_layer_norm")(
@@ -173,10 +186,12 @@ class Transformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool) -> tuple[list[Array], list[Array]]:
+  def __call__(self, x: Array, bias: Array, deterministic: bool,
+               return_weights: bool = False) -> tuple[list[Array], list[Array | None]]:
     hidden_states, attentions = [x], []
     for i in range(self.config.num_layers):
-      x, weights = Block(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(x, bias, deterministic)
+      x, weights = Block(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(
+          x, bias, deterministic, return_weights)
       hidden_states.append(x)
       attentions.append(weights)
     return hidden_states, attentions
@@ -198,7 +213,7 @@ class Encoder(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
     x = Embeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(input_ids, positions, deterministic)
     hidden_states, attentions = Transformer(cfg, self.dtype, self.param_dtype, name="transformer")(
-        x, attention_bias(segment_ids), deterministic)
+        x, attention_bias(segment_ids), deterministic, output_attentions)
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:
       out["hidden_states"] = tuple(hidden_states)  # embeddings output, then each block's, as transformers

@@ -68,7 +68,7 @@ def test_each_block_and_its_parts(activation):
   for i in range(cfg.num_layers):
     layer, p = model.transformer.layer[i], params["transformer"][f"layer_{i}"]
     attn_out, weights = Attention(cfg).apply({"params": p["attention"]}, jnp.asarray(x.detach().numpy()),
-                                             bias, True)
+                                             bias, True, return_weights=True)
     torch_attn, torch_weights = layer.attention(x, attention_mask=torch_mask)
     _close(attn_out, torch_attn, f"layer {i} attention output", mask)
     query_mask = mask.astype(bool)
@@ -78,6 +78,8 @@ def test_each_block_and_its_parts(activation):
     _close(FeedForward(cfg).apply({"params": p["ffn"]}, jnp.asarray(ffn_in.detach().numpy()), True),
            layer.ffn(ffn_in), f"layer {i} feed-forward")
     block_out, _ = Block(cfg).apply({"params": p}, jnp.asarray(x.detach().numpy()), bias, True)
+    attn_fast, _ = Attention(cfg).apply({"params": p["attention"]}, jnp.asarray(x.detach().numpy()), bias, True)
+    _close(attn_fast, torch_attn, f"layer {i} attention output, one example at a time (the CPU path)", mask)
     x = layer(x, attention_mask=torch_mask)
     _close(block_out, x, f"layer {i} block", mask)
 
