@@ -62,10 +62,30 @@ def pack_rows(lengths: np.ndarray, capacity: int, max_segments: int) -> list[lis
   return rows
 
 
-def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_length: int, packing: bool,
-                 pad_token_id: int = 0, small_rows: int | None = None) -> Iterator[Batch]:
+PACKING_MIN_SAVING = 0.01  # "auto" packs when that computes at least 1% fewer tokens
+
+
+def _layout(lengths: np.ndarray, buckets: Sequence[int], height: int, packed: bool) -> tuple[list[list[int]], int]:
+  """Rows of text indices, sorted by fill (longest first), and the tokens their batches will compute."""
+  if packed:
+    rows = pack_rows(lengths, bucket_for(int(lengths.max()), buckets), MAX_SEGMENTS)
+  else:
+    rows = [[int(i)] for i in np.argsort(-lengths, kind="stable")]
+  fill = np.array([lengths[r].sum() for r in rows])
+  order = np.argsort(-fill, kind="stable")
+  rows = [rows[i] for i in order]
+  computed = sum(height * bucket_for(int(fill[order[s]]), buckets) for s in range(0, len(rows), height))
+  return rows, computed
+
+
+def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_length: int,
+                 packing: bool | str = "auto", pad_token_id: int = 0, small_rows: int | None = None) -> Iterator[Batch]:
   """Batches covering every text exactly once, longest rows first.
 
+  `packing`: True, False, or "auto": pack when that saves at least 1% of the computed tokens. Packing puts
+  texts into rows of the longest text's bucket, so attention runs over longer rows: on 1,000 SciFact abstracts
+  (CPU, full msmarco config) it raised padding efficiency from 93.3% to 95.0% and ran 9% faster in bfloat16,
+  2% slower (within run-to-run noise) in float32; see the README for short texts.
   When all rows fit in `small_rows` (default rows_per_batch // 8), the batch has that many rows instead.
   """
   small_rows = small_rows or max(1, rows_per_batch // 8)
@@ -73,14 +93,14 @@ def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_l
     return
   lengths = np.fromiter((len(t) for t in token_ids), np.int64, len(token_ids))
   buckets = bucket_lengths(max_seq_length)
-  if packing:
-    rows = pack_rows(lengths, bucket_for(int(lengths.max()), buckets), MAX_SEGMENTS)
-    segments = MAX_SEGMENTS
+  if packing == "auto":
+    packed_rows, packed_cost = _layout(lengths, buckets, rows_per_batch, True)
+    plain_rows, plain_cost = _layout(lengths, buckets, rows_per_batch, False)
+    packing = packed_cost <= (1 - PACKING_MIN_SAVING) * plain_cost
+    rows = packed_rows if packing else plain_rows
   else:
-    rows = [[int(i)] for i in np.argsort(-lengths, kind="stable")]
-    segments = 1
-  fill = np.array([lengths[r].sum() for r in rows])
-  rows = [rows[i] for i in np.argsort(-fill, kind="stable")]
+    rows, _ = _layout(lengths, buckets, rows_per_batch, bool(packing))
+  segments = MAX_SEGMENTS if packing else 1
   height = small_rows if len(rows) <= small_rows else rows_per_batch
   for start in range(0, len(rows), height):
     chunk = rows[start:start + height]

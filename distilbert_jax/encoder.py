@@ -79,11 +79,12 @@ class SentenceEncoder:
 
   def encode(self, sentences: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False,
              show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
-             convert_to_numpy: bool = True, packing: bool = True) -> np.ndarray | list[np.ndarray]:
+             convert_to_numpy: bool = True, packing: bool | str = "auto") -> np.ndarray | list[np.ndarray]:
     """Embeddings in input order: [dim] for one string, [N, dim] float32 for a list.
 
     `batch_size` is rows per device step (rounded up to a multiple of the device count); with `packing`
-    several short texts share a row. `output_value="token_embeddings"` gives one [tokens, D] array per text.
+    several short texts share a row ("auto": where that saves computed tokens). `output_value="token_embeddings"` gives one [tokens, D] array per text.
+    Results are always NumPy; `convert_to_numpy` is accepted for sentence-transformers compatibility.
     """
     if output_value not in ("sentence_embedding", "token_embeddings"):
       raise ValueError(f"output_value {output_value!r} is not 'sentence_embedding' or 'token_embeddings'")
@@ -105,17 +106,19 @@ class SentenceEncoder:
       result = np.asarray(normalize(jnp.asarray(result)))
     return result[0] if single else result
 
-  def warmup(self, sentences: Sequence[str], batch_size: int = 32, packing: bool = True) -> int:
+  def warmup(self, sentences: Sequence[str], batch_size: int = 32, packing: bool | str = "auto") -> int:
     """Compiles every batch shape `encode(sentences, ...)` will use, running one batch of each; returns how
     many shapes that was."""
     shapes = {}
-    for batch in self._plan(self.tokenizer.encode_batch(list(sentences)), batch_size, packing):
-      shapes.setdefault(batch.input_ids.shape, batch)
+    texts = list(sentences)
+    for start in range(0, len(texts), CHUNK_TEXTS):  # chunked as encode chunks them
+      for batch in self._plan(self.tokenizer.encode_batch(texts[start:start + CHUNK_TEXTS]), batch_size, packing):
+        shapes.setdefault(batch.input_ids.shape, batch)
     for batch in shapes.values():
       self._dispatch(batch, "sentence_embedding").block_until_ready()
     return len(shapes)
 
-  def _plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool) -> Iterator[Batch]:
+  def _plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool | str) -> Iterator[Batch]:
     """Batches whose row counts are multiples of the device count (a full one, and a small one for tails)."""
     n_dev = len(self.devices)
     rows = -(-batch_size // n_dev) * n_dev
@@ -127,7 +130,7 @@ class SentenceEncoder:
     arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
     return self._forward(self.params, *arrays, num_segments=batch.text_index.shape[1], output=output)
 
-  def _run(self, texts: list[str], batch_size: int, packing: bool, output: str,
+  def _run(self, texts: list[str], batch_size: int, packing: bool | str, output: str,
            show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Batch, np.ndarray]]:
     """(chunk's input indices, batch, device output as numpy) for every batch, in completion order."""
     stats = self.last_encode_stats = {"texts": len(texts), "real_tokens": 0, "computed_tokens": 0, "batches": 0}
