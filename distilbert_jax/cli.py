@@ -21,11 +21,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _load_encoder(args):
   from distilbert_jax.encoder import SentenceEncoder
-  from distilbert_jax.hub import ModelNotFoundError
-  try:
-    return SentenceEncoder.from_pretrained(args.model, dtype=args.dtype)
-  except ModelNotFoundError as e:
-    sys.exit(f"error: {e}")
+  return SentenceEncoder.from_pretrained(args.model, dtype=args.dtype)
 
 
 def _read_lines(path: str) -> list[str]:
@@ -102,16 +98,12 @@ def cmd_search(args) -> None:
 
 
 def cmd_encode_corpus(args) -> None:
-  from distilbert_jax.corpus_job import JobError, run_job
-  from distilbert_jax.hub import ModelNotFoundError
+  from distilbert_jax.corpus_job import run_job
   fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
-  try:
-    summary = run_job(args.input, args.model, args.out, dtype=args.dtype, shard_size=args.shard_size,
-                      on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size, fields=fields,
-                      process_index=args.process_index, process_count=args.process_count,
-                      show_progress=not args.quiet)
-  except (JobError, ModelNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  summary = run_job(args.input, args.model, args.out, dtype=args.dtype, shard_size=args.shard_size,
+                    on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size, fields=fields,
+                    process_index=args.process_index, process_count=args.process_count,
+                    show_progress=not args.quiet)
   print(f"{summary['rows']} embeddings in {summary['shards']} shards at {summary['out']}; encoded now "
         f"{summary['encoded_now']} ({summary['docs_per_s']} docs/s, {summary['tokens_per_s']} tokens/s), "
         f"rejected {summary['rejected']}, {summary['seconds']}s", file=sys.stderr)
@@ -154,11 +146,8 @@ def cmd_train(args) -> None:
   cfg = TrainConfig(loss=args.loss, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                     grad_accumulation=args.grad_accumulation, dtype=args.dtype, seed=args.seed)
-  try:
-    summary = train(args.model, args.train_data, args.out, cfg, checkpoint_every=args.checkpoint_every,
-                    show_progress=not args.quiet)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  summary = train(args.model, args.train_data, args.out, cfg, checkpoint_every=args.checkpoint_every,
+                  show_progress=not args.quiet)
   print(f"trained {summary['steps']} steps ({summary['seconds_per_step']:.2f} s/step), last loss "
         f"{summary['last_loss']}; models in {summary['out']}/jax and {summary['out']}/sentence-transformers",
         file=sys.stderr)
@@ -249,7 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   args = build_parser().parse_args(argv)
-  args.func(args)
+  try:
+    args.func(args)
+  except (OSError, ValueError, RuntimeError) as e:  # bad input: one clear line naming it, no traceback
+    message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+    sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The files a sentence-transformers encoder needs; nothing else is downloaded.
-_MODEL_FILES = ["*.json", "*.txt", "model.safetensors", "1_Pooling/*", "2_Normalize/*"]
+# The files a sentence-transformers encoder needs (configs, vocab, weights, also under 0_Transformer/ in older
+# layouts); safetensors first, pytorch_model.bin only for repositories without it. Nothing else is downloaded.
+_MODEL_FILES = ["*.json", "*.txt", "*model.safetensors"]
+_FALLBACK_FILES = ["*.json", "*.txt", "*pytorch_model.bin"]
+
+
+def _has_weights(path: Path) -> bool:
+  return any(path.rglob("model.safetensors")) or any(path.rglob("pytorch_model.bin"))
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -27,12 +33,18 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     raise ModelNotFoundError(
         f"{name}: not a local directory, and resolving hub ids needs huggingface_hub "
         "(pip install 'distilbert-jax[hub]'); or pass the path of a local checkpoint") from None
-  try:  # the cache first: no network round trip when the model is already there
-    return Path(snapshot_download(repo_id, allow_patterns=_MODEL_FILES, local_files_only=True))
-  except Exception:
-    pass
+  for patterns in (_MODEL_FILES, _FALLBACK_FILES):
+    try:  # the cache first: no network round trip when the model is already there
+      path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+      if _has_weights(path):
+        return path
+    except Exception:
+      pass
   try:
-    return Path(snapshot_download(repo_id, allow_patterns=_MODEL_FILES))
+    path = Path(snapshot_download(repo_id, allow_patterns=_MODEL_FILES))
+    if not _has_weights(path):
+      path = Path(snapshot_download(repo_id, allow_patterns=_FALLBACK_FILES))
+    return path
   except Exception as e:
     raise ModelNotFoundError(
         f"{repo_id} is not in the Hugging Face cache and could not be downloaded ({type(e).__name__}). "
