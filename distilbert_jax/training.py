@@ -9,7 +9,6 @@ Trainer), clipping at global norm 1.0, AdamW betas (0.9, 0.999), eps 1e-8. The s
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from pathlib import Path
