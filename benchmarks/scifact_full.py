@@ -31,7 +31,7 @@ def child(which: str) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer, util
     torch.set_num_threads(2)
-    model = SentenceTransformer(path, device="cpu")
+    model = SentenceTransformer(str(path), device="cpu")
     results = util.semantic_search(model.encode(data.query_texts, convert_to_tensor=True),
                                    model.encode(data.corpus_texts, convert_to_tensor=True), top_k=100,
                                    score_function=util.dot_score)
