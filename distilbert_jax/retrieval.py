@@ -11,11 +11,6 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-import ir_measures
-from ir_measures import nDCG, R, RR
-
-METRICS = {"nDCG@10": nDCG @ 10, "MRR@10": RR @ 10, "Recall@100": R @ 100}
-
 
 @dataclasses.dataclass
 class BeirDataset:
@@ -87,8 +82,14 @@ def load_beir(directory: str | Path, split: str = "test", max_docs: int | None =
 
 def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
   """nDCG@10, MRR@10 and Recall@100 averaged over the judged queries (ir-measures, pytrec_eval backend)."""
-  scores = ir_measures.calc_aggregate(list(METRICS.values()), qrels, run)
-  return {name: float(scores[measure]) for name, measure in METRICS.items()}
+  try:
+    import ir_measures
+    from ir_measures import nDCG, R, RR
+  except ImportError:
+    raise ImportError("retrieval metrics need ir-measures: pip install 'distilbert-jax[eval]'") from None
+  measures = {"nDCG@10": nDCG @ 10, "MRR@10": RR @ 10, "Recall@100": R @ 100}
+  scores = ir_measures.calc_aggregate(list(measures.values()), qrels, run)
+  return {name: float(scores[measure]) for name, measure in measures.items()}
 
 
 def search_results_to_run(results: list[list[dict]], query_ids: list[str],
