@@ -26,6 +26,7 @@ def _env(**extra):
 
 
 def test_four_devices_equal_one_device(tiny_checkpoint):
+  """encode, semantic_search and a fine-tuning step: 4 CPU devices vs 1."""
   out = subprocess.run([sys.executable, SCRIPTS / "multidevice_check.py", str(tiny_checkpoint)], capture_output=True,
                        text=True, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
   assert out.returncode == 0, out.stderr[-3000:]
@@ -35,6 +36,9 @@ def test_four_devices_equal_one_device(tiny_checkpoint):
     assert rel <= 1e-6, (case, rel)
   for case, same in report["search"].items():
     assert all(same), case
+  (loss4, loss1) = report["train_loss"]  # fine-tuning: the batch sharded over 4 devices, same update
+  np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+  assert report["train_params_rel"] <= 1e-5, report["train_params_rel"]
 
 
 def test_two_processes_over_loopback_encode_in_input_order(tiny_checkpoint, tmp_path):
