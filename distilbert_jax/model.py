@@ -130,10 +130,21 @@ class Attention(nn.Module):
                         preferred_element_type=jnp.float32).astype(self.dtype)  # [B, T, H, K]
 
     weights = None
-    if deterministic and not return_weights and jax.default_backend() == "cpu":
+    if not return_weights and jax.default_backend() == "cpu":
       # XLA:CPU runs the batched [B, H, T, S] form about 3x slower than one example at a time (the whole
       # [B, H, T, S] tensor leaves the caches); accelerators keep the batched form.
-      context = jax.lax.map(lambda a: mix(attention_weights(a[0], a[1], a[2]), a[3]), (q, k, bias, v))
+      rate = 0.0 if deterministic else cfg.attention_dropout
+      keys = jax.random.split(self.make_rng("dropout"), q.shape[0]) if rate else jnp.zeros((q.shape[0], 2),
+                                                                                            jnp.uint32)
+
+      def one_example(args):
+        q, k, bias, v, key = args
+        weights = attention_weights(q, k, bias)  # [H, T, S]
+        if rate:  # dropout on the attention weights, as nn.Dropout does, with one key per example
+          weights = jnp.where(jax.random.bernoulli(key, 1.0 - rate, weights.shape), weights / (1.0 - rate), 0.0)
+        return mix(weights, v)
+
+      context = jax.lax.map(one_example, (q, k, bias, v, keys))
     else:
       weights = attention_weights(q, k, bias)
       context = mix(nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic), v)
