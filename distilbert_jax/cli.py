@@ -33,21 +33,20 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _read_corpus(path: str) -> tuple[list[str], list[str]]:
-  """(ids, texts) from a BEIR directory, a corpus.jsonl[.gz], a TSV of id<TAB>text, or plain lines."""
-  from distilbert_jax import retrieval
+  """(ids, texts) from a BEIR directory, a corpus.jsonl[.gz], a TSV of id<TAB>text, or plain lines, read as
+  encode-corpus reads them; a bad line raises naming file and line."""
+  from distilbert_jax.corpus_job import detect_format, read_records
+  from distilbert_jax.retrieval import find_beir_file
   p = Path(path)
-  if p.is_dir() or p.name.endswith((".jsonl", ".jsonl.gz")):
-    file = retrieval.find_beir_file(p, "corpus") if p.is_dir() else p
-    docs = [(str(d["_id"]), retrieval.document_text(d)) for _, d in retrieval.read_jsonl(file)]
-    return [d[0] for d in docs], [d[1] for d in docs]
-  lines = _read_lines(path)
-  if p.suffix == ".tsv":
-    rows = [line.split("\t", 1) for line in lines]
-    bad = [i + 1 for i, r in enumerate(rows) if len(r) != 2]
-    if bad:
-      sys.exit(f"error: {path}:{bad[0]}: expected id<TAB>text")
-    return [r[0] for r in rows], [r[1] for r in rows]
-  return [str(i + 1) for i in range(len(lines))], lines
+  if p.is_dir():
+    p = find_beir_file(p, "corpus")
+  ids, texts = [], []
+  for record in read_records(p, detect_format(p, {})):
+    if record.error is not None:
+      raise ValueError(f"{p}:{record.line}: {record.error}")
+    ids.append(record.id)
+    texts.append(record.text)
+  return ids, texts
 
 
 def cmd_encode(args) -> None:

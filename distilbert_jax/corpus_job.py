@@ -215,11 +215,12 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
     if mine and shard_index not in done_shards:
       embeddings = encoder.encode([r.text for r in batch], batch_size=batch_size)
       name = shard_name(shard_index)
+      shard_bytes = _npy_bytes(embeddings.astype(np.float32))
       _write_atomic(out_dir / f"{name}.ids.json", json.dumps([r.id for r in batch]).encode())
-      _write_atomic(out_dir / f"{name}.npy", _npy_bytes(embeddings.astype(np.float32)))
+      _write_atomic(out_dir / f"{name}.npy", shard_bytes)
       manifest["shards"].append({"index": shard_index, "file": f"{name}.npy", "ids": f"{name}.ids.json",
                                  "rows": len(batch), "first_line": batch[0].line, "last_line": last_line,
-                                 "sha256": hashlib.sha256(_npy_bytes(embeddings.astype(np.float32))).hexdigest()})
+                                 "sha256": hashlib.sha256(shard_bytes).hexdigest()})
       manifest["rejects"] = rejects
       _write_atomic(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
       _write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())  # the commit point
