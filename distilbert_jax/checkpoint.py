@@ -140,6 +140,16 @@ def flatten_params(params: dict) -> dict[FlaxPath, np.ndarray]:
   return {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
+def raise_on_mismatch(what: str, missing: list[str], unexpected: list[str], misshaped: list[str]) -> None:
+  """One CheckpointError listing every missing, unexpected and mis-shaped key, if there is any."""
+  if missing or unexpected or misshaped:
+    lines = [f"{what}:"]
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+      if keys:
+        lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
+    raise CheckpointError("\n".join(lines))
+
+
 def torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source: str = "checkpoint") -> dict:
   """Checkpoint tensors (PyTorch names) -> nested Flax params, strictly; `source` names the file in errors."""
   prefix = BASE_MODEL_PREFIX[config.model_type]
@@ -162,13 +172,8 @@ def torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source:
       continue
     flat[rule.flax_path] = np.asarray(rule.to_flax(*(tensors[k] for k in rule.torch_keys)), np.float32)
   unexpected = sorted(set(tensors) - used)
-  if missing or unexpected or misshaped:
-    lines = [f"{source} does not match a {config.model_type} encoder with {config.num_layers} layers, "
-             f"width {config.hidden_size}:"]
-    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
-      if keys:
-        lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
-    raise CheckpointError("\n".join(lines))
+  raise_on_mismatch(f"{source} does not match a {config.model_type} encoder with {config.num_layers} layers, "
+                    f"width {config.hidden_size}", missing, unexpected, misshaped)
   unfilled = set(shapes) - set(flat)
   assert not unfilled, f"name table leaves parameters unfilled: {sorted(unfilled)}"
   return nest_params(flat)

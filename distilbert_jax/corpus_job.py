@@ -188,6 +188,12 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
   rejects = list(manifest["rejects"])
   rejects_path = out_dir / ("rejects.jsonl" if process_count == 1 else f"rejects-{process_index}.jsonl")
 
+  def commit() -> None:
+    """Rejects so far, then the manifest: the manifest's rename is the commit point."""
+    manifest["rejects"] = rejects
+    _write_atomic(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
+    _write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
+
   progress = _JobProgress(input_path, show_progress)
   start = time.perf_counter()
   encoded = tokens = 0
@@ -221,18 +227,14 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
       manifest["shards"].append({"index": shard_index, "file": f"{name}.npy", "ids": f"{name}.ids.json",
                                  "rows": len(batch), "first_line": batch[0].line, "last_line": last_line,
                                  "sha256": hashlib.sha256(shard_bytes).hexdigest()})
-      manifest["rejects"] = rejects
-      _write_atomic(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
-      _write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())  # the commit point
+      commit()
       encoded += len(batch)
       tokens += encoder.last_encode_stats["real_tokens"]
     progress.update(last_line, len(batch), encoded, tokens)
     shard_index += 1
-  manifest["rejects"] = rejects
   manifest["complete"] = True
   manifest["rows"] = sum(s["rows"] for s in manifest["shards"])
-  _write_atomic(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
-  _write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
+  commit()
   progress.close()
   elapsed = time.perf_counter() - start
   return {"out": str(out_dir), "rows": manifest["rows"], "encoded_now": encoded, "rejected": len(rejects),

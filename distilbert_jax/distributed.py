@@ -29,10 +29,8 @@ def process_slice(n_items: int, process_index: int, process_count: int) -> slice
 
 def merge_slices(parts: Sequence[np.ndarray], n_items: int) -> np.ndarray:
   """Per-process results (each padded to the largest slice, in process order) -> rows in input order."""
-  count = len(parts)
-  rows = [part[:process_slice(n_items, p, count).stop - process_slice(n_items, p, count).start]
-          for p, part in enumerate(parts)]
-  return np.concatenate(rows, axis=0)
+  slices = [process_slice(n_items, p, len(parts)) for p in range(len(parts))]
+  return np.concatenate([part[:s.stop - s.start] for part, s in zip(parts, slices)], axis=0)
 
 
 def encode_across_processes(encoder, sentences: Sequence[str], **encode_kwargs) -> np.ndarray:

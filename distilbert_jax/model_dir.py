@@ -81,10 +81,8 @@ def _load_jax_dir(model_dir: Path) -> LoadedModel:
   unexpected = sorted("/".join(k) for k in set(got) - set(expected))
   misshaped = sorted(f"{'/'.join(k)}: expected {expected[k]}, got {got[k].shape}"
                      for k in set(got) & set(expected) if tuple(got[k].shape) != expected[k])
-  if missing or unexpected or misshaped:
-    raise checkpoint.CheckpointError(
-        f"{model_dir / 'params.safetensors'} does not match {model_dir / 'config.json'}: "
-        f"missing {missing}, unexpected {unexpected}, wrong shape {misshaped}")
+  checkpoint.raise_on_mismatch(f"{model_dir / 'params.safetensors'} does not match {model_dir / 'config.json'}",
+                               missing, unexpected, misshaped)
   pooling = PoolingConfig(modes=tuple(meta["pooling"]["modes"]), normalize=bool(meta["pooling"]["normalize"]))
   return LoadedModel(config, checkpoint.nest_params(got), pooling, int(meta["max_seq_length"]),
                      bool(meta["do_lower_case"]), model_dir, str(model_dir))

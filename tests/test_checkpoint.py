@@ -116,3 +116,13 @@ def test_pytorch_bin_without_torch_gives_clear_message(tiny_checkpoint, tmp_path
           f"SentenceEncoder.from_pretrained({str(path)!r})")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   assert out.returncode != 0 and "reading pytorch_model.bin needs torch" in out.stderr
+
+
+def test_our_directory_with_a_missing_parameter_is_named(tiny_checkpoint, tmp_path):
+  jax_dir = SentenceEncoder.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
+  params = load_file(str(jax_dir / "params.safetensors"))
+  params.pop("transformer/layer_0/ffn/lin1/bias")
+  save_file(params, str(jax_dir / "params.safetensors"))
+  with pytest.raises(CheckpointError, match=r"params\.safetensors does not match .*config\.json:\n"
+                                            r"  missing \(1\): transformer/layer_0/ffn/lin1/bias"):
+    SentenceEncoder.from_pretrained(jax_dir)
