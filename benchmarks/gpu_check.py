@@ -1,22 +1,26 @@
-"""Accelerator check (run through gpu_check.sh): 1 device vs all, bfloat16 vs float32, MFU.
+"""Accelerator check (run through gpu_check.sh): our encode vs sentence-transformers on the same accelerator.
 
-Uses the full msmarco-distilbert-dot-v5 config (random weights) on the first 2,000 SciFact documents, or on
-synthetic 256-token texts when SciFact is not beside the repository.
+The full msmarco-distilbert-dot-v5 config (random weights) on the SciFact documents (all 5,183 by default; synthetic
+256-token texts when SciFact is not found). Each side runs in its own process: sentence-transformers' `encode` in
+float32 and bfloat16, then ours in float32 (full-precision matmuls) and bfloat16. Prints tokens/s, ratios against
+torch float32, MFU, padding efficiency, and parity: ours vs torch per dtype (max abs diff, min cosine).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import SCIFACT, msmarco_random_checkpoint, scifact_documents  # noqa: E402
-from distilbert_jax import SentenceEncoder  # noqa: E402
 
 # Dense peak TFLOP/s per device for bfloat16 matmuls (vendor figures, no sparsity).
 PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "L4": 121, "A10": 125, "V100": 125,
@@ -29,48 +33,97 @@ def flops_per_token(cfg, mean_row_length: float) -> float:
   return cfg.num_layers * per_layer
 
 
-def measure(model: SentenceEncoder, texts, batch_size):
-  model.warmup(texts, batch_size=batch_size)
+def documents(n: int) -> list[str]:
+  if SCIFACT.exists():
+    return scifact_documents(n)
+  rng = np.random.default_rng(0)
+  return [" ".join(rng.choice(["protein", "cell", "risk", "trial", "gene"], 250)) for _ in range(n)]
+
+
+def run_torch(docs, path, batch_size, dtype, out_file):
+  import torch
+  from sentence_transformers import SentenceTransformer
+  device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of this script off the accelerator
+  model = SentenceTransformer(str(path), device=device)
+  model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+  tokens = sum(len(t) for t in model.tokenizer([d.strip() for d in docs], truncation=True,
+                                               max_length=model.max_seq_length)["input_ids"])
+  model.encode(docs[: batch_size * 4], batch_size=batch_size)  # warm-up (cuBLAS handles, kernels)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  sync()
   start = time.perf_counter()
-  out = model.encode(texts, batch_size=batch_size)
+  emb = model.encode(docs, batch_size=batch_size, convert_to_numpy=False, convert_to_tensor=True)
+  sync()
+  seconds = time.perf_counter() - start
+  np.save(out_file, emb.float().cpu().numpy())
+  return {"seconds": seconds, "tokens": tokens, "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu"}
+
+
+def run_jax(docs, path, batch_size, dtype, out_file):
+  import jax
+  from distilbert_jax import SentenceEncoder
+  model = SentenceEncoder.from_pretrained(path, dtype=dtype)
+  start = time.perf_counter()
+  shapes = model.warmup(docs, batch_size=batch_size)
+  warmup = time.perf_counter() - start
+  start = time.perf_counter()
+  emb = model.encode(docs, batch_size=batch_size)
   seconds = time.perf_counter() - start
   stats = model.last_encode_stats
-  return out, seconds, stats
+  np.save(out_file, emb)
+  kind = jax.devices()[0].device_kind
+  mean_row = stats["computed_tokens"] / max(1, stats["rows"])
+  achieved = stats["computed_tokens"] / seconds * flops_per_token(model.config, mean_row)
+  peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k.lower() in kind.lower()), None)
+  return {"seconds": seconds, "tokens": stats["real_tokens"], "computed_tokens": stats["computed_tokens"],
+          "shapes": shapes, "warmup_seconds": warmup, "tflops": achieved / 1e12,
+          "mfu_bf16_peak": achieved / (peak * 1e12 * len(model.devices)) if peak else None,
+          "device": f"{len(model.devices)} x {kind} ({jax.default_backend()}), jax {jax.__version__}"}
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--docs", type=int, default=2000)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--docs", type=int, default=None, help="first N SciFact documents (default: all)")
   parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  parser.add_argument("--out-file", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  devices = jax.devices()
-  kind = devices[0].device_kind
-  print(f"devices: {len(devices)} x {kind} ({jax.default_backend()}), jax {jax.__version__}")
-  if SCIFACT.exists():
-    texts = scifact_documents(args.docs)
-  else:
-    rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice(["protein", "cell", "risk", "trial", "gene"], 250)) for _ in range(args.docs)]
-  path = msmarco_random_checkpoint()
-  results = {}
-  for dtype in ("float32", "bfloat16"):
-    for label, devs in (("1 device", devices[:1]), (f"{len(devices)} devices", devices)):
-      model = SentenceEncoder.from_pretrained(path, dtype=dtype, devices=devs)
-      out, seconds, stats = measure(model, texts, args.batch_size)
-      tokens_s = stats["real_tokens"] / seconds
-      computed_s = stats["computed_tokens"] / seconds
-      mean_row = stats["computed_tokens"] / max(1, stats["batches"] * args.batch_size)
-      achieved = computed_s * flops_per_token(model.config, mean_row)  # forward pass only
-      peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k.lower() in kind.lower()), None)
-      mfu = f"{achieved / (peak * 1e12 * len(devs)):.1%}" if peak else "n/a (unknown peak)"
-      print(f"{dtype:<9} {label:<11} {tokens_s:12,.0f} tokens/s  {achieved / 1e12:7.1f} TFLOP/s  MFU {mfu}  "
-            f"padding efficiency {stats['real_tokens'] / stats['computed_tokens']:.1%}")
-      results[(dtype, label)] = out
-  f32 = results[("float32", "1 device")]
-  for key, out in results.items():
-    cos = (out * f32).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(f32, axis=1))
-    print(f"parity {key[0]:<9} {key[1]:<11} vs float32 1 device: max abs diff {np.abs(out - f32).max():.3g}, "
-          f"min cosine {cos.min():.6f}")
+  if args.child:
+    side, dtype = args.child.split("-")
+    docs = documents(args.docs or 5183)
+    run = run_torch if side == "torch" else run_jax
+    print(json.dumps(run(docs, msmarco_random_checkpoint(), args.batch_size, dtype, args.out_file)))
+    return
+  msmarco_random_checkpoint()
+  results, embeddings = {}, {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for variant in ("torch-float32", "torch-bfloat16", "jax-float32", "jax-bfloat16"):
+      out_file = Path(tmp) / f"{variant}.npy"
+      cmd = [sys.executable, __file__, "--child", variant, "--batch-size", str(args.batch_size),
+             "--out-file", str(out_file)] + (["--docs", str(args.docs)] if args.docs else [])
+      proc = subprocess.run(cmd, capture_output=True, text=True)
+      if proc.returncode:
+        print(f"{variant} failed:\n{proc.stderr[-4000:]}", flush=True)
+        continue
+      r = results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+      embeddings[variant] = np.load(out_file)
+      line = f"{variant:<15} {r['tokens'] / r['seconds']:>10,.0f} tokens/s  {r['seconds']:6.2f}s"
+      if "torch-float32" in results and variant != "torch-float32":
+        base = results["torch-float32"]
+        line += f"  {(r['tokens'] / r['seconds']) / (base['tokens'] / base['seconds']):5.2f}x torch-float32"
+      if variant.startswith("jax"):
+        mfu = f"{r['mfu_bf16_peak']:.1%}" if r["mfu_bf16_peak"] is not None else "n/a"
+        line += (f"  {r['tflops']:.1f} TFLOP/s (MFU vs bf16 peak {mfu})  padding efficiency "
+                 f"{r['tokens'] / r['computed_tokens']:.1%}  {r['shapes']} shapes, warm-up {r['warmup_seconds']:.0f}s")
+      print(f"{line}   [{r['device']}]", flush=True)
+  for ours, ref in (("jax-float32", "torch-float32"), ("jax-bfloat16", "torch-bfloat16"),
+                    ("jax-bfloat16", "torch-float32"), ("torch-bfloat16", "torch-float32")):
+    if ours in embeddings and ref in embeddings:
+      x, y = embeddings[ours], embeddings[ref]
+      cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+      print(f"parity {ours:<14} vs {ref:<14} max abs diff {np.abs(x - y).max():.3g} (max |x| {np.abs(y).max():.3g})"
+            f"  min cosine {cos.min():.6f}", flush=True)
+  print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One prepared check for a machine with accelerators (GPU or TPU), under 5 minutes:
-#   throughput on 1 device vs all devices (float32 and bfloat16), bfloat16 vs float32 parity, and MFU.
-# Installs what it needs into .venv-accel (jax with CUDA 12 wheels on NVIDIA, jax[tpu] on TPU), builds the
-# random-weight msmarco checkpoint (needs torch + transformers, CPU wheels are enough), then runs gpu_check.py.
-#   bash benchmarks/gpu_check.sh            # or: PYTHON=/path/to/python bash benchmarks/gpu_check.sh
+# One prepared check for a machine with an accelerator, a few minutes: our encode vs sentence-transformers' on the
+# same device, float32 and bfloat16, parity and MFU (benchmarks/gpu_check.py).
+#   bash benchmarks/gpu_check.sh                      # makes .venv-accel (jax[cuda12] on NVIDIA, jax[tpu] else)
+#   PYTHON=python3 bash benchmarks/gpu_check.sh       # a Python that already has jax, flax, torch, transformers,
+#                                                     # sentence-transformers (an offline accelerator image)
+# Offline boxes: set SCIFACT_DIR to a SciFact copy and REFERENCE_TOKENIZER_DIR to a folder with an uncased
+# WordPiece tokenizer (tokenizer.json, vocab.txt, ...) for the random-weight checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-}
@@ -13,6 +15,8 @@ if [ -z "$PY" ]; then
   if command -v nvidia-smi >/dev/null 2>&1; then JAX='jax[cuda12]'; else JAX='jax[tpu]'; fi
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q -e '.[test]' "$JAX"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
-timeout 290 "$PY" benchmarks/gpu_check.py "$@"
+timeout "${GPU_CHECK_TIMEOUT:-400}" "$PY" benchmarks/gpu_check.py "$@"

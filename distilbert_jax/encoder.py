@@ -133,7 +133,8 @@ class SentenceEncoder:
   def _run(self, texts: list[str], batch_size: int, packing: bool | str, output: str,
            show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Batch, np.ndarray]]:
     """(chunk's input indices, batch, device output as numpy) for every batch, in completion order."""
-    stats = self.last_encode_stats = {"texts": len(texts), "real_tokens": 0, "computed_tokens": 0, "batches": 0}
+    stats = self.last_encode_stats = {"texts": len(texts), "real_tokens": 0, "computed_tokens": 0,
+                                      "batches": 0, "rows": 0}
     progress = _Progress(len(texts), enabled=show_progress_bar)
     chunks = [np.arange(s, min(s + CHUNK_TEXTS, len(texts))) for s in range(0, len(texts), CHUNK_TEXTS)]
 
@@ -151,6 +152,7 @@ class SentenceEncoder:
           stats["real_tokens"] += batch.real_tokens
           stats["computed_tokens"] += batch.input_ids.size
           stats["batches"] += 1
+          stats["rows"] += batch.input_ids.shape[0]
           pending.append((indices, batch, self._dispatch(batch, output)))
           if len(pending) > 2:  # keep two batches in flight
             done = pending.pop(0)
