@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distilbert_jax import SentenceEncoder
-from distilbert_jax.batching import plan_batches
-from tests.conftest import TEXTS
+from distilbert_jax.batching import MAX_SHAPES, plan_batches
+from tests.conftest import SCIFACT, TEXTS
 
 WORDS = ["the", "protein", "binds", "receptor", "cells", "in", "mice", "ångström", "日本", "🎉", "increase", "risk",
          "of", "cancer", "vitamin", "d", "covid-19", "trial", "placebo", "!!"]
@@ -86,6 +86,29 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
     assert sorted(seen) == list(range(len(token_ids)))
     if packing:
       assert real / computed > 0.95, real / computed
+
+
+def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm):
+  from distilbert_jax.retrieval import document_text, find_beir_file, read_jsonl
+  from distilbert_jax.tokenizer import WordPieceTokenizer
+  docs = [document_text(d) for _, d in zip(range(1000), (d for _, d in read_jsonl(find_beir_file(SCIFACT, "corpus"))))]
+  token_ids = WordPieceTokenizer.from_dir(minilm, max_seq_length=512).encode_batch(docs)
+  batches = list(plan_batches(token_ids, rows_per_batch=32, max_seq_length=512, packing="auto"))
+  real, computed = sum(b.real_tokens for b in batches), sum(b.input_ids.size for b in batches)
+  assert real / computed >= 0.97, real / computed
+  assert len({b.input_ids.shape for b in batches}) <= MAX_SHAPES
+  assert {b.input_ids.shape[0] for b in batches} <= {32, 4}
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_plan_stays_within_16_shapes_for_any_lengths(packing):
+  rng = np.random.default_rng(7)
+  for lengths in (rng.integers(1, 513, 3000), rng.integers(1, 513, 50), np.full(100, 512), rng.integers(1, 40, 999)):
+    token_ids = [np.ones(n, np.int32) for n in lengths]
+    batches = list(plan_batches(token_ids, rows_per_batch=32, max_seq_length=512, packing=packing))
+    assert len({b.input_ids.shape for b in batches}) <= MAX_SHAPES
+    seen = np.concatenate([b.text_index[b.text_index >= 0] for b in batches])
+    assert sorted(seen) == list(range(len(lengths)))
 
 
 def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
