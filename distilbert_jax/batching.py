@@ -117,7 +117,7 @@ def _within_shape_budget(batches: list[tuple[int, int, list[list[int]]]]) -> lis
       count[(width, rows)] = count.get((width, rows), 0) + 1
     if len(count) <= MAX_SHAPES:
       return batches
-    cost, small, big = min((count[s] * (b[0] * b[1] - s[0] * s[1]), s, b) for s in count for b in count
+    _, small, big = min((count[s] * (b[0] * b[1] - s[0] * s[1]), s, b) for s in count for b in count
                            if b != s and b[0] >= s[0] and b[1] >= s[1])
     batches = [(big[0], big[1], texts) if (w, r) == small else (w, r, texts) for w, r, texts in batches]
 
