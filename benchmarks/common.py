@@ -27,3 +27,9 @@ def msmarco_random_checkpoint() -> Path:
     from conversion.make_reference_checkpoint import make_reference_checkpoint
     make_reference_checkpoint(path, seed=0)
   return path
+
+
+def sentence_transformers_tokens(model, docs: list[str]) -> int:
+  """Real tokens sentence-transformers' `encode` computes for `docs` (stripped and truncated as it does)."""
+  return sum(len(t) for t in model.tokenizer([d.strip() for d in docs], truncation=True,
+                                             max_length=model.max_seq_length)["input_ids"])

@@ -19,7 +19,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import msmarco_random_checkpoint, scifact_documents  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+  msmarco_random_checkpoint,
+  scifact_documents,
+  sentence_transformers_tokens,
+)
 
 THREADS = 2
 
@@ -39,8 +43,7 @@ def run_torch(docs, path, batch_size, repeats):
   torch.set_num_threads(THREADS)
   from sentence_transformers import SentenceTransformer
   model = SentenceTransformer(str(path), device="cpu")
-  tokens = sum(len(t) for t in model.tokenizer([d.strip() for d in docs], truncation=True,
-                                               max_length=model.max_seq_length)["input_ids"])
+  tokens = sentence_transformers_tokens(model, docs)
   model.encode(docs[:batch_size], batch_size=batch_size)  # warm-up
   return {"seconds": best_of(repeats, lambda: model.encode(docs, batch_size=batch_size)), "tokens": tokens}
 

