@@ -28,6 +28,7 @@ from distilbert_jax.tokenizer import WordPieceTokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
+CPU_STEP_TOKENS = 768  # tokens per step on CPU; 512-2048 measured alike on SciFact shapes, a whole batch 1.3x slower
 
 
 def _check_texts(sentences: Sequence[Any]) -> None:
@@ -57,8 +58,14 @@ class SentenceEncoder:
     cast = lambda p: np.asarray(p, compute if np.ndim(p) >= 2 else np.float32)
     self.params = jax.device_put(jax.tree_util.tree_map(cast, loaded.params), NamedSharding(self.mesh, PartitionSpec()))
     self.last_encode_stats: dict[str, int] = {}  # real vs computed tokens of the last encode call
-    self._forward = jax.jit(functools.partial(_forward, self.module, self.pooling),
-                            static_argnames=("num_segments", "output"))
+    # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
+    rows, replicated = PartitionSpec("data"), PartitionSpec()
+    self._forward = jax.jit(
+        lambda params, *batch, num_segments, output: jax.shard_map(
+            functools.partial(_forward, self.module, self.pooling, self.devices[0].platform == "cpu",
+                              num_segments=num_segments, output=output),
+            mesh=self.mesh, in_specs=(replicated, rows, rows, rows), out_specs=rows)(params, *batch),
+        static_argnames=("num_segments", "output"))
 
   @classmethod
   def from_pretrained(cls, name_or_path: str | Path, dtype: str = "float32",
@@ -164,12 +171,30 @@ class SentenceEncoder:
     progress.close()
 
 
-def _forward(module: Encoder, pooling: PoolingConfig, params, input_ids, segment_ids, positions, *,
+def _forward(module: Encoder, pooling: PoolingConfig, on_cpu: bool, params, input_ids, segment_ids, positions, *,
              num_segments: int, output: str):
-  tokens = module.apply({"params": params}, input_ids, segment_ids, positions)["token_embeddings"]
-  if output == "token_embeddings":
-    return tokens.astype(jnp.float32)  # [R, L, D]
-  return pool(tokens, segment_ids, positions, num_segments, pooling)  # [R, S, dim]
+  """One device's rows [R, L] -> [R, S, dim] sentence embeddings (or [R, L, D] token embeddings)."""
+
+  def encode_rows(input_ids, segment_ids, positions):
+    tokens = module.apply({"params": params}, input_ids, segment_ids, positions)["token_embeddings"]
+    if output == "token_embeddings":
+      return tokens.astype(jnp.float32)  # [r, L, D]
+    return pool(tokens, segment_ids, positions, num_segments, pooling)  # [r, S, dim]
+
+  rows, length = input_ids.shape
+  step = _rows_per_step(rows, length) if on_cpu else rows
+  if step == rows:
+    return encode_rows(input_ids, segment_ids, positions)
+  # On CPU a whole batch's activations ([R, L, F] alone is 140 MB at R=32, L=352) stream through memory
+  # between every matmul; a few rows at a time stay in cache, which measured 1.3-1.4x faster end to end.
+  steps = lambda a: a.reshape(rows // step, step, *a.shape[1:])
+  out = jax.lax.map(lambda a: encode_rows(*a), (steps(input_ids), steps(segment_ids), steps(positions)))
+  return out.reshape(rows, *out.shape[2:])
+
+
+def _rows_per_step(rows: int, length: int) -> int:
+  """The largest divisor of `rows` whose rows hold at most CPU_STEP_TOKENS tokens (at least one row)."""
+  return max([d for d in range(1, rows + 1) if rows % d == 0 and d * length <= CPU_STEP_TOKENS], default=1)
 
 
 class _Progress:

@@ -129,6 +129,21 @@ def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
   assert more.shape == (300, 32)
 
 
+def test_cpu_steps_of_a_few_rows_equal_one_whole_batch(tiny):
+  import functools
+  from distilbert_jax.encoder import _forward, _rows_per_step
+  assert [_rows_per_step(32, length) for length in (32, 128, 352, 512)] == [16, 4, 2, 1]
+  assert _rows_per_step(7, 128) == 1 and _rows_per_step(4, 64) == 4
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1, tiny.config.vocab_size, (32, 128)).astype(np.int32)
+  segments = (np.arange(128)[None] < rng.integers(1, 129, (32, 1))).astype(np.int32)
+  positions = np.broadcast_to(np.arange(128), ids.shape)
+  run = lambda on_cpu, output: jax.jit(functools.partial(_forward, tiny.module, tiny.pooling, on_cpu, num_segments=1,
+                                                         output=output))(tiny.params, ids, segments, positions)
+  for output in ("sentence_embedding", "token_embeddings"):
+    np.testing.assert_allclose(run(True, output), run(False, output), atol=1e-5, rtol=1e-5, err_msg=output)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_a_text_does_not_depend_on_its_neighbours(tiny, data):
