@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distilbert_jax import model_dir
-from distilbert_jax.batching import Batch, plan_batches
+from distilbert_jax.batching import Batch, cpu_rows_per_step, plan_batches
 from distilbert_jax.config import EncoderConfig
 from distilbert_jax.hub import resolve_model_dir
 from distilbert_jax.model import Encoder
@@ -28,7 +28,6 @@ from distilbert_jax.tokenizer import WordPieceTokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
-CPU_STEP_TOKENS = 768  # tokens per step on CPU; 512-2048 measured alike on SciFact shapes, a whole batch 1.3x slower
 
 
 def _check_texts(sentences: Sequence[Any]) -> None:
@@ -182,7 +181,7 @@ def _forward(module: Encoder, pooling: PoolingConfig, on_cpu: bool, params, inpu
     return pool(tokens, segment_ids, positions, num_segments, pooling)  # [r, S, dim]
 
   rows, length = input_ids.shape
-  step = _rows_per_step(rows, length) if on_cpu else rows
+  step = cpu_rows_per_step(rows, length) if on_cpu else rows
   if step == rows:
     return encode_rows(input_ids, segment_ids, positions)
   # On CPU a whole batch's activations ([R, L, F] alone is 140 MB at R=32, L=352) stream through memory
@@ -190,11 +189,6 @@ def _forward(module: Encoder, pooling: PoolingConfig, on_cpu: bool, params, inpu
   steps = lambda a: a.reshape(rows // step, step, *a.shape[1:])
   out = jax.lax.map(lambda a: encode_rows(*a), (steps(input_ids), steps(segment_ids), steps(positions)))
   return out.reshape(rows, *out.shape[2:])
-
-
-def _rows_per_step(rows: int, length: int) -> int:
-  """The largest divisor of `rows` whose rows hold at most CPU_STEP_TOKENS tokens (at least one row)."""
-  return max([d for d in range(1, rows + 1) if rows % d == 0 and d * length <= CPU_STEP_TOKENS], default=1)
 
 
 class _Progress:

@@ -131,9 +131,10 @@ def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
 
 def test_cpu_steps_of_a_few_rows_equal_one_whole_batch(tiny):
   import functools
-  from distilbert_jax.encoder import _forward, _rows_per_step
-  assert [_rows_per_step(32, length) for length in (32, 128, 352, 512)] == [16, 4, 2, 1]
-  assert _rows_per_step(7, 128) == 1 and _rows_per_step(4, 64) == 4
+  from distilbert_jax.batching import cpu_rows_per_step
+  from distilbert_jax.encoder import _forward
+  assert [cpu_rows_per_step(32, length) for length in (32, 128, 352, 512)] == [16, 4, 2, 1]
+  assert cpu_rows_per_step(7, 128) == 1 and cpu_rows_per_step(4, 64) == 4
   rng = np.random.default_rng(0)
   ids = rng.integers(1, tiny.config.vocab_size, (32, 128)).astype(np.int32)
   segments = (np.arange(128)[None] < rng.integers(1, 129, (32, 1))).astype(np.int32)
