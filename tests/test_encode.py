@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -11,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distilbert_jax import SentenceEncoder
-from distilbert_jax.batching import MAX_SHAPES, plan_batches
+from distilbert_jax.batching import MAX_SHAPES, cpu_rows_per_step, plan_batches
+from distilbert_jax.encoder import _forward
 from tests.conftest import SCIFACT, TEXTS
 
 WORDS = ["the", "protein", "binds", "receptor", "cells", "in", "mice", "ångström", "日本", "🎉", "increase", "risk",
@@ -130,9 +132,6 @@ def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
 
 
 def test_cpu_steps_of_a_few_rows_equal_one_whole_batch(tiny):
-  import functools
-  from distilbert_jax.batching import cpu_rows_per_step
-  from distilbert_jax.encoder import _forward
   assert [cpu_rows_per_step(32, length) for length in (32, 128, 352, 512)] == [16, 4, 2, 1]
   assert cpu_rows_per_step(7, 128) == 1 and cpu_rows_per_step(4, 64) == 4
   rng = np.random.default_rng(0)
