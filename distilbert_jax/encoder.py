@@ -57,14 +57,17 @@ class SentenceEncoder:
     cast = lambda p: np.asarray(p, compute if np.ndim(p) >= 2 else np.float32)
     self.params = jax.device_put(jax.tree_util.tree_map(cast, loaded.params), NamedSharding(self.mesh, PartitionSpec()))
     self.last_encode_stats: dict[str, int] = {}  # real vs computed tokens of the last encode call
-    # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
+    on_cpu = self.devices[0].platform == "cpu"
     rows, replicated = PartitionSpec("data"), PartitionSpec()
-    self._forward = jax.jit(
-        lambda params, *batch, num_segments, output: jax.shard_map(
-            functools.partial(_forward, self.module, self.pooling, self.devices[0].platform == "cpu",
-                              num_segments=num_segments, output=output),
-            mesh=self.mesh, in_specs=(replicated, rows, rows, rows), out_specs=rows)(params, *batch),
-        static_argnames=("num_segments", "output"))
+
+    def forward(params, input_ids, segment_ids, positions, *, num_segments, output):
+      # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
+      per_device = functools.partial(_forward, self.module, self.pooling, on_cpu, num_segments=num_segments,
+                                     output=output)
+      return jax.shard_map(per_device, mesh=self.mesh, in_specs=(replicated, rows, rows, rows), out_specs=rows)(
+          params, input_ids, segment_ids, positions)
+
+    self._forward = jax.jit(forward, static_argnames=("num_segments", "output"))
 
   @classmethod
   def from_pretrained(cls, name_or_path: str | Path, dtype: str = "float32",
