@@ -168,12 +168,3 @@ def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_l
         batch.text_start[r, slot] = offset
         offset += n
     yield batch
-
-
-CPU_STEP_TOKENS = 768  # tokens per step on CPU; 512-2048 measured alike on SciFact shapes, a whole batch 1.3x slower
-
-
-def cpu_rows_per_step(rows: int, length: int) -> int:
-  """How many rows of a batch a CPU device computes at once: the largest divisor of `rows` whose rows hold at
-  most CPU_STEP_TOKENS tokens (at least one row), so that activations between matmuls stay in cache."""
-  return max([d for d in range(1, rows + 1) if rows % d == 0 and d * length <= CPU_STEP_TOKENS], default=1)

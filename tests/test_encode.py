@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distilbert_jax import SentenceEncoder
-from distilbert_jax.batching import MAX_SHAPES, cpu_rows_per_step, plan_batches
-from distilbert_jax.encoder import _forward
+from distilbert_jax.batching import MAX_SHAPES, plan_batches
+from distilbert_jax.encoder import _forward, cpu_rows_per_step
 from tests.conftest import SCIFACT, TEXTS
 
 WORDS = ["the", "protein", "binds", "receptor", "cells", "in", "mice", "ångström", "日本", "🎉", "increase", "risk",
