@@ -12,6 +12,7 @@ jax-f32 and jax-bf16 are `encode`'s default (packing="auto"); -pack and -nopack 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -61,14 +62,14 @@ def run_jax(docs, path, batch_size, repeats, dtype, packing):
           "padding_efficiency": stats["real_tokens"] / stats["computed_tokens"]}
 
 
-VARIANTS = {
-    "torch-f32": lambda d, p, b, r: run_torch(d, p, b, r),
-    "jax-f32": lambda d, p, b, r: run_jax(d, p, b, r, "float32", "auto"),  # the default: packs where it pays
-    "jax-f32-pack": lambda d, p, b, r: run_jax(d, p, b, r, "float32", True),
-    "jax-f32-nopack": lambda d, p, b, r: run_jax(d, p, b, r, "float32", False),
-    "jax-bf16": lambda d, p, b, r: run_jax(d, p, b, r, "bfloat16", "auto"),
-    "jax-bf16-pack": lambda d, p, b, r: run_jax(d, p, b, r, "bfloat16", True),
-    "jax-bf16-nopack": lambda d, p, b, r: run_jax(d, p, b, r, "bfloat16", False),
+VARIANTS = {  # each called as (docs, checkpoint path, batch size, repeats)
+    "torch-f32": run_torch,
+    "jax-f32": functools.partial(run_jax, dtype="float32", packing="auto"),  # the default: packs where it pays
+    "jax-f32-pack": functools.partial(run_jax, dtype="float32", packing=True),
+    "jax-f32-nopack": functools.partial(run_jax, dtype="float32", packing=False),
+    "jax-bf16": functools.partial(run_jax, dtype="bfloat16", packing="auto"),
+    "jax-bf16-pack": functools.partial(run_jax, dtype="bfloat16", packing=True),
+    "jax-bf16-nopack": functools.partial(run_jax, dtype="bfloat16", packing=False),
 }
 
 
@@ -89,7 +90,8 @@ def main():
   results = {}
   for variant in ["torch-f32"] + args.variants.split(","):
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--docs", str(args.docs),
-                          "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)], env=env, capture_output=True, text=True)
+                          "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)],
+                         env=env, capture_output=True, text=True)
     if out.returncode:
       sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
     results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
