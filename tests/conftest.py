@@ -19,6 +19,14 @@ TEXTS = SAMPLE_TEXTS
 
 
 @pytest.fixture(scope="session")
+def scifact() -> Path:
+  """The shared BEIR SciFact collection (../shared/data/scifact beside this clone, or $SCIFACT_DIR)."""
+  if not (SCIFACT / "qrels").is_dir():
+    pytest.fail(f"SciFact not found at {SCIFACT}: clone this repository beside ../shared, or set SCIFACT_DIR")
+  return SCIFACT
+
+
+@pytest.fixture(scope="session")
 def full_checkpoint(tmp_path_factory) -> Path:
   """Random weights at the real msmarco-distilbert-dot-v5 config, sentence-transformers layout."""
   return make_reference_checkpoint(tmp_path_factory.mktemp("msmarco_random"), seed=0)

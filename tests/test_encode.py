@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from distilbert_jax import SentenceEncoder
 from distilbert_jax.batching import MAX_SHAPES, plan_batches
 from distilbert_jax.encoder import _forward, cpu_rows_per_step
-from tests.conftest import SCIFACT, TEXTS
+from tests.conftest import TEXTS
 
 WORDS = ["the", "protein", "binds", "receptor", "cells", "in", "mice", "ångström", "日本", "🎉", "increase", "risk",
          "of", "cancer", "vitamin", "d", "covid-19", "trial", "placebo", "!!"]
@@ -92,10 +92,10 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
       assert real / computed > 0.95, real / computed
 
 
-def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm):
+def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm, scifact):
   from distilbert_jax.retrieval import document_text, find_beir_file, read_jsonl
   from distilbert_jax.tokenizer import WordPieceTokenizer
-  docs = [document_text(d) for _, d in itertools.islice(read_jsonl(find_beir_file(SCIFACT, "corpus")), 1000)]
+  docs = [document_text(d) for _, d in itertools.islice(read_jsonl(find_beir_file(scifact, "corpus")), 1000)]
   token_ids = WordPieceTokenizer.from_dir(minilm, max_seq_length=512).encode_batch(docs)
   batches = list(plan_batches(token_ids, rows_per_batch=32, max_seq_length=512, packing="auto"))
   real, computed = sum(b.real_tokens for b in batches), sum(b.input_ids.size for b in batches)

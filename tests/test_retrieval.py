@@ -10,12 +10,11 @@ import torch
 from sentence_transformers import SentenceTransformer, util
 
 from distilbert_jax import SentenceEncoder, retrieval, semantic_search
-from tests.conftest import SCIFACT
 
 
 @pytest.mark.slow
-def test_scifact_ndcg_and_top10_match_sentence_transformers(minilm):
-  data = retrieval.load_beir(SCIFACT, split="test", max_docs=300)
+def test_scifact_ndcg_and_top10_match_sentence_transformers(minilm, scifact):
+  data = retrieval.load_beir(scifact, split="test", max_docs=300)
   assert len(data.query_ids) == 300
 
   ours = SentenceEncoder.from_pretrained(minilm)
