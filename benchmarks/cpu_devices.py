@@ -23,9 +23,9 @@ from benchmarks.common import msmarco_random_checkpoint, scifact_documents  # no
 def child(docs: int) -> dict:
   import jax
 
-  from distilbert_jax import SentenceEncoder
+  from distilbert_jax import SentenceTransformer
   texts = scifact_documents(docs)
-  model = SentenceEncoder.from_pretrained(msmarco_random_checkpoint())
+  model = SentenceTransformer.from_pretrained(msmarco_random_checkpoint())
   model.warmup(texts, batch_size=32)
   start = time.perf_counter()
   model.encode(texts, batch_size=32)

@@ -50,8 +50,8 @@ def run_torch(docs, path, batch_size, repeats):
 
 
 def run_jax(docs, path, batch_size, repeats, dtype, packing):
-  from distilbert_jax import SentenceEncoder
-  model = SentenceEncoder.from_pretrained(path, dtype=dtype)
+  from distilbert_jax import SentenceTransformer
+  model = SentenceTransformer.from_pretrained(path, dtype=dtype)
   start = time.perf_counter()
   shapes = model.warmup(docs, batch_size=batch_size, packing=packing)  # compiles each shape, one batch each
   first = time.perf_counter() - start

@@ -31,10 +31,10 @@ def train_pairs() -> list[dict]:
 
 
 def evaluate(model_path, eval_docs):
-  from distilbert_jax import SentenceEncoder, retrieval, semantic_search
+  from distilbert_jax import SentenceTransformer, retrieval, semantic_search
   data = retrieval.load_beir(SCIFACT, split="test", max_docs=eval_docs)
-  encoder = SentenceEncoder.from_pretrained(model_path)
-  results = semantic_search(encoder.encode(data.query_texts), encoder.encode(data.corpus_texts), top_k=100)
+  encoder = SentenceTransformer.from_pretrained(model_path)
+  results = semantic_search(encoder.encode(data.query_texts), encoder.encode(data.corpus_texts), top_k=100, score_function="dot")
   return retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids), data.qrels)
 
 

@@ -66,8 +66,8 @@ def run_torch(docs, path, batch_size, dtype, out_file):
 def run_jax(docs, path, batch_size, dtype, out_file):
   import jax
 
-  from distilbert_jax import SentenceEncoder
-  model = SentenceEncoder.from_pretrained(path, dtype=dtype)
+  from distilbert_jax import SentenceTransformer
+  model = SentenceTransformer.from_pretrained(path, dtype=dtype)
   start = time.perf_counter()
   shapes = model.warmup(docs, batch_size=batch_size)
   warmup = time.perf_counter() - start

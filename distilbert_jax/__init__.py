@@ -1,11 +1,17 @@
-"""distilbert-jax: sentence-embedding encoders (msmarco-distilbert-dot-v5 and BERT-family) in JAX/Flax."""
+"""distilbert-jax: sentence-embedding encoders (msmarco-distilbert-dot-v5 and BERT-family) in JAX/Flax.
 
+`from distilbert_jax import SentenceTransformer, util` stands in for the same import from sentence_transformers.
+"""
+
+from distilbert_jax import util
 from distilbert_jax.config import EncoderConfig
 from distilbert_jax.corpus_job import load_embeddings
-from distilbert_jax.encoder import SentenceEncoder
+from distilbert_jax.encoder import SentenceTransformer
 from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import PoolingConfig
+from distilbert_jax.quantization import quantize_embeddings
 from distilbert_jax.scoring import cos_sim, dot_score, semantic_search
 
-__all__ = ["EncoderConfig", "Encoder", "PoolingConfig", "SentenceEncoder", "cos_sim", "load_embeddings", "dot_score", "semantic_search"]
+__all__ = ["EncoderConfig", "Encoder", "PoolingConfig", "SentenceTransformer", "cos_sim", "dot_score",
+           "load_embeddings", "quantize_embeddings", "semantic_search", "util"]
 __version__ = "0.1.0"

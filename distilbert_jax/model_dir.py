@@ -23,6 +23,9 @@ from distilbert_jax.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
 
 JAX_MARKER = "distilbert_jax.json"
 FORMAT_VERSION = 1
+ST_CONFIG = "config_sentence_transformers.json"
+# Model-level settings of sentence-transformers' config_sentence_transformers.json that we read, keep and write.
+ST_SETTINGS = ("prompts", "default_prompt_name", "similarity_fn_name", "truncate_dim")
 
 
 @dataclasses.dataclass
@@ -34,6 +37,14 @@ class LoadedModel:
   do_lower_case: bool
   tokenizer_dir: Path
   source: str
+  # From config_sentence_transformers.json (ST_SETTINGS); None where the model does not set them.
+  prompts: dict[str, str] | None = None
+  default_prompt_name: str | None = None
+  similarity_fn_name: str | None = None
+  truncate_dim: int | None = None
+
+  def settings(self) -> dict:
+    return {name: getattr(self, name) for name in ST_SETTINGS}
 
 
 def load(model_dir: str | Path) -> LoadedModel:
@@ -41,9 +52,34 @@ def load(model_dir: str | Path) -> LoadedModel:
   model_dir = Path(model_dir)
   if not model_dir.is_dir():
     raise FileNotFoundError(f"{model_dir}: not a directory")
-  if (model_dir / JAX_MARKER).exists():
-    return _load_jax_dir(model_dir)
-  return _load_sentence_transformers_dir(model_dir)
+  loaded = _load_jax_dir(model_dir) if (model_dir / JAX_MARKER).exists() else _load_sentence_transformers_dir(model_dir)
+  check_limits(loaded)
+  return loaded
+
+
+def check_limits(model: LoadedModel) -> None:
+  """What the embedding gathers would otherwise clamp silently: positions past the table, ids past the vocabulary."""
+  from distilbert_jax.tokenizer import WordPieceTokenizer
+  config_file = Path(model.tokenizer_dir) / "config.json"
+  if not 1 <= model.max_seq_length <= model.config.max_position_embeddings:
+    raise ValueError(f"{model.source}: max_seq_length {model.max_seq_length} is outside 1..max_position_embeddings "
+                     f"{model.config.max_position_embeddings} ({config_file})")
+  vocab = WordPieceTokenizer.from_dir(model.tokenizer_dir, model.max_seq_length).vocab_size
+  if vocab > model.config.vocab_size:
+    raise ValueError(f"{model.tokenizer_dir}: the tokenizer has {vocab} tokens but {config_file} has vocab_size "
+                     f"{model.config.vocab_size}; token ids past the embedding table would be clamped")
+
+
+def read_st_settings(model_dir: Path) -> dict:
+  """prompts, default_prompt_name, similarity_fn_name, truncate_dim from config_sentence_transformers.json."""
+  path = model_dir / ST_CONFIG
+  if not path.exists():
+    return {}
+  try:
+    saved = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  return {name: saved[name] for name in ST_SETTINGS if saved.get(name) is not None}
 
 
 def _load_sentence_transformers_dir(model_dir: Path) -> LoadedModel:
@@ -56,7 +92,7 @@ def _load_sentence_transformers_dir(model_dir: Path) -> LoadedModel:
   st_config = json.loads(st_config_file.read_text()) if st_config_file.exists() else {}
   max_seq_length = st_config.get("max_seq_length") or _tokenizer_max_length(encoder_dir, config)
   return LoadedModel(config, params, pooling, int(max_seq_length), bool(st_config.get("do_lower_case", False)),
-                     encoder_dir, str(model_dir))
+                     encoder_dir, str(model_dir), **read_st_settings(model_dir))
 
 
 def _tokenizer_max_length(encoder_dir: Path, config: EncoderConfig) -> int:
@@ -85,7 +121,8 @@ def _load_jax_dir(model_dir: Path) -> LoadedModel:
                                missing, unexpected, misshaped)
   pooling = PoolingConfig(modes=tuple(meta["pooling"]["modes"]), normalize=bool(meta["pooling"]["normalize"]))
   return LoadedModel(config, checkpoint.nest_params(got), pooling, int(meta["max_seq_length"]),
-                     bool(meta["do_lower_case"]), model_dir, str(model_dir))
+                     bool(meta["do_lower_case"]), model_dir, str(model_dir),
+                     **{k: v for k, v in meta.get("sentence_transformers", {}).items() if k in ST_SETTINGS})
 
 
 def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
@@ -101,6 +138,7 @@ def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
       "do_lower_case": model.do_lower_case,
       "pooling": {"modes": list(model.pooling.modes), "normalize": model.pooling.normalize},
       "source": model.source,
+      "sentence_transformers": {k: v for k, v in model.settings().items() if v is not None},
   }
   (out_dir / JAX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks it complete
   return out_dir
@@ -127,7 +165,15 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) ->
   elif (out_dir / "2_Normalize").exists():
     shutil.rmtree(out_dir / "2_Normalize")
   (out_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+  st_config = {"model_type": "SentenceTransformer", "__version__": {"distilbert_jax": _version()},
+               **{k: v for k, v in model.settings().items() if v is not None}}
+  (out_dir / ST_CONFIG).write_text(json.dumps(st_config, indent=2) + "\n")
   return out_dir
+
+
+def _version() -> str:
+  from distilbert_jax import __version__
+  return __version__
 
 
 __all__ = ["LoadedModel", "load", "save_jax_dir", "export_sentence_transformers_dir", "TOKENIZER_FILES"]

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from distilbert_jax import model_dir, reference
-from distilbert_jax.encoder import SentenceEncoder
+from distilbert_jax.encoder import SentenceTransformer
 
 # Varied texts: short, longer than 512 tokens, punctuation, accents, CJK, emoji, empty and whitespace-only.
 SAMPLE_TEXTS = [
@@ -69,7 +69,7 @@ def _compare(a: np.ndarray, b: np.ndarray, distinct: np.ndarray, top_k: int) -> 
 def parity_report(model_path: str | Path, texts: Sequence[str] = SAMPLE_TEXTS, use_torch: bool = True,
                   top_k: int = 5) -> dict[str, dict[str, float]]:
   """{"jax_vs_oracle": {...}, "torch_vs_oracle": {...}, "jax_vs_torch": {...}} (torch rows only with torch)."""
-  encoder = SentenceEncoder.from_pretrained(model_path)
+  encoder = SentenceTransformer.from_pretrained(model_path)
   ours = encoder.encode(list(texts))
   params64 = reference.to_float64(encoder._loaded.params)
   token_ids = encoder.tokenizer.encode_batch(list(texts))
@@ -78,14 +78,14 @@ def parity_report(model_path: str | Path, texts: Sequence[str] = SAMPLE_TEXTS, u
   report = {"jax_vs_oracle": _compare(ours, oracle, distinct, top_k)}
   if use_torch:
     try:
-      from sentence_transformers import SentenceTransformer
+      import sentence_transformers
     except ImportError:
       return report
     with tempfile.TemporaryDirectory() as tmp:  # our own directory goes to PyTorch through an export
       torch_path = encoder.source
       if (Path(encoder.source) / model_dir.JAX_MARKER).exists():
         torch_path = encoder.export_sentence_transformers(tmp)
-      theirs = SentenceTransformer(str(torch_path), device="cpu").encode(list(texts), convert_to_numpy=True)
+      theirs = sentence_transformers.SentenceTransformer(str(torch_path), device="cpu").encode(list(texts), convert_to_numpy=True)
     report["torch_vs_oracle"] = _compare(theirs, oracle, distinct, top_k)
     report["jax_vs_torch"] = _compare(ours, theirs, distinct, top_k)
   return report

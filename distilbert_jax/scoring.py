@@ -1,47 +1,175 @@
-"""Scores and chunked top-k search, jit-compiled and spread over devices.
+"""Similarity functions and chunked top-k search, as sentence-transformers' `util`, jit-compiled and spread over
+devices.
 
-`semantic_search` returns sentence-transformers' structure: per query, a list of {"corpus_id", "score"} sorted
-by score. Ties are broken towards the lower corpus id. Memory is bounded by the chunk sizes: each corpus chunk
-is split across the devices, each device keeps its own top-k, and one merge per chunk keeps the global top-k.
+Every function takes NumPy arrays, JAX arrays, torch tensors and nested lists (1-D inputs are one row). A score
+matrix comes back as a `jax.Array`, or as a `torch.Tensor` when an input was one (so code written for
+sentence-transformers keeps working on what it gets back). Non-finite embeddings are an error, never a score.
+
+`semantic_search` returns sentence-transformers' structure: per query, a list of {"corpus_id", "score"} sorted by
+score. Ties are broken towards the lower corpus id. Memory is bounded by the chunk sizes: each corpus chunk is
+split across the devices, each device keeps its own top-k, and one merge per chunk keeps the global top-k.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+import heapq
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
+
+from distilbert_jax.devices import data_mesh
+from distilbert_jax.pooling import normalize
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def _is_torch(x: Any) -> bool:
+  return type(x).__module__.split(".")[0] == "torch"
+
+
+def as_numpy(x: Any, what: str = "embeddings") -> np.ndarray:
+  """NumPy, JAX, torch (any device, bfloat16 too) or nested lists -> a NumPy array (float32 if floating)."""
+  if _is_torch(x):
+    x = x.detach().cpu()
+    x = (x.float() if x.is_floating_point() else x).numpy()
+  elif isinstance(x, (list, tuple)) and x and not isinstance(x[0], (int, float, list, tuple, np.number)):
+    x = np.stack([as_numpy(row, what) for row in x])  # a list of tensors or arrays, one per row
+  try:
+    array = np.asarray(x)
+  except ValueError as e:
+    raise ValueError(f"{what}: not a rectangular array ({e})") from None
+  if array.dtype == object or array.dtype.kind not in "fiub":
+    raise TypeError(f"{what}: expected numbers, got dtype {array.dtype}")
+  return array.astype(np.float32) if array.dtype.kind == "f" or array.dtype.kind == "b" else array
+
+
+def _rows(x: Any, what: str) -> np.ndarray:
+  """[N, D] float32 rows, checked finite (a NaN would otherwise rank anywhere without a word)."""
+  array = as_numpy(x, what).astype(np.float32)
+  if array.ndim == 1:
+    array = array[None]
+  if array.ndim != 2:
+    raise ValueError(f"{what}: expected [N, D] or [D], got shape {array.shape}")
+  check_finite(array, what)
+  return array
+
+
+def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
+  bad = ~np.isfinite(array)
+  if bad.any():
+    row = int(np.argwhere(bad.any(axis=-1))[0, 0]) if array.ndim > 1 else 0
+    raise ValueError(f"{what}: row {offset + row} holds NaN or inf ({int(bad.any(axis=-1).sum())} rows in all)")
+
+
+def _like(result: jax.Array, *inputs: Any):
+  if any(_is_torch(x) for x in inputs):
+    import torch
+    return torch.from_numpy(np.array(result))
+  return result
+
+
 @jax.jit
-def dot_score(a: jax.Array, b: jax.Array) -> jax.Array:
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.einsum("qd,cd->qc", a, b, precision=HIGHEST)  # [Q, C]
+
+
+@jax.jit
+def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
+  return _dot(normalize(a), normalize(b))
+
+
+@jax.jit
+def _euclidean(a: jax.Array, b: jax.Array) -> jax.Array:
+  return -jnp.sqrt(jnp.maximum(jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, -1), 0.0))
+
+
+@jax.jit
+def _manhattan(a: jax.Array, b: jax.Array) -> jax.Array:
+  return -jnp.sum(jnp.abs(a[:, None, :] - b[None, :, :]), -1)
+
+
+def _pairwise(a: Any, b: Any, fn: Callable) -> Any:
+  x, y = _rows(a, "embeddings_a"), _rows(b, "embeddings_b")
+  if x.shape != y.shape:
+    raise ValueError(f"pairwise scores need equal shapes, got {x.shape} and {y.shape}")
+  return _like(fn(jnp.asarray(x), jnp.asarray(y)), a, b)
+
+
+def dot_score(a: Any, b: Any):
   """[Na, D] x [Nb, D] -> [Na, Nb] dot products (float32, full precision)."""
-  a, b = jnp.atleast_2d(a).astype(jnp.float32), jnp.atleast_2d(b).astype(jnp.float32)
-  return jnp.einsum("qd,cd->qc", a, b, precision=HIGHEST)
+  return _like(_dot(_rows(a, "embeddings_a"), _rows(b, "embeddings_b")), a, b)
 
 
-@jax.jit
-def cos_sim(a: jax.Array, b: jax.Array) -> jax.Array:
+def cos_sim(a: Any, b: Any):
   """[Na, D] x [Nb, D] -> [Na, Nb] cosine similarities (norms clamped at 1e-12, as torch's normalize)."""
-  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  return dot_score(unit(jnp.atleast_2d(a).astype(jnp.float32)), unit(jnp.atleast_2d(b).astype(jnp.float32)))
+  return _like(_cos(_rows(a, "embeddings_a"), _rows(b, "embeddings_b")), a, b)
 
 
-SCORE_FUNCTIONS = {"dot": dot_score, "cos_sim": cos_sim, "cosine": cos_sim}
+def euclidean_sim(a: Any, b: Any):
+  """[Na, Nb] negative Euclidean distances."""
+  return _like(_euclidean(_rows(a, "embeddings_a"), _rows(b, "embeddings_b")), a, b)
+
+
+def manhattan_sim(a: Any, b: Any):
+  """[Na, Nb] negative Manhattan distances."""
+  return _like(_manhattan(_rows(a, "embeddings_a"), _rows(b, "embeddings_b")), a, b)
+
+
+def pairwise_dot_score(a: Any, b: Any):
+  return _pairwise(a, b, jax.jit(lambda x, y: jnp.sum(x * y, -1)))
+
+
+def pairwise_cos_sim(a: Any, b: Any):
+  return _pairwise(a, b, jax.jit(lambda x, y: jnp.sum(normalize(x) * normalize(y), -1)))
+
+
+def pairwise_euclidean_sim(a: Any, b: Any):
+  return _pairwise(a, b, jax.jit(lambda x, y: -jnp.sqrt(jnp.sum((x - y) ** 2, -1))))
+
+
+def pairwise_manhattan_sim(a: Any, b: Any):
+  return _pairwise(a, b, jax.jit(lambda x, y: -jnp.sum(jnp.abs(x - y), -1)))
+
+
+# sentence-transformers' similarity_fn_name values -> (matrix, pairwise) functions.
+SIMILARITY_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
+    "cosine": (cos_sim, pairwise_cos_sim),
+    "dot": (dot_score, pairwise_dot_score),
+    "euclidean": (euclidean_sim, pairwise_euclidean_sim),
+    "manhattan": (manhattan_sim, pairwise_manhattan_sim),
+}
+# Names (ours, and what the CLI and older code pass) of the two scores the sharded search computes itself.
+_FAST_SCORES = {"cosine": "cosine", "cos_sim": "cosine", "dot": "dot", "dot_score": "dot"}
+
+
+def _fast_score(score_function: Any) -> str | None:
+  """'cosine' or 'dot' when the sharded search can compute `score_function` itself, else None (any other
+  callable is called on chunks). sentence-transformers' own cos_sim and dot_score are recognised by name."""
+  if isinstance(score_function, str):
+    if score_function not in _FAST_SCORES:
+      raise ValueError(f"score_function {score_function!r} is not one of {sorted(_FAST_SCORES)} or a callable")
+    return _FAST_SCORES[score_function]
+  if not callable(score_function):
+    raise TypeError(f"score_function must be a callable or a name, not {type(score_function).__name__}")
+  module = getattr(score_function, "__module__", "") or ""
+  name = getattr(score_function, "__name__", "")
+  if module.split(".")[0] in ("distilbert_jax", "sentence_transformers") and name in (
+      "cos_sim", "pytorch_cos_sim", "dot_score"):
+    return "dot" if name == "dot_score" else "cosine"
+  return None
 
 
 @functools.lru_cache(maxsize=16)
-def _chunk_search_fn(mesh: Mesh, k: int, cosine: bool):
+def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, cosine: bool):
   """Per corpus chunk: local top-k on each device's shard, all-gathered, merged with the running top-k."""
 
   def local_top_k(queries, corpus, corpus_valid, offset):  # runs per device on its corpus shard
     if cosine:
-      corpus = corpus / jnp.maximum(jnp.linalg.norm(corpus, axis=-1, keepdims=True), 1e-12)
+      corpus = normalize(corpus)
     scores = jnp.einsum("qd,cd->qc", queries, corpus, precision=HIGHEST)  # [Q, C/devices]
     scores = jnp.where(corpus_valid[None, :], scores, -jnp.inf)
     values, idx = jax.lax.top_k(scores, min(k, corpus.shape[0]))
@@ -55,7 +183,7 @@ def _chunk_search_fn(mesh: Mesh, k: int, cosine: bool):
   @jax.jit
   def step(best_values, best_ids, queries, corpus, corpus_valid, offset):
     if cosine:
-      queries = queries / jnp.maximum(jnp.linalg.norm(queries, axis=-1, keepdims=True), 1e-12)
+      queries = normalize(queries)
     values, ids = sharded(queries, corpus, corpus_valid, offset)
     # The running best comes first, so equal scores keep the lower corpus id (top_k prefers lower positions);
     # within a chunk, device shards are gathered in corpus order.
@@ -67,32 +195,62 @@ def _chunk_search_fn(mesh: Mesh, k: int, cosine: bool):
   return step
 
 
-def semantic_search(query_embeddings: Any, corpus_embeddings: Any, top_k: int = 10,
-                    score_function: str = "dot", query_chunk_size: int = 100, corpus_chunk_size: int = 500_000,
+def _positive_int(value: Any, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def semantic_search(query_embeddings: Any, corpus_embeddings: Any, query_chunk_size: int = 100,
+                    corpus_chunk_size: int = 500_000, top_k: int = 10, score_function: Any = cos_sim,
                     devices: Sequence[Any] | None = None) -> list[list[dict[str, float | int]]]:
-  """Top-k corpus entries per query, as sentence_transformers.util.semantic_search."""
-  if score_function not in SCORE_FUNCTIONS:
-    raise ValueError(f"score_function {score_function!r} is not one of {sorted(SCORE_FUNCTIONS)}")
-  queries = np.atleast_2d(np.asarray(query_embeddings, np.float32))
-  # A memory map or load_embeddings' shards: only shape and slicing are used, one chunk read at a time.
-  corpus = corpus_embeddings if hasattr(corpus_embeddings, "shape") else np.asarray(corpus_embeddings)
+  """Top-k corpus entries per query: sentence_transformers.util.semantic_search's signature and defaults.
+
+  `score_function`: cos_sim (default, as theirs), dot_score (ours or theirs, or the names "cosine"/"dot"),
+  computed sharded over `devices`; any other callable is called on (query chunk, corpus chunk) as theirs is.
+  The corpus may be anything with `shape` and row slicing (a memory map, `load_embeddings`' shards): one
+  chunk is read at a time.
+  """
+  query_chunk_size = _positive_int(query_chunk_size, "query_chunk_size")
+  corpus_chunk_size = _positive_int(corpus_chunk_size, "corpus_chunk_size")
+  top_k = _positive_int(top_k, "top_k")
+  fast = _fast_score(score_function)
+  queries = _rows(query_embeddings, "query_embeddings")
+  if hasattr(corpus_embeddings, "shape") and not _is_torch(corpus_embeddings):
+    corpus = corpus_embeddings  # sliced chunk by chunk below
+  else:
+    corpus = as_numpy(corpus_embeddings, "corpus_embeddings")
   if len(corpus.shape) != 2 or corpus.shape[1] != queries.shape[1]:
-    raise ValueError(f"corpus embeddings have shape {corpus.shape}; expected (N, {queries.shape[1]})")
-  n_queries, n_corpus = len(queries), len(corpus)
+    raise ValueError(f"corpus embeddings have shape {tuple(corpus.shape)}; expected (N, {queries.shape[1]}) "
+                     f"to match the queries")
+  n_queries, n_corpus = len(queries), int(corpus.shape[0])
   k = min(top_k, n_corpus)
   if n_queries == 0 or k == 0:
     return [[] for _ in range(n_queries)]
-  mesh = Mesh(np.array(list(devices) if devices is not None else jax.local_devices()), ("data",))
+  if fast is None:
+    best_values, best_ids = _search_with_callable(queries, corpus, query_chunk_size, corpus_chunk_size, k,
+                                                  score_function, query_embeddings)
+  else:
+    best_values, best_ids = _sharded_search(queries, corpus, query_chunk_size, corpus_chunk_size, k,
+                                            fast == "cosine", devices)
+  return [[{"corpus_id": int(i), "score": float(s)} for s, i in zip(vs, ids)]
+          for vs, ids in zip(best_values, best_ids)]
+
+
+def _sharded_search(queries: np.ndarray, corpus: Any, query_chunk_size: int, corpus_chunk_size: int, k: int,
+                    cosine: bool, devices: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+  mesh = data_mesh(devices)
   n_dev = mesh.devices.size
+  n_queries, n_corpus = len(queries), int(corpus.shape[0])
   chunk = -(-min(corpus_chunk_size, n_corpus) // n_dev) * n_dev  # one fixed corpus chunk shape
   q_chunk = min(query_chunk_size, n_queries)
-  step = _chunk_search_fn(mesh, k, score_function != "dot")
+  step = _chunk_search_fn(mesh, k, cosine)
   corpus_sharding = NamedSharding(mesh, PartitionSpec("data"))
-
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
   for c0 in range(0, n_corpus, chunk):
     part = np.asarray(corpus[c0:c0 + chunk], np.float32)
+    check_finite(part, "corpus_embeddings", offset=c0)
     valid = np.zeros(chunk, bool)
     valid[:len(part)] = True
     part = np.pad(part, ((0, chunk - len(part)), (0, 0)))
@@ -105,5 +263,111 @@ def semantic_search(query_embeddings: Any, corpus_embeddings: Any, top_k: int = 
                          part, valid, np.int32(c0))
       best_values[q0:q0 + q_chunk] = np.asarray(values)[:len(q)]
       best_ids[q0:q0 + q_chunk] = np.asarray(ids)[:len(q)]
-  return [[{"corpus_id": int(i), "score": float(s)} for s, i in zip(vs, ids)]
-          for vs, ids in zip(best_values, best_ids)]
+  return best_values, best_ids
+
+
+def _search_with_callable(queries: np.ndarray, corpus: Any, query_chunk_size: int, corpus_chunk_size: int, k: int,
+                          score_function: Callable, original_queries: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Any score function, called on chunks of the caller's array type (torch chunks for a torch caller)."""
+  to_callers = (lambda a: __import__("torch").from_numpy(a)) if _is_torch(original_queries) else (lambda a: a)
+  n_queries, n_corpus = len(queries), int(corpus.shape[0])
+  best = [[] for _ in range(n_queries)]  # min-heaps of (score, -id)
+  for c0 in range(0, n_corpus, corpus_chunk_size):
+    part = np.asarray(corpus[c0:c0 + corpus_chunk_size], np.float32)
+    check_finite(part, "corpus_embeddings", offset=c0)
+    for q0 in range(0, n_queries, query_chunk_size):
+      scores = as_numpy(score_function(to_callers(queries[q0:q0 + query_chunk_size]), to_callers(part)),
+                        "score_function's result").astype(np.float32)
+      expected = (min(query_chunk_size, n_queries - q0), len(part))
+      if scores.shape != expected:
+        raise ValueError(f"score_function returned shape {scores.shape}; expected {expected}")
+      check_finite(scores, "score_function's result", offset=q0)
+      top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+      for r, row in enumerate(top):
+        heap = best[q0 + r]
+        for j in row:
+          item = (float(scores[r, j]), -(c0 + int(j)))
+          if len(heap) < k:
+            heapq.heappush(heap, item)
+          elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+  values = np.full((n_queries, k), -np.inf, np.float32)
+  ids = np.zeros((n_queries, k), np.int64)
+  for q, heap in enumerate(best):
+    for rank, (score, neg_id) in enumerate(sorted(heap, reverse=True)):
+      values[q, rank], ids[q, rank] = score, -neg_id
+  return values, ids
+
+
+def paraphrase_mining(model: Any, sentences: list[str], show_progress_bar: bool = False, batch_size: int = 32,
+                      query_chunk_size: int = 5000, corpus_chunk_size: int = 100000, max_pairs: int = 500000,
+                      top_k: int = 100, score_function: Any = cos_sim, truncate_dim: int | None = None,
+                      prompt_name: str | None = None, prompt: str | None = None) -> list[list[float | int]]:
+  """[score, i, j] (i < j) of the most similar sentence pairs, as sentence-transformers' paraphrase_mining."""
+  embeddings = model.encode(sentences, show_progress_bar=show_progress_bar, batch_size=batch_size,
+                            truncate_dim=truncate_dim, prompt_name=prompt_name, prompt=prompt)
+  return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k,
+                                      score_function)
+
+
+def paraphrase_mining_embeddings(embeddings: Any, query_chunk_size: int = 5000, corpus_chunk_size: int = 100000,
+                                 max_pairs: int = 500000, top_k: int = 100,
+                                 score_function: Any = cos_sim) -> list[list[float | int]]:
+  """Each embedding's top_k neighbours (itself excluded), deduplicated into pairs, the max_pairs best kept."""
+  top_k = _positive_int(top_k, "top_k")
+  max_pairs = _positive_int(max_pairs, "max_pairs")
+  rows = _rows(embeddings, "embeddings")
+  hits = semantic_search(rows, rows, query_chunk_size, corpus_chunk_size, min(top_k + 1, len(rows)),
+                         score_function)
+  pairs: list[tuple[float, int, int]] = []
+  queued: set[tuple[int, int]] = set()
+  min_score = float("-inf")
+  for i, query_hits in enumerate(hits):
+    for hit in [h for h in query_hits if h["corpus_id"] != i][:top_k]:
+      score, j = hit["score"], hit["corpus_id"]
+      if score <= min_score:
+        continue
+      pair = (i, j) if i < j else (j, i)
+      if pair in queued:
+        continue
+      queued.add(pair)
+      if len(pairs) < max_pairs:
+        heapq.heappush(pairs, (score, *pair))
+      else:
+        evicted = heapq.heappushpop(pairs, (score, *pair))
+        queued.discard(evicted[1:])
+        min_score = evicted[0]
+  return sorted(([score, i, j] for score, i, j in pairs), key=lambda x: x[0], reverse=True)
+
+
+def community_detection(embeddings: Any, threshold: float = 0.75, min_community_size: int = 10,
+                        batch_size: int = 1024, show_progress_bar: bool = False) -> list[list[int]]:
+  """Communities whose members have cosine >= threshold to a central point (listed first), largest first,
+  non-overlapping, each at least min_community_size: sentence-transformers' algorithm."""
+  min_community_size = _positive_int(min_community_size, "min_community_size")
+  batch_size = _positive_int(batch_size, "batch_size")
+  if len(embeddings) == 0:
+    return []
+  rows = np.asarray(normalize(jnp.asarray(_rows(embeddings, "embeddings"))))
+  n = len(rows)
+  if n < min_community_size:
+    return []
+  extracted = []
+  for start in range(0, n, batch_size):
+    scores = np.asarray(_dot(rows[start:start + batch_size], rows))  # [b, N]
+    order = np.argsort(-scores, axis=1, kind="stable")
+    for r in range(len(scores)):
+      ranked = scores[r, order[r]]
+      if ranked[min_community_size - 1] >= threshold:
+        extracted.append((start + r, order[r][ranked >= threshold]))
+  extracted.sort(key=lambda x: len(x[1]), reverse=True)
+  communities, used = [], np.zeros(n, bool)
+  for center, members in extracted:
+    if used[center]:
+      continue
+    members = members[~used[members]]
+    if len(members) >= min_community_size:
+      community = [int(center)] + [int(m) for m in members if m != center]
+      communities.append(community)
+      used[community] = True
+  return sorted(communities, key=len, reverse=True)

@@ -6,7 +6,9 @@ Texts are stripped (and lower-cased when `sentence_bert_config.json` says `do_lo
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -23,11 +25,18 @@ class WordPieceTokenizer:
 
   def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False):
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_seq_length)
     self.backend = tokenizer
-    self.max_seq_length = max_seq_length
+    self.set_max_seq_length(max_seq_length)
     self.do_lower_case = do_lower_case
     self.pad_token_id = tokenizer.token_to_id("[PAD]") or 0
+
+  def set_max_seq_length(self, max_seq_length: int) -> None:
+    self.backend.enable_truncation(max_seq_length)
+    self.max_seq_length = max_seq_length
+
+  @property
+  def vocab_size(self) -> int:
+    return self.backend.get_vocab_size(with_added_tokens=True)
 
   @classmethod
   def from_dir(cls, path: str | Path, max_seq_length: int, do_lower_case: bool = False) -> "WordPieceTokenizer":
@@ -55,10 +64,30 @@ class WordPieceTokenizer:
     text = text.strip()
     return text.lower() if self.do_lower_case else text
 
+  def head(self, text: str) -> str:
+    """The start of `text` that holds its first max_seq_length words (separated by BERT whitespace, which every
+    tokenizer here splits at, so the words' tokens do not depend on what follows). Each word gives at least one
+    token, so truncation keeps the same tokens while memory stays bounded by the words kept, not the line."""
+    if len(text) <= 8 * self.max_seq_length:
+      return text
+    last = None
+    for last in itertools.islice(_WORDS.finditer(text), self.max_seq_length):
+      pass
+    return text if last is None else text[:last.end()]
+
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     """Token ids per text ([CLS] ... [SEP], truncated), int32, in input order."""
-    encodings = self.backend.encode_batch([self.prepare(t) for t in texts])
-    return [np.asarray(e.ids, np.int32) for e in encodings]
+    heads = [self.head(t) for t in texts]
+    encodings = self.backend.encode_batch([self.prepare(t) for t in heads])
+    ids = [np.asarray(e.ids, np.int32) for e in encodings]
+    for i, (text, head) in enumerate(zip(texts, heads)):
+      if len(head) < len(text) and len(ids[i]) < self.max_seq_length:
+        # Words that give no token (control characters only) made the head too short: the whole text, as before.
+        ids[i] = np.asarray(self.backend.encode(self.prepare(text)).ids, np.int32)
+    return ids
+
+
+_WORDS = re.compile(r"[^ \t\n\r]+")  # whitespace to BERT and to Python alike
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax import model_dir
 from distilbert_jax.batching import bucket_for, bucket_lengths
+from distilbert_jax.devices import data_mesh
 from distilbert_jax.encoder import DTYPES
 from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import pool
@@ -172,7 +173,7 @@ class Trainer:
     self.loaded, self.cfg = loaded, cfg
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
     self.module = Encoder(loaded.config, dtype=DTYPES[cfg.dtype], param_dtype=jnp.float32)
-    self.mesh = Mesh(np.array(list(devices) if devices is not None else jax.local_devices()), ("data",))
+    self.mesh = data_mesh(devices)
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
     self.optimizer = make_optimizer(cfg)

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from sentence_transformers import SentenceTransformer
+import sentence_transformers
 
-from distilbert_jax import SentenceEncoder
+from distilbert_jax import SentenceTransformer
 from distilbert_jax.checkpoint import CheckpointError
 from tests.conftest import TEXTS
 
@@ -25,7 +25,7 @@ def _edit_checkpoint(src, dst, edit):
 def test_missing_tensor_is_named(tiny_checkpoint, tmp_path):
   path = _edit_checkpoint(tiny_checkpoint, tmp_path / "m", lambda t: t.pop("transformer.layer.1.ffn.lin2.bias"))
   with pytest.raises(CheckpointError, match=r"missing \(1\): transformer\.layer\.1\.ffn\.lin2\.bias") as e:
-    SentenceEncoder.from_pretrained(path)
+    SentenceTransformer.from_pretrained(path)
   assert "model.safetensors" in str(e.value)
 
 
@@ -33,7 +33,7 @@ def test_extra_tensor_is_named(tiny_checkpoint, tmp_path):
   path = _edit_checkpoint(tiny_checkpoint, tmp_path / "m",
                           lambda t: t.__setitem__("transformer.layer.0.attention.rotary.weight", np.zeros(3, np.float32)))
   with pytest.raises(CheckpointError, match=r"unexpected \(1\): transformer\.layer\.0\.attention\.rotary\.weight"):
-    SentenceEncoder.from_pretrained(path)
+    SentenceTransformer.from_pretrained(path)
 
 
 def test_wrong_shape_is_named_with_both_shapes(tiny_checkpoint, tmp_path):
@@ -41,7 +41,7 @@ def test_wrong_shape_is_named_with_both_shapes(tiny_checkpoint, tmp_path):
       "transformer.layer.0.attention.q_lin.weight", np.zeros((32, 16), np.float32)))
   with pytest.raises(CheckpointError, match=r"wrong shape \(1\): transformer\.layer\.0\.attention\.q_lin\.weight: "
                                             r"expected \(32, 32\), got \(32, 16\)"):
-    SentenceEncoder.from_pretrained(path)
+    SentenceTransformer.from_pretrained(path)
 
 
 def test_all_problems_reported_in_one_error(tiny_checkpoint, tmp_path):
@@ -51,7 +51,7 @@ def test_all_problems_reported_in_one_error(tiny_checkpoint, tmp_path):
     t["transformer.layer.1.ffn.lin1.bias"] = np.zeros(5, np.float32)
   path = _edit_checkpoint(tiny_checkpoint, tmp_path / "m", edit)
   with pytest.raises(CheckpointError) as e:
-    SentenceEncoder.from_pretrained(path)
+    SentenceTransformer.from_pretrained(path)
   message = str(e.value)
   assert "missing (1): embeddings.LayerNorm.weight" in message
   assert "unexpected (1): extra.weight" in message
@@ -64,7 +64,7 @@ def test_truncated_safetensors_file_is_named(tiny_checkpoint, tmp_path):
   data = (path / "model.safetensors").read_bytes()
   (path / "model.safetensors").write_bytes(data[: len(data) // 2])
   with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read safetensors file \(truncated"):
-    SentenceEncoder.from_pretrained(path)
+    SentenceTransformer.from_pretrained(path)
 
 
 def test_pytorch_bin_checkpoint_loads_like_safetensors(tiny_checkpoint, tmp_path):
@@ -74,33 +74,33 @@ def test_pytorch_bin_checkpoint_loads_like_safetensors(tiny_checkpoint, tmp_path
   tensors = load_file(str(path / "model.safetensors"))
   torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path / "pytorch_model.bin")
   (path / "model.safetensors").unlink()
-  a = SentenceEncoder.from_pretrained(path).encode(TEXTS[:5])
-  b = SentenceEncoder.from_pretrained(tiny_checkpoint).encode(TEXTS[:5])
+  a = SentenceTransformer.from_pretrained(path).encode(TEXTS[:5])
+  b = SentenceTransformer.from_pretrained(tiny_checkpoint).encode(TEXTS[:5])
   np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("which", ["distilbert", "bert"])
 def test_round_trip_hf_to_jax_to_hf_keeps_pytorch_outputs(which, tiny_checkpoint, minilm, tmp_path):
   source = tiny_checkpoint if which == "distilbert" else minilm
-  encoder = SentenceEncoder.from_pretrained(source)
+  encoder = SentenceTransformer.from_pretrained(source)
   jax_dir = encoder.save_pretrained(tmp_path / "jax")
   assert (jax_dir / "params.safetensors").exists() and not (jax_dir / "model.safetensors").exists()
-  reloaded = SentenceEncoder.from_pretrained(jax_dir)
+  reloaded = SentenceTransformer.from_pretrained(jax_dir)
   np.testing.assert_array_equal(reloaded.encode(TEXTS), encoder.encode(TEXTS))
 
   hf_dir = reloaded.export_sentence_transformers(tmp_path / "hf")
-  before = SentenceTransformer(str(source), device="cpu").encode(TEXTS)
-  after = SentenceTransformer(str(hf_dir), device="cpu").encode(TEXTS)
+  before = sentence_transformers.SentenceTransformer(str(source), device="cpu").encode(TEXTS)
+  after = sentence_transformers.SentenceTransformer(str(hf_dir), device="cpu").encode(TEXTS)
   np.testing.assert_allclose(after, before, atol=1e-6, rtol=0)
 
 
 def test_jax_dir_loads_without_torch(tiny_checkpoint, tmp_path):
   import subprocess
   import sys
-  jax_dir = SentenceEncoder.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
+  jax_dir = SentenceTransformer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
   code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-          "from distilbert_jax import SentenceEncoder\n"
-          f"print(SentenceEncoder.from_pretrained({str(jax_dir)!r}).encode(['hi']).shape)")
+          "from distilbert_jax import SentenceTransformer\n"
+          f"print(SentenceTransformer.from_pretrained({str(jax_dir)!r}).encode(['hi']).shape)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "(1, 32)"
 
@@ -112,17 +112,17 @@ def test_pytorch_bin_without_torch_gives_clear_message(tiny_checkpoint, tmp_path
   shutil.copytree(tiny_checkpoint, path)
   (path / "model.safetensors").rename(path / "pytorch_model.bin")
   code = ("import sys; sys.modules['torch'] = None\n"
-          "from distilbert_jax import SentenceEncoder\n"
-          f"SentenceEncoder.from_pretrained({str(path)!r})")
+          "from distilbert_jax import SentenceTransformer\n"
+          f"SentenceTransformer.from_pretrained({str(path)!r})")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   assert out.returncode != 0 and "reading pytorch_model.bin needs torch" in out.stderr
 
 
 def test_our_directory_with_a_missing_parameter_is_named(tiny_checkpoint, tmp_path):
-  jax_dir = SentenceEncoder.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
+  jax_dir = SentenceTransformer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
   params = load_file(str(jax_dir / "params.safetensors"))
   params.pop("transformer/layer_0/ffn/lin1/bias")
   save_file(params, str(jax_dir / "params.safetensors"))
   with pytest.raises(CheckpointError, match=r"params\.safetensors does not match .*config\.json:\n"
                                             r"  missing \(1\): transformer/layer_0/ffn/lin1/bias"):
-    SentenceEncoder.from_pretrained(jax_dir)
+    SentenceTransformer.from_pretrained(jax_dir)

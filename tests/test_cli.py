@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from distilbert_jax import SentenceEncoder
+from distilbert_jax import SentenceTransformer
 
 
 def cli(*args, input=None, check=True):
@@ -30,14 +30,14 @@ def test_convert_both_directions(tiny_checkpoint, tmp_path):
   cli("convert", tiny_checkpoint, tmp_path / "jax")
   cli("convert", tmp_path / "jax", tmp_path / "st", "--to", "sentence-transformers")
   texts = ["a sentence", "another one"]
-  np.testing.assert_allclose(SentenceEncoder.from_pretrained(tmp_path / "st").encode(texts),
-                             SentenceEncoder.from_pretrained(tiny_checkpoint).encode(texts), atol=1e-7)
+  np.testing.assert_allclose(SentenceTransformer.from_pretrained(tmp_path / "st").encode(texts),
+                             SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts), atol=1e-7)
 
 
 def test_encode_from_stdin_and_search(tiny_checkpoint, tmp_path):
   texts = ["the cat sat", "a dog barked", "stock markets fell"]
   cli("encode", "-", "--model", tiny_checkpoint, "--out", tmp_path / "e.npy", input="\n".join(texts) + "\n")
-  np.testing.assert_allclose(np.load(tmp_path / "e.npy"), SentenceEncoder.from_pretrained(tiny_checkpoint).encode(texts),
+  np.testing.assert_allclose(np.load(tmp_path / "e.npy"), SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts),
                              atol=1e-6)
   (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n")
   out = cli("search", "--model", tiny_checkpoint, "--corpus", tmp_path / "corpus.txt", "--query", "the cat sat",

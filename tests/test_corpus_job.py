@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conversion.make_reference_checkpoint import make_reference_checkpoint
-from distilbert_jax import SentenceEncoder, load_embeddings, semantic_search
+from distilbert_jax import SentenceTransformer, load_embeddings, semantic_search
 from distilbert_jax.corpus_job import JobError, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,10 @@ def _env():
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-  return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+  """Every output file; the lock file (it names the last holder) aside. No temporary file may be left."""
+  files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".lock-")}
+  assert not [name for name in files if name.endswith(".tmp")], files.keys()
+  return files
 
 
 def _committed(out: Path) -> int:
@@ -121,7 +124,7 @@ def test_bad_input_skip_mode_records_rejects(tiny_checkpoint, tmp_path):
   ids, embeddings = load_embeddings(tmp_path / "out")
   assert ids == ["d0", "d1", "d3", "d5", "d7", "d9"]
   texts = [f"good document {i}" for i in (0, 1, 3, 5, 7, 9)]
-  np.testing.assert_allclose(np.asarray(embeddings), SentenceEncoder.from_pretrained(tiny_checkpoint).encode(texts),
+  np.testing.assert_allclose(np.asarray(embeddings), SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts),
                              atol=1e-5)
 
 
@@ -146,7 +149,7 @@ def test_shards_search_like_in_memory_embeddings(tiny_checkpoint, tmp_path):
   run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=40, show_progress=False)
   ids, shards = load_embeddings(tmp_path / "out")
   assert ids == [f"doc{i}" for i in range(250)] and shards.shape == (250, 32)
-  encoder = SentenceEncoder.from_pretrained(tiny_checkpoint)
+  encoder = SentenceTransformer.from_pretrained(tiny_checkpoint)
   in_memory = np.asarray(shards)
   queries = encoder.encode(["protein binds receptor", "cancer risk trial"])
   for chunk in (33, 1000):

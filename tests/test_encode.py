@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distilbert_jax import SentenceEncoder
+from distilbert_jax import SentenceTransformer
 from distilbert_jax.batching import MAX_SHAPES, plan_batches
 from distilbert_jax.encoder import _forward, cpu_rows_per_step
 from tests.conftest import TEXTS
@@ -29,7 +29,7 @@ jax.monitoring.register_event_duration_secs_listener(
 
 @pytest.fixture(scope="module")
 def tiny(tiny_checkpoint):
-  return SentenceEncoder.from_pretrained(tiny_checkpoint)
+  return SentenceTransformer.from_pretrained(tiny_checkpoint)
 
 
 def _random_texts(n, seed, max_words=150):
@@ -67,7 +67,7 @@ def test_normalize_embeddings(tiny):
 
 
 def test_bfloat16_computes_close_to_float32(tiny_checkpoint, tiny):
-  bf16 = SentenceEncoder.from_pretrained(tiny_checkpoint, dtype="bfloat16")
+  bf16 = SentenceTransformer.from_pretrained(tiny_checkpoint, dtype="bfloat16")
   a, b = bf16.encode(TEXTS), tiny.encode(TEXTS)
   assert a.dtype == np.float32
   cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -116,7 +116,7 @@ def test_plan_stays_within_16_shapes_for_any_lengths(packing):
 
 
 def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
-  encoder = SentenceEncoder.from_pretrained(tiny_checkpoint)
+  encoder = SentenceTransformer.from_pretrained(tiny_checkpoint)
   texts = _random_texts(1000, seed=1, max_words=200)  # up to ~400 tokens: every bucket of max_seq_length 128
   start = len(COMPILES)
   first = encoder.encode(texts, batch_size=16)
@@ -126,7 +126,7 @@ def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
   assert len(COMPILES) == after_first, "the second call compiled again"
   for seed in range(2, 6):  # other inputs reuse the same bounded set of shapes
     more = encoder.encode(_random_texts(300, seed=seed, max_words=200), batch_size=16)
-  assert encoder._forward._cache_size() <= 16
+  assert encoder._sharded_forward._cache_size() <= 16
   np.testing.assert_array_equal(first, second)
   assert more.shape == (300, 32)
 
@@ -138,10 +138,12 @@ def test_cpu_steps_of_a_few_rows_equal_one_whole_batch(tiny):
   ids = rng.integers(1, tiny.config.vocab_size, (32, 128)).astype(np.int32)
   segments = (np.arange(128)[None] < rng.integers(1, 129, (32, 1))).astype(np.int32)
   positions = np.broadcast_to(np.arange(128), ids.shape)
-  run = lambda on_cpu, output: jax.jit(functools.partial(_forward, tiny.module, tiny.pooling, on_cpu, num_segments=1,
-                                                         output=output))(tiny.params, ids, segments, positions)
+  run = lambda on_cpu: jax.jit(functools.partial(_forward, tiny.module, tiny.pooling, on_cpu, num_segments=1,
+                                                 outputs=("sentence_embedding", "token_embeddings")))(
+                                                     tiny.params, ids, segments, positions)
+  stepped, whole = run(True), run(False)
   for output in ("sentence_embedding", "token_embeddings"):
-    np.testing.assert_allclose(run(True, output), run(False, output), atol=1e-5, rtol=1e-5, err_msg=output)
+    np.testing.assert_allclose(stepped[output], whole[output], atol=1e-5, rtol=1e-5, err_msg=output)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

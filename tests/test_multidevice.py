@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distilbert_jax import SentenceEncoder
+from distilbert_jax import SentenceTransformer
 from distilbert_jax.distributed import merge_slices, process_slice
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -53,7 +53,7 @@ def test_two_processes_over_loopback_encode_in_input_order(tiny_checkpoint, tmp_
     _, err = w.communicate(timeout=300)
     assert w.returncode == 0, err[-3000:]
   texts = [f"passage {i}: " + "protein binds receptor " * (i % 9) for i in range(23)]
-  expected = SentenceEncoder.from_pretrained(tiny_checkpoint).encode(texts, batch_size=4)
+  expected = SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts, batch_size=4)
   for i in range(2):  # every process gets every row, in input order
     np.testing.assert_allclose(np.load(tmp_path / f"out{i}.npy"), expected, atol=1e-6)
 

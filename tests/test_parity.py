@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sentence_transformers import SentenceTransformer
+import sentence_transformers
 from transformers import AutoTokenizer
 
-from distilbert_jax import SentenceEncoder, reference
+from distilbert_jax import SentenceTransformer, reference
 from tests.conftest import TEXTS, assert_close_relative
 
 TOL = 1e-5  # max abs difference, relative to the largest value when that exceeds 1
@@ -16,13 +16,13 @@ TOL = 1e-5  # max abs difference, relative to the largest value when that exceed
 
 def _torch_encode(path, texts):
   torch.set_num_threads(2)
-  model = SentenceTransformer(str(path), device="cpu")
+  model = sentence_transformers.SentenceTransformer(str(path), device="cpu")
   return model, model.encode(texts, batch_size=32, convert_to_numpy=True)
 
 
 def _check_against_torch(path, texts):
   torch_model, expected = _torch_encode(path, texts)
-  ours = SentenceEncoder.from_pretrained(path)
+  ours = SentenceTransformer.from_pretrained(path)
   got = ours.encode(texts, batch_size=32)
   assert got.shape == expected.shape and got.dtype == np.float32
   diff = assert_close_relative(got, expected, TOL, "embeddings")
@@ -59,7 +59,7 @@ def test_real_minilm_weights_match_sentence_transformers(minilm):
 @pytest.mark.parametrize("which", ["full", "minilm"])
 def test_token_ids_and_masks_match_transformers_tokenizer(which, full_checkpoint, minilm):
   path = full_checkpoint if which == "full" else minilm
-  ours = SentenceEncoder.from_pretrained(path)
+  ours = SentenceTransformer.from_pretrained(path)
   reference_tokenizer = AutoTokenizer.from_pretrained(str(path))
   expected = reference_tokenizer([t.strip() for t in TEXTS], padding=True, truncation=True,
                                  max_length=ours.max_seq_length, return_tensors="np")
@@ -76,7 +76,7 @@ def test_token_ids_and_masks_match_transformers_tokenizer(which, full_checkpoint
 
 
 def test_single_string_gives_a_vector(tiny_checkpoint):
-  ours = SentenceEncoder.from_pretrained(tiny_checkpoint)
+  ours = SentenceTransformer.from_pretrained(tiny_checkpoint)
   one = ours.encode("hello world")
   assert one.shape == (32,)
   np.testing.assert_allclose(one, ours.encode(["hello world"])[0], atol=1e-6)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sentence_transformers import SentenceTransformer, util
+import sentence_transformers
+from sentence_transformers import util
 
-from distilbert_jax import SentenceEncoder, retrieval, semantic_search
+from distilbert_jax import SentenceTransformer, retrieval, semantic_search
 
 
 @pytest.mark.slow
@@ -17,12 +18,13 @@ def test_scifact_ndcg_and_top10_match_sentence_transformers(minilm, scifact):
   data = retrieval.load_beir(scifact, split="test", max_docs=300)
   assert len(data.query_ids) == 300
 
-  ours = SentenceEncoder.from_pretrained(minilm)
-  results = semantic_search(ours.encode(data.query_texts), ours.encode(data.corpus_texts), top_k=100)
+  ours = SentenceTransformer.from_pretrained(minilm)
+  results = semantic_search(ours.encode(data.query_texts), ours.encode(data.corpus_texts), top_k=100,
+                            score_function="dot")
   metrics = retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids), data.qrels)
 
   torch.set_num_threads(2)
-  st = SentenceTransformer(str(minilm), device="cpu")
+  st = sentence_transformers.SentenceTransformer(str(minilm), device="cpu")
   st_results = util.semantic_search(st.encode(data.query_texts, convert_to_tensor=True),
                                     st.encode(data.corpus_texts, convert_to_tensor=True),
                                     top_k=100, score_function=util.dot_score)

@@ -42,7 +42,8 @@ def test_ties_are_kept_and_ordered_by_corpus_id():
   corpus = np.concatenate([base, base[:5], base[:5]])  # three copies of 5 documents: exact ties
   queries = base[:4]
   for chunk in (7, 1000):
-    ours = semantic_search(queries, corpus, top_k=9, query_chunk_size=3, corpus_chunk_size=chunk)
+    ours = semantic_search(queries, corpus, top_k=9, query_chunk_size=3, corpus_chunk_size=chunk,
+                               score_function="dot")
     theirs = _theirs(queries, corpus, top_k=9, score_function="dot", query_chunk_size=3, corpus_chunk_size=chunk)
     for a, b in zip(ours, theirs):
       # The same (score, id) set; ties inside the top-k in a documented order: lower corpus id first.
@@ -56,6 +57,6 @@ def test_scores_and_edge_cases():
   a = np.array([[1.0, 0.0], [3.0, 4.0]], np.float32)
   np.testing.assert_allclose(dot_score(a, a), a @ a.T)
   np.testing.assert_allclose(cos_sim(a, a), [[1.0, 0.6], [0.6, 1.0]], atol=1e-6)
-  assert semantic_search(a[0], a, top_k=5)[0][0] == {"corpus_id": 1, "score": 3.0}  # 1-D query
+  assert semantic_search(a[0], a, top_k=5, score_function=dot_score)[0][0] == {"corpus_id": 1, "score": 3.0}  # 1-D query
   with pytest.raises(ValueError, match=r"corpus embeddings have shape \(2, 3\)"):
     semantic_search(a, np.zeros((2, 3), np.float32))

@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 import torch
-from sentence_transformers import SentenceTransformer
+import sentence_transformers
 from sentence_transformers.sentence_transformer import losses
 from transformers import get_linear_schedule_with_warmup
 
-from distilbert_jax import SentenceEncoder, checkpoint, model_dir
+from distilbert_jax import SentenceTransformer, checkpoint, model_dir
 from distilbert_jax.training import Example, TrainConfig, Trainer, batches, read_train_data
 
 QUERIES = ["what binds the receptor", "vitamin d and cancer risk", "mice trial placebo", "gene expression in cells"]
@@ -32,7 +32,7 @@ def _examples(loss):
 
 def _torch_model(path):
   torch.manual_seed(0)
-  model = SentenceTransformer(str(path), device="cpu")
+  model = sentence_transformers.SentenceTransformer(str(path), device="cpu")
   model.eval()  # dropout off, as our dropout=False
   return model
 
@@ -139,10 +139,10 @@ def test_exported_model_loads_in_sentence_transformers(tiny_checkpoint, tmp_path
     trainer.step(_examples("margin-mse"))
   out = model_dir.export_sentence_transformers_dir(trainer.trained_model(), tmp_path / "st")
   texts = QUERIES + POSITIVES + ["", "a much longer passage " * 30]
-  ours = SentenceEncoder(trainer.trained_model()).encode(texts)
-  theirs = SentenceTransformer(str(out), device="cpu").encode(texts)
+  ours = SentenceTransformer(trainer.trained_model()).encode(texts)
+  theirs = sentence_transformers.SentenceTransformer(str(out), device="cpu").encode(texts)
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
-  assert not np.allclose(ours, SentenceEncoder(loaded).encode(texts), atol=1e-3)  # training changed the model
+  assert not np.allclose(ours, SentenceTransformer(loaded).encode(texts), atol=1e-3)  # training changed the model
 
 
 def test_train_command_and_bad_lines(tiny_checkpoint, tmp_path):
@@ -155,8 +155,8 @@ def test_train_command_and_bad_lines(tiny_checkpoint, tmp_path):
                        capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
   assert (tmp_path / "run" / "checkpoint.msgpack").exists()
-  SentenceTransformer(str(tmp_path / "run" / "sentence-transformers"), device="cpu")
-  SentenceEncoder.from_pretrained(tmp_path / "run" / "jax")
+  sentence_transformers.SentenceTransformer(str(tmp_path / "run" / "sentence-transformers"), device="cpu")
+  SentenceTransformer.from_pretrained(tmp_path / "run" / "jax")
   data.write_text(data.read_text() + '{"query": "q", "positive": "p"}\n')
   with pytest.raises(ValueError, match=r"train\.jsonl:5: missing negative, margin \(needed for margin-mse\)"):
     read_train_data(data, "margin-mse")

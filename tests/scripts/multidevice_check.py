@@ -6,15 +6,15 @@ import sys
 import jax
 import numpy as np
 
-from distilbert_jax import SentenceEncoder, semantic_search
+from distilbert_jax import SentenceTransformer, semantic_search
 
 path = sys.argv[1]
 assert len(jax.devices()) == 4, jax.devices()
 rng = np.random.default_rng(0)
 words = ["cell", "protein", "risk", "the", "of", "vaccine", "日本", "é", "mice", "trial"]
 texts = [" ".join(rng.choice(words, size=rng.integers(0, 90))) for _ in range(37)]
-all_devices = SentenceEncoder.from_pretrained(path)
-one_device = SentenceEncoder.from_pretrained(path, devices=jax.devices()[:1])
+all_devices = SentenceTransformer.from_pretrained(path)
+one_device = SentenceTransformer.from_pretrained(path, devices=jax.devices()[:1])
 report = {"devices": [len(all_devices.devices), len(one_device.devices)], "encode": {}, "search": {}}
 for n_texts in (13, 37):
   for batch_size in (5, 32):
