@@ -301,7 +301,7 @@ class SentenceTransformer:
     batch_size = _positive_int(batch_size, "batch_size")
     if output_value not in OUTPUT_VALUES:
       raise ValueError(f"output_value {output_value!r} is not one of {OUTPUT_VALUES}")
-    check_precision(precision)
+    precision = check_precision(precision or "float32")  # None: float32, as sentence-transformers
     truncate_dim = self._check_truncate_dim(truncate_dim) if truncate_dim is not None else self.truncate_dim
     if device is not None and resolve_devices(device) != self.devices:
       raise ValueError(f"encode(device={device!r}) differs from the model's devices {self.devices}; construct "

@@ -126,3 +126,27 @@ def test_our_directory_with_a_missing_parameter_is_named(tiny_checkpoint, tmp_pa
   with pytest.raises(CheckpointError, match=r"params\.safetensors does not match .*config\.json:\n"
                                             r"  missing \(1\): transformer/layer_0/ffn/lin1/bias"):
     SentenceTransformer.from_pretrained(jax_dir)
+
+
+def test_load_checks_positions_and_vocabulary(tiny_checkpoint, tmp_path):
+  import json
+  import shutil
+
+  from tokenizers import Tokenizer
+  path = tmp_path / "m"
+  shutil.copytree(tiny_checkpoint, path)
+  config = json.loads((path / "sentence_bert_config.json").read_text())
+  (path / "sentence_bert_config.json").write_text(json.dumps({**config, "max_seq_length": 600}))
+  with pytest.raises(ValueError, match="max_seq_length 600 is outside 1..max_position_embeddings 512"):
+    SentenceTransformer.from_pretrained(path)
+  (path / "sentence_bert_config.json").write_text(json.dumps(config))
+  tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+  tokenizer.add_tokens(["<new-token-1>", "<new-token-2>"])
+  tokenizer.save(str(path / "tokenizer.json"))
+  with pytest.raises(ValueError, match="the tokenizer has 30524 tokens but .*config.json has vocab_size 30522"):
+    SentenceTransformer.from_pretrained(path)
+  jax_dir = tmp_path / "ours"
+  SentenceTransformer.from_pretrained(tiny_checkpoint).save_pretrained(jax_dir)
+  shutil.copyfile(path / "tokenizer.json", jax_dir / "tokenizer.json")
+  with pytest.raises(ValueError, match="the tokenizer has 30524 tokens"):  # our format is checked the same way
+    SentenceTransformer.from_pretrained(jax_dir)

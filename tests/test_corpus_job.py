@@ -169,3 +169,46 @@ def test_simulated_two_process_job_reads_back_in_global_order(tiny_checkpoint, t
   assert ids_multi == ids_single
   np.testing.assert_array_equal(np.asarray(multi), np.asarray(single))
   assert sorted(p.name for p in (tmp_path / "multi").glob("manifest*")) == ["manifest-0.json", "manifest-1.json"]
+
+
+def test_two_concurrent_jobs_on_one_directory_one_is_refused(tiny_checkpoint, tmp_path):
+  first, second = _corpus(tmp_path / "a.jsonl.gz", 2000, seed=1), _corpus(tmp_path / "b.jsonl.gz", 2000, seed=2)
+  out = tmp_path / "out"
+  args = ("--model", tiny_checkpoint, "--shard-size", "100", "--out", out)
+  running = subprocess.Popen(_cli(first, *args), env=_env(), stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not (out / ".lock-0").exists() or not (out / ".lock-0").read_text():
+    assert time.time() < deadline and running.poll() is None
+    time.sleep(0.01)
+  refused = subprocess.run(_cli(second, *args), env=_env(), capture_output=True, text=True)
+  assert refused.returncode != 0 and "is in use by another encode-corpus job (pid" in refused.stderr, refused.stderr
+  assert running.wait() == 0, running.stderr.read()
+  run_job(first, str(tiny_checkpoint), tmp_path / "alone", shard_size=100, show_progress=False)
+  assert _files(out) == _files(tmp_path / "alone")  # the survivor's output equals an undisturbed run's
+
+
+def test_load_embeddings_refuses_a_swapped_or_shortened_shard(tiny_checkpoint, tmp_path):
+  out = tmp_path / "out"
+  run_job(_corpus(tmp_path / "c.jsonl.gz", 300), str(tiny_checkpoint), out, shard_size=100, show_progress=False)
+  original = (out / "shard-000001.npy").read_bytes()
+  (out / "shard-000001.npy").write_bytes((out / "shard-000002.npy").read_bytes())  # swapped
+  with pytest.raises(ValueError, match="shard-000001.npy: sha256 differs from the manifest"):
+    load_embeddings(out)
+  np.save(out / "shard-000001.npy", np.load(out / "shard-000000.npy")[:60])  # shortened
+  with pytest.raises(ValueError, match=r"shard-000001.npy: 60 vectors .* the manifest says 100 rows"):
+    load_embeddings(out, verify=False)
+  (out / "shard-000001.npy").write_bytes(original)
+  ids, embeddings = load_embeddings(out)
+  assert len(ids) == len(embeddings) == 300
+
+
+def test_tokenizer_change_is_a_different_job(tiny_checkpoint, tmp_path):
+  import shutil
+  model = tmp_path / "model"
+  shutil.copytree(tiny_checkpoint, model)
+  corpus = _corpus(tmp_path / "c.jsonl.gz", 50)
+  run_job(corpus, str(model), tmp_path / "out", shard_size=20, show_progress=False)
+  config = json.loads((model / "sentence_bert_config.json").read_text())
+  (model / "sentence_bert_config.json").write_text(json.dumps({**config, "do_lower_case": True}))
+  with pytest.raises(JobError, match="tokenizer_sha256"):
+    run_job(corpus, str(model), tmp_path / "out", shard_size=20, show_progress=False)

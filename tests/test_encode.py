@@ -156,3 +156,15 @@ def test_a_text_does_not_depend_on_its_neighbours(tiny, data):
   alone = tiny.encode([texts[target]], packing=False)[0]
   in_batch = tiny.encode(texts, batch_size=batch_size, packing=packing)[target]
   np.testing.assert_allclose(in_batch, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_long_texts_are_cut_before_tokenising_with_the_same_tokens(tiny):
+  rng = np.random.default_rng(5)
+  words = ["protein", "x" * 150, "naïve", "北京", "re-entry", "\x00\x01", "don't", "a\u2028b", "\t", "ÉCOLE"]
+  texts = [" ".join(rng.choice(words, size=n)) for n in (5, 200, 2000, 20000)]
+  texts += ["\x00 " * 5000 + "word " * 10, "word" * 5000, " " * 9000 + "tail"]  # words with no token; no spaces
+  tokenizer = tiny.tokenizer
+  full = [np.asarray(e.ids, np.int32) for e in tokenizer.backend.encode_batch([tokenizer.prepare(t) for t in texts])]
+  for text, got, expected in zip(texts, tokenizer.encode_batch(texts), full):
+    np.testing.assert_array_equal(got, expected, err_msg=repr(text[:40]))
+  assert len(tokenizer.head("word " * 1_000_000)) < 10 * tiny.max_seq_length  # a 5 MB line is cut to ~640 chars
