@@ -1,6 +1,7 @@
-"""Peak RSS of `encode-corpus` with a tiny model: 50,000 vs 200,000 lines. Memory must not grow with the corpus.
+"""Peak RSS of `encode-corpus` with a tiny model: 50,000, 200,000 and 1,000,000 lines, and 1,000 lines around one
+line of 10 MB. Memory must not grow with the corpus or with a line (bound: 512 MiB).
 
-  python benchmarks/corpus_rss.py [--lines 50000,200000]
+  python benchmarks/corpus_rss.py [--lines 50000,200000,1000000] [--long-line-mb 10]
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ WORDS = "protein binds receptor cells mice vitamin risk cancer trial placebo dos
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--lines", default="50000,200000")
+  parser.add_argument("--lines", default="50000,200000,1000000")
+  parser.add_argument("--long-line-mb", type=float, default=10.0, help="one case: 1,000 lines and one this long")
   args = parser.parse_args()
   from conversion.make_reference_checkpoint import make_reference_checkpoint
   with tempfile.TemporaryDirectory() as tmp:
@@ -29,24 +31,33 @@ def main():
     model = make_reference_checkpoint(tmp / "tiny", seed=0, n_layers=2, dim=32, n_heads=4, hidden_dim=64,
                                       max_seq_length=128)
     rng = random.Random(0)
-    for n in map(int, args.lines.split(",")):
-      corpus = tmp / f"corpus-{n}.tsv"
+    cases = [(f"{int(n):>9,} lines", int(n), 0) for n in args.lines.split(",")]
+    if args.long_line_mb:
+      cases.append((f"{args.long_line_mb:g} MB line", 1000, int(args.long_line_mb * 2**20)))
+    for label, n, long_chars in cases:
+      corpus = tmp / f"corpus-{n}-{long_chars}.tsv"
       with open(corpus, "w") as f:
         for i in range(n):
           f.write(f"doc{i}\t" + " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))) + "\n")
+          if long_chars and i == n // 2:
+            words = " ".join(rng.choice(WORDS) for _ in range(long_chars // 6))
+            f.write(f"long\t{words[:long_chars]}\n")
       # A fresh process per size: ru_maxrss of RUSAGE_CHILDREN is the largest child so far, so measure one
       # child through a wrapper that reports its own child's peak.
       code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
       start = time.perf_counter()
       out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "distilbert_jax.cli", "encode-corpus",
-                            str(corpus), "--model", str(model), "--out", str(tmp / f"out-{n}"), "--quiet",
+                            str(corpus), "--model", str(model), "--out", str(tmp / f"out-{n}-{long_chars}"),
+                            "--quiet",
                             "--shard-size", "10000"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
       if out.returncode:
         sys.exit(out.stderr[-3000:])
       peak_mib = int(out.stdout.strip().splitlines()[-1]) / 1024
-      print(f"{n:>8,} lines: peak RSS {peak_mib:7.0f} MiB, {time.perf_counter() - start:6.1f}s", flush=True)
+      verdict = "within" if peak_mib < 512 else "OVER"
+      print(f"{label}: peak RSS {peak_mib:7.0f} MiB ({verdict} the 512 MiB bound), "
+            f"{time.perf_counter() - start:6.1f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,10 @@ def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_l
   Batches have `rows_per_batch` rows, or `small_rows` (default rows_per_batch // 8) for the remainder of a
   bucket and for the end.
   """
+  if packing not in (True, False, "auto"):
+    raise ValueError(f"packing must be True, False or 'auto', not {packing!r}")
+  if not isinstance(rows_per_batch, (int, np.integer)) or rows_per_batch <= 0:
+    raise ValueError(f"rows_per_batch must be a positive integer, got {rows_per_batch!r}")
   small_rows = min(small_rows or max(1, rows_per_batch // 8), rows_per_batch)
   if not token_ids:
     return

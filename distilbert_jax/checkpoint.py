@@ -14,6 +14,8 @@ from typing import Callable
 import jax
 import numpy as np
 
+from distilbert_jax.files import write_atomic
+
 from distilbert_jax.config import EncoderConfig
 from distilbert_jax.model import Encoder
 
@@ -225,7 +227,5 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-  from safetensors.numpy import save_file
-  tmp = path.with_name(path.name + ".tmp")
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=metadata)
-  tmp.replace(path)
+  from safetensors.numpy import save
+  write_atomic(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata))

@@ -191,7 +191,7 @@ def cmd_train(args) -> None:
                     weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                     grad_accumulation=args.grad_accumulation, dtype=args.dtype, seed=args.seed)
   summary = train(args.model, args.train_data, args.out, cfg, checkpoint_every=args.checkpoint_every,
-                  show_progress=not args.quiet)
+                  show_progress=not args.quiet, overwrite=args.overwrite)
   print(f"trained {summary['steps']} steps ({summary['seconds_per_step']:.2f} s/step), last loss "
         f"{summary['last_loss']}; models in {summary['out']}/jax and {summary['out']}/sentence-transformers",
         file=sys.stderr)
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--checkpoint-every", type=positive_int, default=100)
+  p.add_argument("--overwrite", action="store_true",
+                 help="start again when OUT holds a checkpoint of another run (model, data or settings)")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_train)
 

@@ -144,7 +144,8 @@ class EncoderConfig:
     return cls.from_hf_dict(hf, source=str(path))
 
   def save(self, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
+    from distilbert_jax.files import write_json
+    write_json(path, self.to_hf_dict())
 
 
 # The released msmarco-distilbert-dot-v5 encoder.

@@ -32,6 +32,11 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
   return path
 
 
+def write_json(path: str | Path, value) -> Path:
+  import json
+  return write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   np.save(buffer, array)

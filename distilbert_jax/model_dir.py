@@ -18,6 +18,7 @@ import numpy as np
 
 from distilbert_jax import checkpoint
 from distilbert_jax.config import EncoderConfig
+from distilbert_jax.files import write_json
 from distilbert_jax.pooling import PoolingConfig, read_sentence_transformers_modules
 from distilbert_jax.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
 
@@ -140,7 +141,7 @@ def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
       "source": model.source,
       "sentence_transformers": {k: v for k, v in model.settings().items() if v is not None},
   }
-  (out_dir / JAX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks it complete
+  write_json(out_dir / JAX_MARKER, meta)  # written last: marks it complete
   return out_dir
 
 
@@ -152,22 +153,22 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) ->
   checkpoint.write_safetensors(out_dir / "model.safetensors", tensors, metadata={"format": "pt"})
   model.config.save(out_dir / "config.json")
   copy_tokenizer_files(model.tokenizer_dir, out_dir)
-  (out_dir / "sentence_bert_config.json").write_text(json.dumps(
-      {"max_seq_length": model.max_seq_length, "do_lower_case": model.do_lower_case}, indent=2) + "\n")
+  write_json(out_dir / "sentence_bert_config.json", 
+      {"max_seq_length": model.max_seq_length, "do_lower_case": model.do_lower_case})
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
   (out_dir / "1_Pooling").mkdir(exist_ok=True)
-  (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(
-      model.pooling.to_sentence_transformers_config(model.config.hidden_size), indent=2) + "\n")
+  write_json(out_dir / "1_Pooling" / "config.json", 
+      model.pooling.to_sentence_transformers_config(model.config.hidden_size))
   if model.pooling.normalize:
     modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     (out_dir / "2_Normalize").mkdir(exist_ok=True)
   elif (out_dir / "2_Normalize").exists():
     shutil.rmtree(out_dir / "2_Normalize")
-  (out_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+  write_json(out_dir / "modules.json", modules)
   st_config = {"model_type": "SentenceTransformer", "__version__": {"distilbert_jax": _version()},
                **{k: v for k, v in model.settings().items() if v is not None}}
-  (out_dir / ST_CONFIG).write_text(json.dumps(st_config, indent=2) + "\n")
+  write_json(out_dir / ST_CONFIG, st_config)
   return out_dir
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from distilbert_jax.files import write_atomic
 from tokenizers.implementations import BertWordPieceTokenizer
 
 # Files that make up a tokenizer, copied as they are when a model directory is saved or exported.
@@ -43,7 +44,11 @@ class WordPieceTokenizer:
     """From `tokenizer.json`, or else `vocab.txt` with the options in `tokenizer_config.json`."""
     path = Path(path)
     if (path / "tokenizer.json").exists():
-      return cls(Tokenizer.from_file(str(path / "tokenizer.json")), max_seq_length, do_lower_case)
+      try:
+        backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+      except Exception as e:  # the Rust library raises its own exception type for a malformed file
+        raise ValueError(f"{path / 'tokenizer.json'}: not a valid tokenizer file ({e})") from None
+      return cls(backend, max_seq_length, do_lower_case)
     if not (path / "vocab.txt").exists():
       raise FileNotFoundError(f"{path}: neither tokenizer.json nor vocab.txt found")
     options = {}
@@ -95,4 +100,4 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
   if not copied:
     raise FileNotFoundError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
   for name in copied:
-    shutil.copyfile(src / name, dst / name)
+    write_atomic(dst / name, (src / name).read_bytes())

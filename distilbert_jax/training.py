@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -26,7 +25,8 @@ from distilbert_jax.batching import bucket_for, bucket_lengths
 from distilbert_jax.devices import data_mesh
 from distilbert_jax.encoder import DTYPES
 from distilbert_jax.model import Encoder
-from distilbert_jax.pooling import pool
+from distilbert_jax.files import write_atomic
+from distilbert_jax.pooling import normalize, pool
 from distilbert_jax.tokenizer import WordPieceTokenizer
 
 LOSSES = ("margin-mse", "mnrl")
@@ -51,6 +51,17 @@ class TrainConfig:
   def __post_init__(self):
     if self.loss not in LOSSES:
       raise ValueError(f"loss {self.loss!r} is not one of {LOSSES}")
+    for name in ("steps", "batch_size", "grad_accumulation"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+      raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps!r}")
+    if not self.lr > 0 or not self.max_grad_norm > 0 or self.weight_decay < 0:
+      raise ValueError(f"lr ({self.lr}) and max_grad_norm ({self.max_grad_norm}) must be > 0, weight_decay "
+                       f"({self.weight_decay}) >= 0")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -63,12 +74,16 @@ def margin_mse_loss(query: jax.Array, positive: jax.Array, negative: jax.Array, 
 
 
 def multiple_negatives_ranking_loss(query: jax.Array, positive: jax.Array, negative: jax.Array | None = None,
-                                    scale: float = MNRL_SCALE) -> jax.Array:
+                                    scale: float = MNRL_SCALE, negative_valid: jax.Array | None = None) -> jax.Array:
   """In-batch negatives: cross-entropy of scale * cos_sim(query, candidates) with the query's own positive as
-  the target; candidates are all positives, then all negatives when given (sentence-transformers' default)."""
+  the target; candidates are all positives, then all negatives when given (sentence-transformers' default).
+  `negative_valid` [B]: which rows brought a negative (rows without one add no candidate)."""
   candidates = positive if negative is None else jnp.concatenate([positive, negative], 0)  # [C, D]
-  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  logits = scale * jnp.einsum("qd,cd->qc", unit(query), unit(candidates), precision=jax.lax.Precision.HIGHEST)
+  logits = scale * jnp.einsum("qd,cd->qc", normalize(query), normalize(candidates),
+                              precision=jax.lax.Precision.HIGHEST)
+  if negative is not None and negative_valid is not None:
+    valid = jnp.concatenate([jnp.ones(positive.shape[0], bool), negative_valid.astype(bool)])  # [C]
+    logits = jnp.where(valid[None, :], logits, -jnp.inf)
   labels = jnp.arange(query.shape[0])
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
@@ -139,6 +154,14 @@ def read_train_data(path: str | Path, loss: str) -> list[Example]:
   return examples
 
 
+def check_can_learn(examples: Sequence[Example], cfg: TrainConfig, path: str | Path) -> None:
+  """MNRL ranks each positive against the other rows' positives (and negatives): with one row and no negative
+  the only candidate is the answer, the loss is exactly 0 and nothing is learned."""
+  if cfg.loss == "mnrl" and cfg.batch_size == 1 and not any(e.negative is not None for e in examples):
+    raise ValueError(f"{path}: mnrl with batch size 1 and no negatives cannot learn (the loss is always 0): use "
+                     f"a larger --batch-size or add \"negative\" texts")
+
+
 def batches(examples: Sequence[Example], batch_size: int, seed: int, start_step: int = 0) -> Iterator[list[Example]]:
   """Shuffled batches, a fresh permutation per epoch from (seed, epoch): step N's batch is the same whether the
   run started at 0 or resumed at N."""
@@ -169,8 +192,12 @@ def tokenize_padded(tokenizer: WordPieceTokenizer, texts: Sequence[str], max_seq
 class Trainer:
   """Holds params, optimiser state, step and RNG; `step(batch)` is one jit-compiled, data-parallel update."""
 
-  def __init__(self, loaded: model_dir.LoadedModel, cfg: TrainConfig, devices: Sequence[Any] | None = None):
+  def __init__(self, loaded: model_dir.LoadedModel, cfg: TrainConfig, devices: Sequence[Any] | None = None,
+               with_negatives: bool | None = None):
+    """`with_negatives`: every batch carries a negative column (rows without one are masked out); default: a
+    batch does when any of its rows has a negative (train() decides once for the file, so shapes stay fixed)."""
     self.loaded, self.cfg = loaded, cfg
+    self.with_negatives = with_negatives
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
     self.module = Encoder(loaded.config, dtype=DTYPES[cfg.dtype], param_dtype=jnp.float32)
     self.mesh = data_mesh(devices)
@@ -197,7 +224,7 @@ class Trainer:
          if "negative_ids" in inputs else None)
     if self.cfg.loss == "margin-mse":
       return margin_mse_loss(q, p, n, inputs["margin"])
-    return multiple_negatives_ranking_loss(q, p, n)
+    return multiple_negatives_ranking_loss(q, p, n, negative_valid=inputs.get("negative_valid"))
 
   def _update_fn(self, params, opt_state, inputs, rng):
     loss, grads = jax.value_and_grad(self.loss_fn)(params, inputs, rng, not self.cfg.dropout)
@@ -209,10 +236,16 @@ class Trainer:
     if len(batch) % n_dev:
       raise ValueError(f"batch of {len(batch)} does not split over {n_dev} devices")
     inputs = {}
-    fields = ["query", "positive"] + (["negative"] if batch[0].negative is not None else [])
+    with_negatives = self.with_negatives
+    if with_negatives is None:
+      with_negatives = self.cfg.loss == "margin-mse" or any(e.negative is not None for e in batch)
+    fields = ["query", "positive"] + (["negative"] if with_negatives else [])
     for field in fields:
-      ids, mask = tokenize_padded(self.tokenizer, [getattr(e, field) for e in batch], self.loaded.max_seq_length)
+      texts = [getattr(e, field) or "" for e in batch]  # a row without a negative: a placeholder, masked below
+      ids, mask = tokenize_padded(self.tokenizer, texts, self.loaded.max_seq_length)
       inputs[f"{field}_ids"], inputs[f"{field}_mask"] = ids, mask
+    if with_negatives and self.cfg.loss == "mnrl":
+      inputs["negative_valid"] = np.array([e.negative is not None for e in batch])
     if self.cfg.loss == "margin-mse":
       inputs["margin"] = np.array([e.margin for e in batch], np.float32)
     return inputs
@@ -232,10 +265,7 @@ class Trainer:
     """params, optimiser state, step and RNG in one msgpack file, written atomically."""
     path = Path(path)
     state = {"params": self.params, "opt_state": self.opt_state, "step": self.step_count, "rng": self.rng}
-    data = flax.serialization.to_bytes(jax.device_get(state))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, flax.serialization.to_bytes(jax.device_get(state)))
 
   def load_checkpoint(self, path: str | Path) -> None:
     template = {"params": self.params, "opt_state": self.opt_state, "step": 0, "rng": self.rng}
@@ -249,20 +279,39 @@ class Trainer:
     return dataclasses.replace(self.loaded, params=params, source=f"{self.loaded.source} (fine-tuned)")
 
 
+def run_fingerprint(loaded: model_dir.LoadedModel, model: str, train_data: Path, cfg: TrainConfig) -> dict:
+  """What a checkpoint continues: the starting weights, the data and every hyper-parameter."""
+  from distilbert_jax.corpus_job import file_sha256, params_sha256
+  return {"model": str(model), "weights_sha256": params_sha256(loaded.params), "train_data": str(train_data),
+          "train_data_sha256": file_sha256(train_data), "config": dataclasses.asdict(cfg)}
+
+
 def train(model: str, train_data: str | Path, out_dir: str | Path, cfg: TrainConfig, checkpoint_every: int = 100,
-          show_progress: bool = True) -> dict[str, Any]:
-  """The `train` command: resumes from OUT/checkpoint.msgpack when present; writes OUT/jax and
+          show_progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+  """The `train` command: resumes from OUT/checkpoint.msgpack when it was written by the same run (model,
+  weights, data, hyper-parameters; else refused unless `overwrite`); writes OUT/jax and
   OUT/sentence-transformers at the end."""
   import time
 
   from distilbert_jax.hub import resolve_model_dir
-  out_dir = Path(out_dir)
+  if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
+    raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+  out_dir, train_data = Path(out_dir), Path(train_data)
   out_dir.mkdir(parents=True, exist_ok=True)
   examples = read_train_data(train_data, cfg.loss)
-  trainer = Trainer(model_dir.load(resolve_model_dir(model)), cfg)
-  checkpoint = out_dir / "checkpoint.msgpack"
-  if checkpoint.exists():
+  check_can_learn(examples, cfg, train_data)
+  loaded = model_dir.load(resolve_model_dir(model))
+  trainer = Trainer(loaded, cfg, with_negatives=any(e.negative is not None for e in examples))
+  checkpoint, run_file = out_dir / "checkpoint.msgpack", out_dir / "checkpoint.json"
+  fingerprint = run_fingerprint(loaded, model, train_data, cfg)
+  if checkpoint.exists() and not overwrite:
+    previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+    changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
+    if changed:
+      raise ValueError(f"{checkpoint} belongs to another run ({', '.join(changed)} differ); use another --out, "
+                       f"or --overwrite to start again")
     trainer.load_checkpoint(checkpoint)
+  write_atomic(run_file, (json.dumps(fingerprint, indent=1) + "\n").encode())
   bar = None
   if show_progress:
     from tqdm.auto import tqdm

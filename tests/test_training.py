@@ -163,3 +163,49 @@ def test_train_command_and_bad_lines(tiny_checkpoint, tmp_path):
   data.write_text('{"query": "q", "positive": "p"}\nnot json\n')
   with pytest.raises(ValueError, match=r"train\.jsonl:2: invalid JSON"):
     read_train_data(data, "mnrl")
+
+
+def test_mnrl_rows_with_and_without_negatives_in_one_batch(tiny_checkpoint):
+  import jax.numpy as jnp
+
+  from distilbert_jax.training import multiple_negatives_ranking_loss
+  trainer = Trainer(model_dir.load(tiny_checkpoint), TrainConfig(loss="mnrl", batch_size=4, dropout=False))
+  has_negative = [False, True, False, True]  # the first row has none: the others' must still count
+  batch = [Example(q, p, n if keep else None) for q, p, n, keep in zip(QUERIES, POSITIVES, NEGATIVES, has_negative)]
+  inputs = trainer.prepare(batch)
+  loss = float(trainer.loss_fn(trainer.params, inputs, jax.random.PRNGKey(0), True))
+  embed = lambda field: trainer.embed(trainer.params, inputs[f"{field}_ids"], inputs[f"{field}_mask"], None, True)
+  q, p, n = embed("query"), embed("positive"), embed("negative")
+  expected = float(multiple_negatives_ranking_loss(q, p, n[jnp.array([1, 3])]))  # only the negatives given
+  assert abs(loss - expected) <= 1e-5 * max(1.0, abs(expected)), (loss, expected)
+  without = float(multiple_negatives_ranking_loss(q, p))
+  assert abs(loss - without) > 1e-4  # the negatives were used, not dropped
+
+
+def test_a_batch_that_cannot_learn_is_refused(tiny_checkpoint, tmp_path):
+  from distilbert_jax.training import train
+  data = tmp_path / "pairs.jsonl"
+  data.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
+  with pytest.raises(ValueError, match="mnrl with batch size 1 and no negatives cannot learn"):
+    train(str(tiny_checkpoint), data, tmp_path / "out", TrainConfig(loss="mnrl", batch_size=1, steps=2))
+  with pytest.raises(ValueError, match="steps must be a positive integer, got -3"):
+    TrainConfig(loss="mnrl", steps=-3)
+
+
+def test_resume_with_another_model_or_data_is_refused(tiny_checkpoint, tmp_path):
+  from conversion.make_reference_checkpoint import make_reference_checkpoint
+  from distilbert_jax.training import train
+  data = tmp_path / "pairs.jsonl"
+  data.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
+  cfg = TrainConfig(loss="mnrl", batch_size=2, steps=1, warmup_steps=0)
+  train(str(tiny_checkpoint), data, tmp_path / "out", cfg, show_progress=False)
+  other = make_reference_checkpoint(tmp_path / "other", seed=9, n_layers=2, dim=32, n_heads=4, hidden_dim=64,
+                                    max_seq_length=128)
+  with pytest.raises(ValueError, match=r"checkpoint.msgpack belongs to another run \(model, weights_sha256 differ\)"):
+    train(str(other), data, tmp_path / "out", cfg, show_progress=False)
+  with pytest.raises(ValueError, match=r"belongs to another run \(config\) differ|belongs to another run \(config"):
+    train(str(tiny_checkpoint), data, tmp_path / "out", TrainConfig(loss="mnrl", batch_size=2, steps=1, lr=1e-3,
+                                                                    warmup_steps=0), show_progress=False)
+  summary = train(str(other), data, tmp_path / "out", cfg, show_progress=False, overwrite=True)
+  assert summary["steps"] == 1
+  assert json.loads((tmp_path / "out" / "checkpoint.json").read_text())["model"] == str(other)
