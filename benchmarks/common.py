@@ -12,6 +12,7 @@ CACHE = Path(os.environ.get("BENCH_CACHE", ROOT / ".benchmarks" / "checkpoints")
 
 def scifact_documents(n: int | None = 1000) -> list[str]:
   from distilbert_jax.retrieval import document_text, find_beir_file, read_jsonl
+
   docs = []
   for _, doc in read_jsonl(find_beir_file(SCIFACT, "corpus")):
     docs.append(document_text(doc))
@@ -25,11 +26,14 @@ def msmarco_random_checkpoint() -> Path:
   path = CACHE / "msmarco-distilbert-dot-v5-random-seed0"
   if not (path / "modules.json").exists():
     from conversion.make_reference_checkpoint import make_reference_checkpoint
+
     make_reference_checkpoint(path, seed=0)
   return path
 
 
 def sentence_transformers_tokens(model, docs: list[str]) -> int:
   """Real tokens sentence-transformers' `encode` computes for `docs` (stripped and truncated as it does)."""
-  return sum(len(t) for t in model.tokenizer([d.strip() for d in docs], truncation=True,
-                                             max_length=model.max_seq_length)["input_ids"])
+  return sum(
+    len(t)
+    for t in model.tokenizer([d.strip() for d in docs], truncation=True, max_length=model.max_seq_length)["input_ids"]
+  )

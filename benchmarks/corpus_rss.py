@@ -26,10 +26,12 @@ def main():
   parser.add_argument("--long-line-mb", type=float, default=10.0, help="one case: 1,000 lines and one this long")
   args = parser.parse_args()
   from conversion.make_reference_checkpoint import make_reference_checkpoint
+
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
-    model = make_reference_checkpoint(tmp / "tiny", seed=0, n_layers=2, dim=32, n_heads=4, hidden_dim=64,
-                                      max_seq_length=128)
+    model = make_reference_checkpoint(
+      tmp / "tiny", seed=0, n_layers=2, dim=32, n_heads=4, hidden_dim=64, max_seq_length=128
+    )
     rng = random.Random(0)
     cases = [(f"{int(n):>9,} lines", int(n), 0) for n in args.lines.split(",")]
     if args.long_line_mb:
@@ -44,20 +46,41 @@ def main():
             f.write(f"long\t{words[:long_chars]}\n")
       # A fresh process per size: ru_maxrss of RUSAGE_CHILDREN is the largest child so far, so measure one
       # child through a wrapper that reports its own child's peak.
-      code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+      code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+      )
       start = time.perf_counter()
-      out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "distilbert_jax.cli", "encode-corpus",
-                            str(corpus), "--model", str(model), "--out", str(tmp / f"out-{n}-{long_chars}"),
-                            "--quiet",
-                            "--shard-size", "10000"], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+      out = subprocess.run(
+        [
+          sys.executable,
+          "-c",
+          code,
+          sys.executable,
+          "-m",
+          "distilbert_jax.cli",
+          "encode-corpus",
+          str(corpus),
+          "--model",
+          str(model),
+          "--out",
+          str(tmp / f"out-{n}-{long_chars}"),
+          "--quiet",
+          "--shard-size",
+          "10000",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+      )
       if out.returncode:
         sys.exit(out.stderr[-3000:])
       peak_mib = int(out.stdout.strip().splitlines()[-1]) / 1024
       verdict = "within" if peak_mib < 512 else "OVER"
-      print(f"{label}: peak RSS {peak_mib:7.0f} MiB ({verdict} the 512 MiB bound), "
-            f"{time.perf_counter() - start:6.1f}s", flush=True)
+      print(
+        f"{label}: peak RSS {peak_mib:7.0f} MiB ({verdict} the 512 MiB bound), {time.perf_counter() - start:6.1f}s",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

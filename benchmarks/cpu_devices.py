@@ -24,6 +24,7 @@ def child(docs: int) -> dict:
   import jax
 
   from distilbert_jax import SentenceTransformer
+
   texts = scifact_documents(docs)
   model = SentenceTransformer.from_pretrained(msmarco_random_checkpoint())
   model.warmup(texts, batch_size=32)
@@ -46,8 +47,9 @@ def main():
   results = {}
   for name, flags in (("one device", ""), (f"{cores} devices", f"--xla_force_host_platform_device_count={cores}")):
     env = dict(os.environ, XLA_FLAGS=flags)
-    out = subprocess.run([sys.executable, __file__, "--child", "--docs", str(args.docs)], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+      [sys.executable, __file__, "--child", "--docs", str(args.docs)], env=env, capture_output=True, text=True
+    )
     if out.returncode:
       sys.exit(out.stderr[-3000:])
     results[name] = json.loads(out.stdout.strip().splitlines()[-1])

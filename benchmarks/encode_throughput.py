@@ -2,7 +2,8 @@
 
 The first 1,000 SciFact documents at the full msmarco-distilbert-dot-v5 config (random weights), CPU, batch 32,
 2 threads. Each side warms up first (torch on one batch; JAX compiles each batch shape it will use, running one
-batch of each), then encodes all documents `--repeats` times (default 2), and the fastest pass counts. Prints tokens/s, ratios against torch float32, and padding efficiency (real / computed tokens).
+batch of each), then encodes all documents `--repeats` times (default 2), and the fastest pass counts. Prints
+tokens/s, ratios against torch float32, and padding efficiency (real / computed tokens).
 
   python benchmarks/encode_throughput.py [--docs 1000] [--variants jax-f32,jax-bf16,jax-f32-pack,jax-f32-nopack]
 
@@ -41,8 +42,10 @@ def best_of(repeats, fn):
 
 def run_torch(docs, path, batch_size, repeats):
   import torch
+
   torch.set_num_threads(THREADS)
   from sentence_transformers import SentenceTransformer
+
   model = SentenceTransformer(str(path), device="cpu")
   tokens = sentence_transformers_tokens(model, docs)
   model.encode(docs[:batch_size], batch_size=batch_size)  # warm-up
@@ -51,25 +54,30 @@ def run_torch(docs, path, batch_size, repeats):
 
 def run_jax(docs, path, batch_size, repeats, dtype, packing):
   from distilbert_jax import SentenceTransformer
+
   model = SentenceTransformer.from_pretrained(path, dtype=dtype)
   start = time.perf_counter()
   shapes = model.warmup(docs, batch_size=batch_size, packing=packing)  # compiles each shape, one batch each
   first = time.perf_counter() - start
   seconds = best_of(repeats, lambda: model.encode(docs, batch_size=batch_size, packing=packing))
   stats = model.last_encode_stats
-  return {"seconds": seconds, "warmup_seconds": first, "shapes": shapes,
-          "tokens": stats["real_tokens"],
-          "padding_efficiency": stats["real_tokens"] / stats["computed_tokens"]}
+  return {
+    "seconds": seconds,
+    "warmup_seconds": first,
+    "shapes": shapes,
+    "tokens": stats["real_tokens"],
+    "padding_efficiency": stats["real_tokens"] / stats["computed_tokens"],
+  }
 
 
 VARIANTS = {  # each called as (docs, checkpoint path, batch size, repeats)
-    "torch-f32": run_torch,
-    "jax-f32": functools.partial(run_jax, dtype="float32", packing="auto"),  # the default: packs where it pays
-    "jax-f32-pack": functools.partial(run_jax, dtype="float32", packing=True),
-    "jax-f32-nopack": functools.partial(run_jax, dtype="float32", packing=False),
-    "jax-bf16": functools.partial(run_jax, dtype="bfloat16", packing="auto"),
-    "jax-bf16-pack": functools.partial(run_jax, dtype="bfloat16", packing=True),
-    "jax-bf16-nopack": functools.partial(run_jax, dtype="bfloat16", packing=False),
+  "torch-f32": run_torch,
+  "jax-f32": functools.partial(run_jax, dtype="float32", packing="auto"),  # the default: packs where it pays
+  "jax-f32-pack": functools.partial(run_jax, dtype="float32", packing=True),
+  "jax-f32-nopack": functools.partial(run_jax, dtype="float32", packing=False),
+  "jax-bf16": functools.partial(run_jax, dtype="bfloat16", packing="auto"),
+  "jax-bf16-pack": functools.partial(run_jax, dtype="bfloat16", packing=True),
+  "jax-bf16-nopack": functools.partial(run_jax, dtype="bfloat16", packing=False),
 }
 
 
@@ -89,9 +97,23 @@ def main():
   env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TOKENIZERS_PARALLELISM="true")
   results = {}
   for variant in ["torch-f32"] + args.variants.split(","):
-    out = subprocess.run([sys.executable, __file__, "--child", variant, "--docs", str(args.docs),
-                          "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)],
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run(
+      [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--docs",
+        str(args.docs),
+        "--batch-size",
+        str(args.batch_size),
+        "--repeats",
+        str(args.repeats),
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+    )
     if out.returncode:
       sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
     results[variant] = json.loads(out.stdout.strip().splitlines()[-1])

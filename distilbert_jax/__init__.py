@@ -12,6 +12,16 @@ from distilbert_jax.pooling import PoolingConfig
 from distilbert_jax.quantization import quantize_embeddings
 from distilbert_jax.scoring import cos_sim, dot_score, semantic_search
 
-__all__ = ["EncoderConfig", "Encoder", "PoolingConfig", "SentenceTransformer", "cos_sim", "dot_score",
-           "load_embeddings", "quantize_embeddings", "semantic_search", "util"]
+__all__ = [
+  "EncoderConfig",
+  "Encoder",
+  "PoolingConfig",
+  "SentenceTransformer",
+  "cos_sim",
+  "dot_score",
+  "load_embeddings",
+  "quantize_embeddings",
+  "semantic_search",
+  "util",
+]
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ fill and each batch is padded only to the bucket of its longest row.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -73,8 +73,9 @@ def _rows(lengths: np.ndarray, buckets: Sequence[int], packed: bool) -> list[lis
   return [[int(i)] for i in range(len(lengths))]
 
 
-def _layout(lengths: np.ndarray, buckets: Sequence[int], height: int, small: int,
-            packed: bool) -> list[tuple[int, int, list[list[int]]]]:
+def _layout(
+  lengths: np.ndarray, buckets: Sequence[int], height: int, small: int, packed: bool
+) -> list[tuple[int, int, list[list[int]]]]:
   """(width, rows, texts of each row) per batch, longest rows first.
 
   Rows are sorted by fill and cut into batches of `height` rows, each padded to the bucket of its longest row.
@@ -92,17 +93,17 @@ def _layout(lengths: np.ndarray, buckets: Sequence[int], height: int, small: int
     width = int(bucket[start])
     same = int(np.searchsorted(-bucket, -width, side="right")) - start  # rows of this bucket left
     for _ in range(same // height):
-      batches.append((width, height, rows[start:start + height]))
+      batches.append((width, height, rows[start : start + height]))
       start += height
     left = same % height
     if not left:
       continue
     if left >= height - small and n - start >= height:  # nearly full: one batch, a few rows from the next bucket
-      batches.append((width, height, rows[start:start + height]))
+      batches.append((width, height, rows[start : start + height]))
       start += height
     else:
       end = min(start + -(-left // small) * small, n)
-      batches += [(width, small, rows[k:min(k + small, end)]) for k in range(start, end, small)]
+      batches += [(width, small, rows[k : min(k + small, end)]) for k in range(start, end, small)]
       start = end
   return _within_shape_budget(batches)
 
@@ -117,8 +118,12 @@ def _within_shape_budget(batches: list[tuple[int, int, list[list[int]]]]) -> lis
       count[(width, rows)] = count.get((width, rows), 0) + 1
     if len(count) <= MAX_SHAPES:
       return batches
-    _, small, big = min((count[s] * (b[0] * b[1] - s[0] * s[1]), s, b) for s in count for b in count
-                           if b != s and b[0] >= s[0] and b[1] >= s[1])
+    _, small, big = min(
+      (count[s] * (b[0] * b[1] - s[0] * s[1]), s, b)
+      for s in count
+      for b in count
+      if b != s and b[0] >= s[0] and b[1] >= s[1]
+    )
     batches = [(big[0], big[1], texts) if (w, r) == small else (w, r, texts) for w, r, texts in batches]
 
 
@@ -126,8 +131,14 @@ def _computed_tokens(layout) -> int:
   return sum(width * rows for width, rows, _ in layout)
 
 
-def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_length: int,
-                 packing: bool | str = "auto", pad_token_id: int = 0, small_rows: int | None = None) -> Iterator[Batch]:
+def plan_batches(
+  token_ids: Sequence[np.ndarray],
+  rows_per_batch: int,
+  max_seq_length: int,
+  packing: bool | str = "auto",
+  pad_token_id: int = 0,
+  small_rows: int | None = None,
+) -> Iterator[Batch]:
   """Batches covering every text exactly once, longest rows first, in at most MAX_SHAPES shapes.
 
   `packing`: True, False, or "auto": pack when that saves at least 1% of the computed tokens. Packing puts
@@ -155,19 +166,19 @@ def plan_batches(token_ids: Sequence[np.ndarray], rows_per_batch: int, max_seq_l
   segments = MAX_SEGMENTS if packing else 1
   for width, height, chunk in layout:
     batch = Batch(
-        input_ids=np.full((height, width), pad_token_id, np.int32),
-        segment_ids=np.zeros((height, width), np.int32),
-        positions=np.zeros((height, width), np.int32),
-        text_index=np.full((height, segments), -1, np.int64),
-        text_start=np.zeros((height, segments), np.int32),
+      input_ids=np.full((height, width), pad_token_id, np.int32),
+      segment_ids=np.zeros((height, width), np.int32),
+      positions=np.zeros((height, width), np.int32),
+      text_index=np.full((height, segments), -1, np.int64),
+      text_start=np.zeros((height, segments), np.int32),
     )
     for r, texts in enumerate(chunk):
       offset = 0
       for slot, i in enumerate(texts):
         n = len(token_ids[i])
-        batch.input_ids[r, offset:offset + n] = token_ids[i]
-        batch.segment_ids[r, offset:offset + n] = slot + 1
-        batch.positions[r, offset:offset + n] = np.arange(n)
+        batch.input_ids[r, offset : offset + n] = token_ids[i]
+        batch.segment_ids[r, offset : offset + n] = slot + 1
+        batch.positions[r, offset : offset + n] = np.arange(n)
         batch.text_index[r, slot] = i
         batch.text_start[r, slot] = offset
         offset += n

@@ -8,15 +8,14 @@ every shape; anything else raises one `CheckpointError` that lists all missing, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
 
-from distilbert_jax.files import write_atomic
-
 from distilbert_jax.config import EncoderConfig
+from distilbert_jax.files import write_atomic
 from distilbert_jax.model import Encoder
 
 FlaxPath = tuple[str, ...]
@@ -44,8 +43,10 @@ def _linear(config):  # torch Linear weight is [out, in]; our kernel is [in, out
 
 def _positions_with_token_type_0(config):
   # Single-segment inputs always add token-type row 0, so fold it into every position once.
-  return dict(to_flax=lambda pos, types: pos + types[0],
-              to_torch=lambda p: (p, np.zeros((config.type_vocab_size, p.shape[1]), p.dtype)))
+  return dict(
+    to_flax=lambda pos, types: pos + types[0],
+    to_torch=lambda p: (p, np.zeros((config.type_vocab_size, p.shape[1]), p.dtype)),
+  )
 
 
 def _rule(torch_keys, flax_path, transform, config) -> Rule:
@@ -70,13 +71,15 @@ def name_table(config: EncoderConfig) -> list[Rule]:
   """The whole mapping for this config, one rule per Flax parameter."""
   if config.model_type == "distilbert":
     rules = [
-        _rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings", _copy, config),
-        _rule("embeddings.position_embeddings.weight", "embeddings/position_embeddings", _copy, config),
+      _rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings", _copy, config),
+      _rule("embeddings.position_embeddings.weight", "embeddings/position_embeddings", _copy, config),
     ]
     rules += _linear_and_norm_rules(config, [("embeddings.LayerNorm", "embeddings/LayerNorm", "norm")])
     for i in range(config.num_layers):
       t, f = f"transformer.layer.{i}", f"transformer/layer_{i}"
-      rules += _linear_and_norm_rules(config, [
+      rules += _linear_and_norm_rules(
+        config,
+        [
           (f"{t}.attention.q_lin", f"{f}/attention/q_lin", "linear"),
           (f"{t}.attention.k_lin", f"{f}/attention/k_lin", "linear"),
           (f"{t}.attention.v_lin", f"{f}/attention/v_lin", "linear"),
@@ -85,17 +88,24 @@ def name_table(config: EncoderConfig) -> list[Rule]:
           (f"{t}.ffn.lin1", f"{f}/ffn/lin1", "linear"),
           (f"{t}.ffn.lin2", f"{f}/ffn/lin2", "linear"),
           (f"{t}.output_layer_norm", f"{f}/output_layer_norm", "norm"),
-      ])
+        ],
+      )
     return rules
   rules = [
-      _rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings", _copy, config),
-      _rule(("embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"),
-            "embeddings/position_embeddings", _positions_with_token_type_0, config),
+    _rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings", _copy, config),
+    _rule(
+      ("embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"),
+      "embeddings/position_embeddings",
+      _positions_with_token_type_0,
+      config,
+    ),
   ]
   rules += _linear_and_norm_rules(config, [("embeddings.LayerNorm", "embeddings/LayerNorm", "norm")])
   for i in range(config.num_layers):
     t, f = f"encoder.layer.{i}", f"transformer/layer_{i}"
-    rules += _linear_and_norm_rules(config, [
+    rules += _linear_and_norm_rules(
+      config,
+      [
         (f"{t}.attention.self.query", f"{f}/attention/q_lin", "linear"),
         (f"{t}.attention.self.key", f"{f}/attention/k_lin", "linear"),
         (f"{t}.attention.self.value", f"{f}/attention/v_lin", "linear"),
@@ -104,15 +114,16 @@ def name_table(config: EncoderConfig) -> list[Rule]:
         (f"{t}.intermediate.dense", f"{f}/ffn/lin1", "linear"),
         (f"{t}.output.dense", f"{f}/ffn/lin2", "linear"),
         (f"{t}.output.LayerNorm", f"{f}/output_layer_norm", "norm"),
-    ])
+      ],
+    )
   return rules
 
 
 # Checkpoint tensors that are deliberately not used: BERT's pooler (sentence-transformers never calls it) and
 # the position-id buffer that older transformers versions saved.
 IGNORED = {
-    "distilbert": ("embeddings.position_ids",),
-    "bert": ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"),
+  "distilbert": ("embeddings.position_ids",),
+  "bert": ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"),
 }
 # The base-model prefix that task-head checkpoints (e.g. DistilBertForMaskedLM) put before every name.
 BASE_MODEL_PREFIX = {"distilbert": "distilbert.", "bert": "bert."}
@@ -120,8 +131,9 @@ BASE_MODEL_PREFIX = {"distilbert": "distilbert.", "bert": "bert."}
 
 def parameter_shapes(config: EncoderConfig) -> dict[FlaxPath, tuple[int, ...]]:
   shapes = jax.eval_shape(Encoder(config).init_params, jax.random.PRNGKey(0))
-  return {tuple(k.key for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+  return {
+    tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+  }
 
 
 def _expected_torch_shapes(rule: Rule, shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
@@ -156,7 +168,7 @@ def torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source:
   """Checkpoint tensors (PyTorch names) -> nested Flax params, strictly; `source` names the file in errors."""
   prefix = BASE_MODEL_PREFIX[config.model_type]
   if tensors and all(k.startswith(prefix) for k in tensors):
-    tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
   shapes = parameter_shapes(config)
   missing, misshaped, used = [], [], set(IGNORED[config.model_type])
   flat: dict[FlaxPath, np.ndarray] = {}
@@ -167,15 +179,23 @@ def torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source:
     if absent:
       missing += absent
       continue
-    wrong = [f"{k}: expected {e}, got {tuple(tensors[k].shape)}"
-             for k, e in zip(rule.torch_keys, expected) if tuple(tensors[k].shape) != e]
+    wrong = [
+      f"{k}: expected {e}, got {tuple(tensors[k].shape)}"
+      for k, e in zip(rule.torch_keys, expected)
+      if tuple(tensors[k].shape) != e
+    ]
     if wrong:
       misshaped += wrong
       continue
     flat[rule.flax_path] = np.asarray(rule.to_flax(*(tensors[k] for k in rule.torch_keys)), np.float32)
   unexpected = sorted(set(tensors) - used)
-  raise_on_mismatch(f"{source} does not match a {config.model_type} encoder with {config.num_layers} layers, "
-                    f"width {config.hidden_size}", missing, unexpected, misshaped)
+  raise_on_mismatch(
+    f"{source} does not match a {config.model_type} encoder with {config.num_layers} layers, "
+    f"width {config.hidden_size}",
+    missing,
+    unexpected,
+    misshaped,
+  )
   unfilled = set(shapes) - set(flat)
   assert not unfilled, f"name table leaves parameters unfilled: {sorted(unfilled)}"
   return nest_params(flat)
@@ -204,8 +224,10 @@ def read_tensors(model_dir: Path) -> tuple[dict[str, np.ndarray], str]:
     try:
       import torch
     except ImportError:
-      raise CheckpointError(f"{bin_file}: reading pytorch_model.bin needs torch (pip install torch); "
-                            "or convert it to model.safetensors elsewhere") from None
+      raise CheckpointError(
+        f"{bin_file}: reading pytorch_model.bin needs torch (pip install torch); "
+        "or convert it to model.safetensors elsewhere"
+      ) from None
     try:
       state = torch.load(bin_file, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -216,6 +238,7 @@ def read_tensors(model_dir: Path) -> tuple[dict[str, np.ndarray], str]:
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
   from safetensors import safe_open
+
   try:
     out = {}
     with safe_open(str(path), framework="flax") as f:  # flax framework: bfloat16 tensors load too
@@ -228,4 +251,5 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
   from safetensors.numpy import save
+
   write_atomic(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata))

@@ -29,9 +29,12 @@ SCORES = ("cosine", "dot", "euclidean", "manhattan")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--model", help=f"hub id (resolved through the Hugging Face cache) or local model directory "
-                                 f"(default: {DEFAULT_MODEL}; when it is neither cached nor downloadable, the "
-                                 f"embedded {EMBEDDED_MODEL}, said in one line)")
+  p.add_argument(
+    "--model",
+    help=f"hub id (resolved through the Hugging Face cache) or local model directory "
+    f"(default: {DEFAULT_MODEL}; when it is neither cached nor downloadable, the "
+    f"embedded {EMBEDDED_MODEL}, said in one line)",
+  )
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
   p.add_argument("--batch-size", type=positive_int, default=32)
 
@@ -41,17 +44,20 @@ def _model_name(args) -> str:
   if args.model:
     return args.model
   from distilbert_jax.hub import default_model
+
   return default_model(lambda line: print(line, file=sys.stderr))
 
 
 def _load_encoder(args, model: str | None = None):
   from distilbert_jax.encoder import SentenceTransformer
+
   return SentenceTransformer(model or _model_name(args), dtype=args.dtype)
 
 
 def _score_function(args, encoder):
   """--score, else the model's own similarity function (msmarco-distilbert-dot-v5: dot)."""
   from distilbert_jax.scoring import SIMILARITY_FUNCTIONS
+
   return SIMILARITY_FUNCTIONS[args.score or encoder.similarity_fn_name][0]
 
 
@@ -59,8 +65,12 @@ def _read_lines(path: str) -> list[str]:
   """Texts one per line from a file, or standard input for '-', split as encode-corpus splits them (at \\n
   only: a lone \\r inside a line stays in its text); a bad line raises naming file and line."""
   from distilbert_jax.corpus_job import InputFormat, read_lines, read_records
-  lines = (read_lines(sys.stdin.buffer, InputFormat("lines"), keep_empty=True) if path == "-" else
-           read_records(Path(path), InputFormat("lines"), keep_empty=True))
+
+  lines = (
+    read_lines(sys.stdin.buffer, InputFormat("lines"), keep_empty=True)
+    if path == "-"
+    else read_records(Path(path), InputFormat("lines"), keep_empty=True)
+  )
   texts = []
   for record in lines:
     if record.error is not None:
@@ -74,6 +84,7 @@ def _read_corpus(path: str) -> tuple[list[str], list[str]]:
   encode-corpus reads them; a bad line raises naming file and line."""
   from distilbert_jax.corpus_job import detect_format, read_records
   from distilbert_jax.retrieval import find_beir_file
+
   p = Path(path)
   if p.is_dir():
     p = find_beir_file(p, "corpus")
@@ -88,23 +99,28 @@ def _read_corpus(path: str) -> tuple[list[str], list[str]]:
 
 def cmd_encode(args) -> None:
   from distilbert_jax.files import npy_bytes, npy_path, write_atomic
+
   texts = _read_lines(args.input)
   encoder = _load_encoder(args)
   start = time.perf_counter()
-  embeddings = encoder.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize,
-                              show_progress_bar=not args.quiet)
+  embeddings = encoder.encode(
+    texts, batch_size=args.batch_size, normalize_embeddings=args.normalize, show_progress_bar=not args.quiet
+  )
   out = write_atomic(npy_path(args.out), npy_bytes(embeddings))
   print(f"{len(texts)} texts -> {out} {embeddings.shape} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
 
 
 def cmd_search(args) -> None:
   import numpy as np
+
   from distilbert_jax.corpus_job import load_embeddings
   from distilbert_jax.scoring import semantic_search
+
   queries = list(args.query or []) + (_read_lines(args.queries) if args.queries else [])
   if not queries:
     sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
   from distilbert_jax.files import npy_bytes, npy_path, write_atomic
+
   embeddings_dir = args.embeddings and Path(args.embeddings).is_dir()
   if args.embeddings and not embeddings_dir:
     args.embeddings = str(npy_path(args.embeddings))
@@ -113,6 +129,7 @@ def cmd_search(args) -> None:
   ids, texts = _read_corpus(args.corpus) if args.corpus else ([], [])
   if embeddings_dir:
     from distilbert_jax.corpus_job import check_same_model, read_manifest_model
+
     # Queries are encoded with the corpus' own model; another --model is refused, not silently mixed.
     encoder = _load_encoder(args, args.model or read_manifest_model(args.embeddings))
     check_same_model(args.embeddings, encoder)
@@ -124,16 +141,18 @@ def cmd_search(args) -> None:
   if not embeddings_dir and args.embeddings and Path(args.embeddings).exists():
     corpus_embeddings = np.load(args.embeddings, mmap_mode="r")
     if len(corpus_embeddings) != len(texts):
-      sys.exit(f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has "
-               f"{len(texts)} documents")
+      sys.exit(
+        f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has {len(texts)} documents"
+      )
   elif not embeddings_dir:
     corpus_embeddings = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=True)
     if args.embeddings:
       write_atomic(args.embeddings, npy_bytes(corpus_embeddings))
       print(f"saved corpus embeddings to {args.embeddings}", file=sys.stderr)
   query_embeddings = encoder.encode(queries, batch_size=args.batch_size)
-  results = semantic_search(query_embeddings, corpus_embeddings, top_k=args.top_k,
-                            score_function=_score_function(args, encoder))
+  results = semantic_search(
+    query_embeddings, corpus_embeddings, top_k=args.top_k, score_function=_score_function(args, encoder)
+  )
   for query, hits in zip(queries, results):
     print(f"\nquery: {query}")
     for rank, hit in enumerate(hits, 1):
@@ -143,39 +162,65 @@ def cmd_search(args) -> None:
 
 def cmd_encode_corpus(args) -> None:
   from distilbert_jax.corpus_job import run_job
+
   fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
-  summary = run_job(args.input, _model_name(args), args.out, dtype=args.dtype, shard_size=args.shard_size,
-                    on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size, fields=fields,
-                    process_index=args.process_index, process_count=args.process_count,
-                    show_progress=not args.quiet)
-  print(f"{summary['rows']} embeddings in {summary['shards']} shards at {summary['out']}; encoded now "
-        f"{summary['encoded_now']} ({summary['docs_per_s']} docs/s, {summary['tokens_per_s']} tokens/s), "
-        f"rejected {summary['rejected']}, {summary['seconds']}s", file=sys.stderr)
+  summary = run_job(
+    args.input,
+    _model_name(args),
+    args.out,
+    dtype=args.dtype,
+    shard_size=args.shard_size,
+    on_error=args.on_error,
+    overwrite=args.overwrite,
+    batch_size=args.batch_size,
+    fields=fields,
+    process_index=args.process_index,
+    process_count=args.process_count,
+    show_progress=not args.quiet,
+  )
+  print(
+    f"{summary['rows']} embeddings in {summary['shards']} shards at {summary['out']}; encoded now "
+    f"{summary['encoded_now']} ({summary['docs_per_s']} docs/s, {summary['tokens_per_s']} tokens/s), "
+    f"rejected {summary['rejected']}, {summary['seconds']}s",
+    file=sys.stderr,
+  )
 
 
 def cmd_eval(args) -> None:
   from distilbert_jax import retrieval
   from distilbert_jax.scoring import semantic_search
+
   data = retrieval.load_beir(args.beir_dir, split=args.split, max_docs=args.max_docs)
   encoder = _load_encoder(args)
   start = time.perf_counter()
   corpus = encoder.encode(data.corpus_texts, batch_size=args.batch_size, show_progress_bar=not args.json)
   queries = encoder.encode(data.query_texts, batch_size=args.batch_size)
   results = semantic_search(queries, corpus, top_k=100, score_function=_score_function(args, encoder))
-  metrics = retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids),
-                               data.qrels)
+  metrics = retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids), data.qrels)
   if args.json:
-    print(json.dumps({"model": encoder.source, "split": args.split, "documents": len(data.corpus_ids),
-                      "queries": len(data.query_ids), **metrics}))
+    print(
+      json.dumps(
+        {
+          "model": encoder.source,
+          "split": args.split,
+          "documents": len(data.corpus_ids),
+          "queries": len(data.query_ids),
+          **metrics,
+        }
+      )
+    )
     return
-  print(f"{args.beir_dir} ({args.split}): {len(data.query_ids)} queries, {len(data.corpus_ids)} documents, "
-        f"{time.perf_counter() - start:.1f}s")
+  print(
+    f"{args.beir_dir} ({args.split}): {len(data.query_ids)} queries, {len(data.corpus_ids)} documents, "
+    f"{time.perf_counter() - start:.1f}s"
+  )
   for name, value in metrics.items():
     print(f"  {name:<11} {value:.4f}")
 
 
 def cmd_parity(args) -> None:
   from distilbert_jax.parity import parity_report
+
   report = parity_report(args.model_dir, use_torch=not args.no_torch)
   if args.json:
     print(json.dumps(report))
@@ -187,24 +232,49 @@ def cmd_parity(args) -> None:
 
 def cmd_train(args) -> None:
   from distilbert_jax.training import TrainConfig, train
-  cfg = TrainConfig(loss=args.loss, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-                    grad_accumulation=args.grad_accumulation, dtype=args.dtype, seed=args.seed)
-  summary = train(args.model, args.train_data, args.out, cfg, checkpoint_every=args.checkpoint_every,
-                  show_progress=not args.quiet, overwrite=args.overwrite)
-  print(f"trained {summary['steps']} steps ({summary['seconds_per_step']:.2f} s/step), last loss "
-        f"{summary['last_loss']}; models in {summary['out']}/jax and {summary['out']}/sentence-transformers",
-        file=sys.stderr)
+
+  cfg = TrainConfig(
+    loss=args.loss,
+    steps=args.steps,
+    batch_size=args.batch_size,
+    lr=args.lr,
+    weight_decay=args.weight_decay,
+    warmup_steps=args.warmup_steps,
+    grad_accumulation=args.grad_accumulation,
+    dtype=args.dtype,
+    seed=args.seed,
+  )
+  summary = train(
+    args.model,
+    args.train_data,
+    args.out,
+    cfg,
+    checkpoint_every=args.checkpoint_every,
+    show_progress=not args.quiet,
+    overwrite=args.overwrite,
+  )
+  print(
+    f"trained {summary['steps']} steps ({summary['seconds_per_step']:.2f} s/step), last loss "
+    f"{summary['last_loss']}; models in {summary['out']}/jax and {summary['out']}/sentence-transformers",
+    file=sys.stderr,
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="distilbert-jax", description="Sentence embeddings in JAX: "
-                                   "msmarco-distilbert-dot-v5 and BERT-family encoders, with PyTorch parity.")
+  parser = argparse.ArgumentParser(
+    prog="distilbert-jax",
+    description="Sentence embeddings in JAX: msmarco-distilbert-dot-v5 and BERT-family encoders, with PyTorch parity.",
+  )
   sub = parser.add_subparsers(dest="command", required=True)
 
   from conversion import convert
-  p = sub.add_parser("convert", help="convert a checkpoint (sentence-transformers <-> distilbert-jax)",
-                     description=convert.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+  p = sub.add_parser(
+    "convert",
+    help="convert a checkpoint (sentence-transformers <-> distilbert-jax)",
+    description=convert.__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   convert.add_arguments(p)
   p.set_defaults(func=convert.run)
 
@@ -217,12 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_encode)
 
   p = sub.add_parser("search", help="semantic search of queries against a corpus")
-  p.add_argument("--corpus",
-                 help="BEIR directory or corpus.jsonl[.gz], TSV of id<TAB>text, or a text file (one doc a line)")
+  p.add_argument(
+    "--corpus", help="BEIR directory or corpus.jsonl[.gz], TSV of id<TAB>text, or a text file (one doc a line)"
+  )
   p.add_argument("--query", action="append", help="a query (repeatable)")
   p.add_argument("--queries", help="file of queries, one per line; '-' for stdin")
-  p.add_argument("--embeddings", help="an encode-corpus output directory; or a .npy file, read if it exists, "
-                                      "else written after encoding --corpus")
+  p.add_argument(
+    "--embeddings",
+    help="an encode-corpus output directory; or a .npy file, read if it exists, else written after encoding --corpus",
+  )
   p.add_argument("--top-k", type=positive_int, default=10)
   p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
   _add_model_args(p)
@@ -232,8 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("input", help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, or plain text lines (id = line number)")
   p.add_argument("--out", required=True, help="output directory (shards, ids, manifest.json, rejects.jsonl)")
   p.add_argument("--shard-size", type=positive_int, default=10_000)
-  p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
-                 help="stop (default): fail on a bad line naming file and line; skip: record it in rejects.jsonl")
+  p.add_argument(
+    "--on-error",
+    choices=("stop", "skip"),
+    default="stop",
+    help="stop (default): fail on a bad line naming file and line; skip: record it in rejects.jsonl",
+  )
   p.add_argument("--overwrite", action="store_true", help="start again when OUT holds a different job")
   p.add_argument("--id-field", default="_id")
   p.add_argument("--title-field", default="title")
@@ -255,9 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("train", help="fine-tune with MarginMSE or MultipleNegativesRanking (AdamW, linear warmup)")
   p.add_argument("--model", required=True, help="hub id or local model directory to start from")
-  p.add_argument("--train-data", required=True,
-                 help='JSONL: {"query", "positive"} for mnrl; {"query", "positive", "negative", "margin"} '
-                      "for margin-mse")
+  p.add_argument(
+    "--train-data",
+    required=True,
+    help='JSONL: {"query", "positive"} for mnrl; {"query", "positive", "negative", "margin"} for margin-mse',
+  )
   p.add_argument("--loss", choices=("margin-mse", "mnrl"), required=True)
   p.add_argument("--steps", type=positive_int, required=True, help="optimiser updates")
   p.add_argument("--batch-size", type=positive_int, default=64)
@@ -269,8 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--checkpoint-every", type=positive_int, default=100)
-  p.add_argument("--overwrite", action="store_true",
-                 help="start again when OUT holds a checkpoint of another run (model, data or settings)")
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="start again when OUT holds a checkpoint of another run (model, data or settings)",
+  )
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_train)
 

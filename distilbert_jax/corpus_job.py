@@ -27,8 +27,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -133,6 +134,7 @@ def file_sha256(path: Path) -> str:
 
 def params_sha256(params: dict) -> str:
   from distilbert_jax.checkpoint import flatten_params
+
   digest = hashlib.sha256()
   for path, value in sorted(flatten_params(params).items()):
     digest.update("/".join(path).encode())
@@ -160,8 +162,9 @@ def job_lock(out_dir: Path, process_index: int) -> Iterator[None]:
   except BlockingIOError:
     holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
     os.close(fd)
-    raise JobError(f"{out_dir} is in use by another encode-corpus job ({holder}); wait for it, or use another "
-                   f"--out") from None
+    raise JobError(
+      f"{out_dir} is in use by another encode-corpus job ({holder}); wait for it, or use another --out"
+    ) from None
   os.ftruncate(fd, 0)
   os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
   try:
@@ -187,12 +190,23 @@ def tokenizer_sha256(encoder: Any) -> str:
   return digest.hexdigest()
 
 
-def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str = "float32",
-            shard_size: int = 10_000, on_error: str = "stop", overwrite: bool = False, batch_size: int = 32,
-            fields: dict[str, str] | None = None, process_index: int | None = None,
-            process_count: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+def run_job(
+  input_path: str | Path,
+  model: str,
+  out_dir: str | Path,
+  dtype: str = "float32",
+  shard_size: int = 10_000,
+  on_error: str = "stop",
+  overwrite: bool = False,
+  batch_size: int = 32,
+  fields: dict[str, str] | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  show_progress: bool = True,
+) -> dict[str, Any]:
   """Encodes INPUT into OUT_DIR (see the module docstring) under OUT_DIR's lock; returns the closing summary."""
   import jax
+
   if on_error not in ("stop", "skip"):
     raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
   shard_size, batch_size = _positive(shard_size, "shard_size"), _positive(batch_size, "batch_size")
@@ -202,30 +216,63 @@ def run_job(input_path: str | Path, model: str, out_dir: str | Path, dtype: str 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = _positive(jax.process_count() if process_count is None else process_count, "process_count")
   if not isinstance(process_index, int) or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1} (process_count "
-                     f"{process_count})")
+    raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1} (process_count {process_count})")
   out_dir.mkdir(parents=True, exist_ok=True)
   with job_lock(out_dir, process_index):
-    return _run_locked(input_path, model, out_dir, dtype, shard_size, on_error, overwrite, batch_size,
-                       fields, process_index, process_count, show_progress)
+    return _run_locked(
+      input_path,
+      model,
+      out_dir,
+      dtype,
+      shard_size,
+      on_error,
+      overwrite,
+      batch_size,
+      fields,
+      process_index,
+      process_count,
+      show_progress,
+    )
 
 
-def _run_locked(input_path: Path, model: str, out_dir: Path, dtype: str, shard_size: int, on_error: str,
-                overwrite: bool, batch_size: int, fields: dict[str, str] | None, process_index: int,
-                process_count: int, show_progress: bool) -> dict[str, Any]:
+def _run_locked(
+  input_path: Path,
+  model: str,
+  out_dir: Path,
+  dtype: str,
+  shard_size: int,
+  on_error: str,
+  overwrite: bool,
+  batch_size: int,
+  fields: dict[str, str] | None,
+  process_index: int,
+  process_count: int,
+  show_progress: bool,
+) -> dict[str, Any]:
   from distilbert_jax.encoder import SentenceTransformer
+
   fmt = detect_format(input_path, fields or {})
   encoder = SentenceTransformer(model, dtype=dtype)
   settings = {
-      "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
-      "model": str(model), "weights_sha256": params_sha256(encoder._loaded.params),
-      "tokenizer_sha256": tokenizer_sha256(encoder),
-      "config": encoder.config.to_hf_dict(), "dtype": dtype,
-      "pooling": {"modes": list(encoder.pooling.modes), "normalize": encoder.pooling.normalize},
-      "max_seq_length": encoder.max_seq_length, "embedding_dim": encoder.embedding_dim,
-      "input": {"name": input_path.name, "bytes": input_path.stat().st_size, "sha256": file_sha256(input_path),
-                "format": dataclasses.asdict(fmt)},
-      "shard_size": shard_size, "on_error": on_error, "process_count": process_count,
+    "format": MANIFEST_FORMAT,
+    "version": MANIFEST_VERSION,
+    "model": str(model),
+    "weights_sha256": params_sha256(encoder._loaded.params),
+    "tokenizer_sha256": tokenizer_sha256(encoder),
+    "config": encoder.config.to_hf_dict(),
+    "dtype": dtype,
+    "pooling": {"modes": list(encoder.pooling.modes), "normalize": encoder.pooling.normalize},
+    "max_seq_length": encoder.max_seq_length,
+    "embedding_dim": encoder.embedding_dim,
+    "input": {
+      "name": input_path.name,
+      "bytes": input_path.stat().st_size,
+      "sha256": file_sha256(input_path),
+      "format": dataclasses.asdict(fmt),
+    },
+    "shard_size": shard_size,
+    "on_error": on_error,
+    "process_count": process_count,
   }
   manifest_path = out_dir / manifest_name(process_index, process_count)
   manifest = {**settings, "process_index": process_index, "shards": [], "rejects": [], "complete": False}
@@ -233,8 +280,10 @@ def _run_locked(input_path: Path, model: str, out_dir: Path, dtype: str, shard_s
     previous = json.loads(manifest_path.read_text())
     changed = [k for k in settings if previous.get(k) != settings[k]]
     if changed and not overwrite:
-      raise JobError(f"{manifest_path} was written for a different job ({', '.join(changed)} differ); "
-                     "use another --out, or --overwrite to start again")
+      raise JobError(
+        f"{manifest_path} was written for a different job ({', '.join(changed)} differ); "
+        "use another --out, or --overwrite to start again"
+      )
     if not changed:
       manifest = previous
   _remove_stale_temporaries(out_dir, process_index, process_count)
@@ -260,8 +309,10 @@ def _run_locked(input_path: Path, model: str, out_dir: Path, dtype: str, shard_s
       last_line = record.line
       if record.error is not None:
         if on_error == "stop":
-          raise JobError(f"{input_path}:{record.line}: {record.error} (shards already committed in {out_dir} are "
-                         f"kept; fix the line or use --on-error skip, then re-run)")
+          raise JobError(
+            f"{input_path}:{record.line}: {record.error} (shards already committed in {out_dir} are "
+            f"kept; fix the line or use --on-error skip, then re-run)"
+          )
         if record.line not in seen_reject_lines:
           rejects.append({"file": input_path.name, "line": record.line, "reason": record.error})
           seen_reject_lines.add(record.line)
@@ -278,9 +329,17 @@ def _run_locked(input_path: Path, model: str, out_dir: Path, dtype: str, shard_s
       shard_bytes = npy_bytes(embeddings.astype(np.float32))
       write_atomic(out_dir / f"{name}.ids.json", json.dumps([r.id for r in batch]).encode())
       write_atomic(out_dir / f"{name}.npy", shard_bytes)
-      manifest["shards"].append({"index": shard_index, "file": f"{name}.npy", "ids": f"{name}.ids.json",
-                                 "rows": len(batch), "first_line": batch[0].line, "last_line": last_line,
-                                 "sha256": hashlib.sha256(shard_bytes).hexdigest()})
+      manifest["shards"].append(
+        {
+          "index": shard_index,
+          "file": f"{name}.npy",
+          "ids": f"{name}.ids.json",
+          "rows": len(batch),
+          "first_line": batch[0].line,
+          "last_line": last_line,
+          "sha256": hashlib.sha256(shard_bytes).hexdigest(),
+        }
+      )
       commit()
       encoded += len(batch)
       tokens += encoder.last_encode_stats["real_tokens"]
@@ -291,20 +350,28 @@ def _run_locked(input_path: Path, model: str, out_dir: Path, dtype: str, shard_s
   commit()
   progress.close()
   elapsed = time.perf_counter() - start
-  return {"out": str(out_dir), "rows": manifest["rows"], "encoded_now": encoded, "rejected": len(rejects),
-          "shards": len(manifest["shards"]), "seconds": round(elapsed, 2),
-          "docs_per_s": round(encoded / elapsed, 1) if elapsed else 0.0,
-          "tokens_per_s": round(tokens / elapsed, 1) if elapsed else 0.0}
+  return {
+    "out": str(out_dir),
+    "rows": manifest["rows"],
+    "encoded_now": encoded,
+    "rejected": len(rejects),
+    "shards": len(manifest["shards"]),
+    "seconds": round(elapsed, 2),
+    "docs_per_s": round(encoded / elapsed, 1) if elapsed else 0.0,
+    "tokens_per_s": round(tokens / elapsed, 1) if elapsed else 0.0,
+  }
 
 
 def _remove_stale_temporaries(out_dir: Path, process_index: int, process_count: int) -> None:
   """Temporary files (`.NAME.PID.ID.tmp`) of this process index's files, left by a killed run: under the lock
   no live writer owns them. Other processes' temporaries are theirs to clean."""
-  own = {manifest_name(process_index, process_count),
-         "rejects.jsonl" if process_count == 1 else f"rejects-{process_index}.jsonl"}
+  own = {
+    manifest_name(process_index, process_count),
+    "rejects.jsonl" if process_count == 1 else f"rejects-{process_index}.jsonl",
+  }
   for tmp in out_dir.glob(".*.tmp"):
     name = tmp.name[1:].rsplit(".", 3)[0]
-    shard = name[len("shard-"):len("shard-") + 6] if name.startswith("shard-") else ""
+    shard = name[len("shard-") : len("shard-") + 6] if name.startswith("shard-") else ""
     if name in own or (shard.isdigit() and int(shard) % process_count == process_index):
       tmp.unlink(missing_ok=True)
 
@@ -316,6 +383,7 @@ class _JobProgress:
     self.bar = None
     if enabled:
       from tqdm.auto import tqdm
+
       with open_input(path) as f:
         total = sum(1 for _ in f)
       self.bar = tqdm(total=total, unit="line", desc="encode-corpus", dynamic_ncols=True, file=sys.stderr)
@@ -355,12 +423,12 @@ class EmbeddingShards:
     if not isinstance(item, slice) or item.step not in (None, 1):
       return np.asarray(self)[item]
     start, stop, _ = item.indices(len(self))
-    parts = [a[max(start - o, 0):max(min(stop - o, len(a)), 0)] for a, o in zip(self.arrays, self.offsets)]
+    parts = [a[max(start - o, 0) : max(min(stop - o, len(a)), 0)] for a, o in zip(self.arrays, self.offsets)]
     parts = [p for p in parts if len(p)]
     return np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), np.float32)
 
   def __array__(self, dtype=None, copy=None):
-    out = self[0:len(self)]
+    out = self[0 : len(self)]
     return out.astype(dtype) if dtype is not None else out
 
 
@@ -402,9 +470,11 @@ def check_same_model(out_dir: str | Path, encoder: Any) -> None:
   ours = {"weights_sha256": params_sha256(encoder._loaded.params), "tokenizer_sha256": tokenizer_sha256(encoder)}
   for key, value in ours.items():
     if manifest.get(key) != value:
-      raise ValueError(f"{manifest['_path']}: the embeddings were made by {manifest['model']} ({key} "
-                       f"{str(manifest.get(key))[:12]}...), not by {encoder.source} ({value[:12]}...); encode the "
-                       f"queries with the same model (drop --model to use the manifest's)")
+      raise ValueError(
+        f"{manifest['_path']}: the embeddings were made by {manifest['model']} ({key} "
+        f"{str(manifest.get(key))[:12]}...), not by {encoder.source} ({value[:12]}...); encode the "
+        f"queries with the same model (drop --model to use the manifest's)"
+      )
 
 
 def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str], EmbeddingShards]:
@@ -430,8 +500,10 @@ def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str]
     array = np.load(path, mmap_mode="r")
     shard_ids = json.loads((out_dir / shard["ids"]).read_text())
     if array.shape != (shard["rows"], dim) or len(shard_ids) != shard["rows"]:
-      raise ValueError(f"{path}: {array.shape[0]} vectors of width {array.shape[1:]} and {len(shard_ids)} ids; the "
-                       f"manifest says {shard['rows']} rows of width {dim}")
+      raise ValueError(
+        f"{path}: {array.shape[0]} vectors of width {array.shape[1:]} and {len(shard_ids)} ids; the "
+        f"manifest says {shard['rows']} rows of width {dim}"
+      )
     ids += shard_ids
     arrays.append(array)
   return ids, EmbeddingShards(arrays)

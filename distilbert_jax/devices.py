@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,12 +36,16 @@ def resolve_devices(device: Any = None, devices: Sequence[Any] | None = None) ->
   try:
     found = jax.local_devices(backend=_PLATFORMS[name])
   except RuntimeError:
-    raise ValueError(f"device {device!r}: JAX has no {_PLATFORMS[name]} devices here (it has: "
-                     f"{sorted({d.platform for d in jax.local_devices()})})") from None
+    raise ValueError(
+      f"device {device!r}: JAX has no {_PLATFORMS[name]} devices here (it has: "
+      f"{sorted({d.platform for d in jax.local_devices()})})"
+    ) from None
   if not index:
     return found
   if not index.isdigit() or int(index) >= len(found):
-    raise ValueError(f"device {device!r}: there are {len(found)} local {_PLATFORMS[name]} devices (0..{len(found) - 1})")
+    raise ValueError(
+      f"device {device!r}: there are {len(found)} local {_PLATFORMS[name]} devices (0..{len(found) - 1})"
+    )
   return [found[int(index)]]
 
 

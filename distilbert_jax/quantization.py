@@ -20,22 +20,27 @@ def check_precision(precision: str) -> str:
   return precision
 
 
-def quantization_ranges(embeddings: np.ndarray, precision: str,
-                        calibration_embeddings: np.ndarray | None = None) -> np.ndarray:
+def quantization_ranges(
+  embeddings: np.ndarray, precision: str, calibration_embeddings: np.ndarray | None = None
+) -> np.ndarray:
   """[2, D] per-dimension minimum and maximum."""
   if calibration_embeddings is None:
     if embeddings.ndim == 1 or embeddings.shape[0] == 1:
-      raise ValueError(f"cannot compute {precision} quantization ranges from a single embedding: pass `ranges` or "
-                       "`calibration_embeddings` from a representative set of embeddings")
+      raise ValueError(
+        f"cannot compute {precision} quantization ranges from a single embedding: pass `ranges` or "
+        "`calibration_embeddings` from a representative set of embeddings"
+      )
     calibration_embeddings = embeddings
   calibration_embeddings = np.asarray(calibration_embeddings, np.float32)
   return np.vstack((calibration_embeddings.min(axis=0), calibration_embeddings.max(axis=0)))
 
 
-def quantize_embeddings(embeddings: Any, precision: str, ranges: np.ndarray | None = None,
-                        calibration_embeddings: np.ndarray | None = None) -> np.ndarray:
+def quantize_embeddings(
+  embeddings: Any, precision: str, ranges: np.ndarray | None = None, calibration_embeddings: np.ndarray | None = None
+) -> np.ndarray:
   """sentence_transformers.util.quantize_embeddings: [N, D] float -> [N, D] int8/uint8 or [N, D/8] packed bits."""
   from distilbert_jax.scoring import as_numpy
+
   check_precision(precision)
   embeddings = as_numpy(embeddings)
   if embeddings.dtype in (np.int8, np.uint8):

@@ -18,16 +18,17 @@ def _gelu(x, approximate):
   if approximate:
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
   from scipy.special import erf  # scipy ships with the test extra; erf in float64
+
   return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
 _ACTIVATIONS = {
-    "gelu": lambda x: _gelu(x, False),
-    "gelu_new": lambda x: _gelu(x, True),
-    "gelu_pytorch_tanh": lambda x: _gelu(x, True),
-    "relu": lambda x: np.maximum(x, 0),
-    "silu": lambda x: x / (1 + np.exp(-x)),
-    "swish": lambda x: x / (1 + np.exp(-x)),
+  "gelu": lambda x: _gelu(x, False),
+  "gelu_new": lambda x: _gelu(x, True),
+  "gelu_pytorch_tanh": lambda x: _gelu(x, True),
+  "relu": lambda x: np.maximum(x, 0),
+  "silu": lambda x: x / (1 + np.exp(-x)),
+  "swish": lambda x: x / (1 + np.exp(-x)),
 }
 
 

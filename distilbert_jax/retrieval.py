@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @dataclasses.dataclass
@@ -84,7 +84,7 @@ def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]])
   """nDCG@10, MRR@10 and Recall@100 averaged over the judged queries (ir-measures, pytrec_eval backend)."""
   try:
     import ir_measures
-    from ir_measures import nDCG, R, RR
+    from ir_measures import RR, R, nDCG
   except ImportError:
     raise ImportError("retrieval metrics need ir-measures: pip install 'distilbert-jax[eval]'") from None
   measures = {"nDCG@10": nDCG @ 10, "MRR@10": RR @ 10, "Recall@100": R @ 100}
@@ -92,7 +92,9 @@ def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]])
   return {name: float(scores[measure]) for name, measure in measures.items()}
 
 
-def search_results_to_run(results: list[list[dict]], query_ids: list[str],
-                          corpus_ids: list[str]) -> dict[str, dict[str, float]]:
-  return {qid: {corpus_ids[hit["corpus_id"]]: float(hit["score"]) for hit in hits}
-          for qid, hits in zip(query_ids, results)}
+def search_results_to_run(
+  results: list[list[dict]], query_ids: list[str], corpus_ids: list[str]
+) -> dict[str, dict[str, float]]:
+  return {
+    qid: {corpus_ids[hit["corpus_id"]]: float(hit["score"]) for hit in hits} for qid, hits in zip(query_ids, results)
+  }

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 import heapq
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +69,7 @@ def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
 def _like(result: jax.Array, *inputs: Any):
   if any(_is_torch(x) for x in inputs):
     import torch
+
     return torch.from_numpy(np.array(result))
   return result
 
@@ -137,10 +139,10 @@ def pairwise_manhattan_sim(a: Any, b: Any):
 
 # sentence-transformers' similarity_fn_name values -> (matrix, pairwise) functions.
 SIMILARITY_FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
-    "cosine": (cos_sim, pairwise_cos_sim),
-    "dot": (dot_score, pairwise_dot_score),
-    "euclidean": (euclidean_sim, pairwise_euclidean_sim),
-    "manhattan": (manhattan_sim, pairwise_manhattan_sim),
+  "cosine": (cos_sim, pairwise_cos_sim),
+  "dot": (dot_score, pairwise_dot_score),
+  "euclidean": (euclidean_sim, pairwise_euclidean_sim),
+  "manhattan": (manhattan_sim, pairwise_manhattan_sim),
 }
 # Names (ours, and what the CLI and older code pass) of the two scores the sharded search computes itself.
 _FAST_SCORES = {"cosine": "cosine", "cos_sim": "cosine", "dot": "dot", "dot_score": "dot"}
@@ -158,7 +160,10 @@ def _fast_score(score_function: Any) -> str | None:
   module = getattr(score_function, "__module__", "") or ""
   name = getattr(score_function, "__name__", "")
   if module.split(".")[0] in ("distilbert_jax", "sentence_transformers") and name in (
-      "cos_sim", "pytorch_cos_sim", "dot_score"):
+    "cos_sim",
+    "pytorch_cos_sim",
+    "dot_score",
+  ):
     return "dot" if name == "dot_score" else "cosine"
   return None
 
@@ -176,9 +181,13 @@ def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, cosine: bool):
     ids = idx + offset + jax.lax.axis_index("data") * corpus.shape[0]
     return jax.lax.all_gather(values, "data", axis=1, tiled=True), jax.lax.all_gather(ids, "data", axis=1, tiled=True)
 
-  sharded = jax.shard_map(local_top_k, mesh=mesh,
-                          in_specs=(PartitionSpec(), PartitionSpec("data"), PartitionSpec("data"), PartitionSpec()),
-                          out_specs=(PartitionSpec(), PartitionSpec()), check_vma=False)
+  sharded = jax.shard_map(
+    local_top_k,
+    mesh=mesh,
+    in_specs=(PartitionSpec(), PartitionSpec("data"), PartitionSpec("data"), PartitionSpec()),
+    out_specs=(PartitionSpec(), PartitionSpec()),
+    check_vma=False,
+  )
 
   @jax.jit
   def step(best_values, best_ids, queries, corpus, corpus_valid, offset):
@@ -201,9 +210,15 @@ def _positive_int(value: Any, name: str) -> int:
   return int(value)
 
 
-def semantic_search(query_embeddings: Any, corpus_embeddings: Any, query_chunk_size: int = 100,
-                    corpus_chunk_size: int = 500_000, top_k: int = 10, score_function: Any = cos_sim,
-                    devices: Sequence[Any] | None = None) -> list[list[dict[str, float | int]]]:
+def semantic_search(
+  query_embeddings: Any,
+  corpus_embeddings: Any,
+  query_chunk_size: int = 100,
+  corpus_chunk_size: int = 500_000,
+  top_k: int = 10,
+  score_function: Any = cos_sim,
+  devices: Sequence[Any] | None = None,
+) -> list[list[dict[str, float | int]]]:
   """Top-k corpus entries per query: sentence_transformers.util.semantic_search's signature and defaults.
 
   `score_function`: cos_sim (default, as theirs), dot_score (ours or theirs, or the names "cosine"/"dot"),
@@ -221,24 +236,33 @@ def semantic_search(query_embeddings: Any, corpus_embeddings: Any, query_chunk_s
   else:
     corpus = as_numpy(corpus_embeddings, "corpus_embeddings")
   if len(corpus.shape) != 2 or corpus.shape[1] != queries.shape[1]:
-    raise ValueError(f"corpus embeddings have shape {tuple(corpus.shape)}; expected (N, {queries.shape[1]}) "
-                     f"to match the queries")
+    raise ValueError(
+      f"corpus embeddings have shape {tuple(corpus.shape)}; expected (N, {queries.shape[1]}) to match the queries"
+    )
   n_queries, n_corpus = len(queries), int(corpus.shape[0])
   k = min(top_k, n_corpus)
   if n_queries == 0 or k == 0:
     return [[] for _ in range(n_queries)]
   if fast is None:
-    best_values, best_ids = _search_with_callable(queries, corpus, query_chunk_size, corpus_chunk_size, k,
-                                                  score_function, query_embeddings)
+    best_values, best_ids = _search_with_callable(
+      queries, corpus, query_chunk_size, corpus_chunk_size, k, score_function, query_embeddings
+    )
   else:
-    best_values, best_ids = _sharded_search(queries, corpus, query_chunk_size, corpus_chunk_size, k,
-                                            fast == "cosine", devices)
-  return [[{"corpus_id": int(i), "score": float(s)} for s, i in zip(vs, ids)]
-          for vs, ids in zip(best_values, best_ids)]
+    best_values, best_ids = _sharded_search(
+      queries, corpus, query_chunk_size, corpus_chunk_size, k, fast == "cosine", devices
+    )
+  return [[{"corpus_id": int(i), "score": float(s)} for s, i in zip(vs, ids)] for vs, ids in zip(best_values, best_ids)]
 
 
-def _sharded_search(queries: np.ndarray, corpus: Any, query_chunk_size: int, corpus_chunk_size: int, k: int,
-                    cosine: bool, devices: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+def _sharded_search(
+  queries: np.ndarray,
+  corpus: Any,
+  query_chunk_size: int,
+  corpus_chunk_size: int,
+  k: int,
+  cosine: bool,
+  devices: Sequence[Any] | None,
+) -> tuple[np.ndarray, np.ndarray]:
   mesh = data_mesh(devices)
   n_dev = mesh.devices.size
   n_queries, n_corpus = len(queries), int(corpus.shape[0])
@@ -249,35 +273,48 @@ def _sharded_search(queries: np.ndarray, corpus: Any, query_chunk_size: int, cor
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
   for c0 in range(0, n_corpus, chunk):
-    part = np.asarray(corpus[c0:c0 + chunk], np.float32)
+    part = np.asarray(corpus[c0 : c0 + chunk], np.float32)
     check_finite(part, "corpus_embeddings", offset=c0)
     valid = np.zeros(chunk, bool)
-    valid[:len(part)] = True
+    valid[: len(part)] = True
     part = np.pad(part, ((0, chunk - len(part)), (0, 0)))
     part, valid = jax.device_put((part, valid), corpus_sharding)
     for q0 in range(0, n_queries, q_chunk):
-      q = queries[q0:q0 + q_chunk]
+      q = queries[q0 : q0 + q_chunk]
       pad = q_chunk - len(q)
-      values, ids = step(np.pad(best_values[q0:q0 + q_chunk], ((0, pad), (0, 0)), constant_values=-np.inf),
-                         np.pad(best_ids[q0:q0 + q_chunk], ((0, pad), (0, 0))), np.pad(q, ((0, pad), (0, 0))),
-                         part, valid, np.int32(c0))
-      best_values[q0:q0 + q_chunk] = np.asarray(values)[:len(q)]
-      best_ids[q0:q0 + q_chunk] = np.asarray(ids)[:len(q)]
+      values, ids = step(
+        np.pad(best_values[q0 : q0 + q_chunk], ((0, pad), (0, 0)), constant_values=-np.inf),
+        np.pad(best_ids[q0 : q0 + q_chunk], ((0, pad), (0, 0))),
+        np.pad(q, ((0, pad), (0, 0))),
+        part,
+        valid,
+        np.int32(c0),
+      )
+      best_values[q0 : q0 + q_chunk] = np.asarray(values)[: len(q)]
+      best_ids[q0 : q0 + q_chunk] = np.asarray(ids)[: len(q)]
   return best_values, best_ids
 
 
-def _search_with_callable(queries: np.ndarray, corpus: Any, query_chunk_size: int, corpus_chunk_size: int, k: int,
-                          score_function: Callable, original_queries: Any) -> tuple[np.ndarray, np.ndarray]:
+def _search_with_callable(
+  queries: np.ndarray,
+  corpus: Any,
+  query_chunk_size: int,
+  corpus_chunk_size: int,
+  k: int,
+  score_function: Callable,
+  original_queries: Any,
+) -> tuple[np.ndarray, np.ndarray]:
   """Any score function, called on chunks of the caller's array type (torch chunks for a torch caller)."""
   to_callers = (lambda a: __import__("torch").from_numpy(a)) if _is_torch(original_queries) else (lambda a: a)
   n_queries, n_corpus = len(queries), int(corpus.shape[0])
   best = [[] for _ in range(n_queries)]  # min-heaps of (score, -id)
   for c0 in range(0, n_corpus, corpus_chunk_size):
-    part = np.asarray(corpus[c0:c0 + corpus_chunk_size], np.float32)
+    part = np.asarray(corpus[c0 : c0 + corpus_chunk_size], np.float32)
     check_finite(part, "corpus_embeddings", offset=c0)
     for q0 in range(0, n_queries, query_chunk_size):
-      scores = as_numpy(score_function(to_callers(queries[q0:q0 + query_chunk_size]), to_callers(part)),
-                        "score_function's result").astype(np.float32)
+      scores = as_numpy(
+        score_function(to_callers(queries[q0 : q0 + query_chunk_size]), to_callers(part)), "score_function's result"
+      ).astype(np.float32)
       expected = (min(query_chunk_size, n_queries - q0), len(part))
       if scores.shape != expected:
         raise ValueError(f"score_function returned shape {scores.shape}; expected {expected}")
@@ -299,26 +336,45 @@ def _search_with_callable(queries: np.ndarray, corpus: Any, query_chunk_size: in
   return values, ids
 
 
-def paraphrase_mining(model: Any, sentences: list[str], show_progress_bar: bool = False, batch_size: int = 32,
-                      query_chunk_size: int = 5000, corpus_chunk_size: int = 100000, max_pairs: int = 500000,
-                      top_k: int = 100, score_function: Any = cos_sim, truncate_dim: int | None = None,
-                      prompt_name: str | None = None, prompt: str | None = None) -> list[list[float | int]]:
+def paraphrase_mining(
+  model: Any,
+  sentences: list[str],
+  show_progress_bar: bool = False,
+  batch_size: int = 32,
+  query_chunk_size: int = 5000,
+  corpus_chunk_size: int = 100000,
+  max_pairs: int = 500000,
+  top_k: int = 100,
+  score_function: Any = cos_sim,
+  truncate_dim: int | None = None,
+  prompt_name: str | None = None,
+  prompt: str | None = None,
+) -> list[list[float | int]]:
   """[score, i, j] (i < j) of the most similar sentence pairs, as sentence-transformers' paraphrase_mining."""
-  embeddings = model.encode(sentences, show_progress_bar=show_progress_bar, batch_size=batch_size,
-                            truncate_dim=truncate_dim, prompt_name=prompt_name, prompt=prompt)
-  return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k,
-                                      score_function)
+  embeddings = model.encode(
+    sentences,
+    show_progress_bar=show_progress_bar,
+    batch_size=batch_size,
+    truncate_dim=truncate_dim,
+    prompt_name=prompt_name,
+    prompt=prompt,
+  )
+  return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k, score_function)
 
 
-def paraphrase_mining_embeddings(embeddings: Any, query_chunk_size: int = 5000, corpus_chunk_size: int = 100000,
-                                 max_pairs: int = 500000, top_k: int = 100,
-                                 score_function: Any = cos_sim) -> list[list[float | int]]:
+def paraphrase_mining_embeddings(
+  embeddings: Any,
+  query_chunk_size: int = 5000,
+  corpus_chunk_size: int = 100000,
+  max_pairs: int = 500000,
+  top_k: int = 100,
+  score_function: Any = cos_sim,
+) -> list[list[float | int]]:
   """Each embedding's top_k neighbours (itself excluded), deduplicated into pairs, the max_pairs best kept."""
   top_k = _positive_int(top_k, "top_k")
   max_pairs = _positive_int(max_pairs, "max_pairs")
   rows = _rows(embeddings, "embeddings")
-  hits = semantic_search(rows, rows, query_chunk_size, corpus_chunk_size, min(top_k + 1, len(rows)),
-                         score_function)
+  hits = semantic_search(rows, rows, query_chunk_size, corpus_chunk_size, min(top_k + 1, len(rows)), score_function)
   pairs: list[tuple[float, int, int]] = []
   queued: set[tuple[int, int]] = set()
   min_score = float("-inf")
@@ -340,8 +396,13 @@ def paraphrase_mining_embeddings(embeddings: Any, query_chunk_size: int = 5000, 
   return sorted(([score, i, j] for score, i, j in pairs), key=lambda x: x[0], reverse=True)
 
 
-def community_detection(embeddings: Any, threshold: float = 0.75, min_community_size: int = 10,
-                        batch_size: int = 1024, show_progress_bar: bool = False) -> list[list[int]]:
+def community_detection(
+  embeddings: Any,
+  threshold: float = 0.75,
+  min_community_size: int = 10,
+  batch_size: int = 1024,
+  show_progress_bar: bool = False,
+) -> list[list[int]]:
   """Communities whose members have cosine >= threshold to a central point (listed first), largest first,
   non-overlapping, each at least min_community_size: sentence-transformers' algorithm."""
   min_community_size = _positive_int(min_community_size, "min_community_size")
@@ -354,7 +415,7 @@ def community_detection(embeddings: Any, threshold: float = 0.75, min_community_
     return []
   extracted = []
   for start in range(0, n, batch_size):
-    scores = np.asarray(_dot(rows[start:start + batch_size], rows))  # [b, N]
+    scores = np.asarray(_dot(rows[start : start + batch_size], rows))  # [b, N]
     order = np.argsort(-scores, axis=1, kind="stable")
     for r in range(len(scores)):
       ranked = scores[r, order[r]]

@@ -6,24 +6,24 @@ Texts are stripped (and lower-cased when `sentence_bert_config.json` says `do_lo
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
 
 from distilbert_jax.files import write_atomic
-from tokenizers.implementations import BertWordPieceTokenizer
 
 # Files that make up a tokenizer, copied as they are when a model directory is saved or exported.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 class WordPieceTokenizer:
-
   def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False):
     tokenizer.no_padding()
     self.backend = tokenizer
@@ -40,7 +40,7 @@ class WordPieceTokenizer:
     return self.backend.get_vocab_size(with_added_tokens=True)
 
   @classmethod
-  def from_dir(cls, path: str | Path, max_seq_length: int, do_lower_case: bool = False) -> "WordPieceTokenizer":
+  def from_dir(cls, path: str | Path, max_seq_length: int, do_lower_case: bool = False) -> WordPieceTokenizer:
     """From `tokenizer.json`, or else `vocab.txt` with the options in `tokenizer_config.json`."""
     path = Path(path)
     if (path / "tokenizer.json").exists():
@@ -57,11 +57,11 @@ class WordPieceTokenizer:
     lowercase = options.get("do_lower_case", True)
     strip_accents = options.get("strip_accents")
     built = BertWordPieceTokenizer(
-        str(path / "vocab.txt"),
-        clean_text=True,
-        handle_chinese_chars=options.get("tokenize_chinese_chars", True),
-        strip_accents=lowercase if strip_accents is None else strip_accents,  # BERT: accents go with case
-        lowercase=lowercase,
+      str(path / "vocab.txt"),
+      clean_text=True,
+      handle_chinese_chars=options.get("tokenize_chinese_chars", True),
+      strip_accents=lowercase if strip_accents is None else strip_accents,  # BERT: accents go with case
+      lowercase=lowercase,
     )
     return cls(built._tokenizer, max_seq_length, do_lower_case)
 
@@ -75,10 +75,8 @@ class WordPieceTokenizer:
     token, so truncation keeps the same tokens while memory stays bounded by the words kept, not the line."""
     if len(text) <= 8 * self.max_seq_length:
       return text
-    last = None
-    for last in itertools.islice(_WORDS.finditer(text), self.max_seq_length):
-      pass
-    return text if last is None else text[:last.end()]
+    last = collections.deque(itertools.islice(_WORDS.finditer(text), self.max_seq_length), maxlen=1)
+    return text[: last[0].end()] if last else text
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     """Token ids per text ([CLS] ... [SEP], truncated), int32, in input order."""

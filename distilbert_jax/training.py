@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import flax.serialization
 import jax
@@ -24,8 +25,8 @@ from distilbert_jax import model_dir
 from distilbert_jax.batching import bucket_for, bucket_lengths
 from distilbert_jax.devices import data_mesh
 from distilbert_jax.encoder import DTYPES
-from distilbert_jax.model import Encoder
 from distilbert_jax.files import write_atomic
+from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import normalize, pool
 from distilbert_jax.tokenizer import WordPieceTokenizer
 
@@ -58,8 +59,9 @@ class TrainConfig:
     if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
       raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps!r}")
     if not self.lr > 0 or not self.max_grad_norm > 0 or self.weight_decay < 0:
-      raise ValueError(f"lr ({self.lr}) and max_grad_norm ({self.max_grad_norm}) must be > 0, weight_decay "
-                       f"({self.weight_decay}) >= 0")
+      raise ValueError(
+        f"lr ({self.lr}) and max_grad_norm ({self.max_grad_norm}) must be > 0, weight_decay ({self.weight_decay}) >= 0"
+      )
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
 
@@ -73,14 +75,18 @@ def margin_mse_loss(query: jax.Array, positive: jax.Array, negative: jax.Array, 
   return jnp.mean(jnp.square(predicted - margin))
 
 
-def multiple_negatives_ranking_loss(query: jax.Array, positive: jax.Array, negative: jax.Array | None = None,
-                                    scale: float = MNRL_SCALE, negative_valid: jax.Array | None = None) -> jax.Array:
+def multiple_negatives_ranking_loss(
+  query: jax.Array,
+  positive: jax.Array,
+  negative: jax.Array | None = None,
+  scale: float = MNRL_SCALE,
+  negative_valid: jax.Array | None = None,
+) -> jax.Array:
   """In-batch negatives: cross-entropy of scale * cos_sim(query, candidates) with the query's own positive as
   the target; candidates are all positives, then all negatives when given (sentence-transformers' default).
   `negative_valid` [B]: which rows brought a negative (rows without one add no candidate)."""
   candidates = positive if negative is None else jnp.concatenate([positive, negative], 0)  # [C, D]
-  logits = scale * jnp.einsum("qd,cd->qc", normalize(query), normalize(candidates),
-                              precision=jax.lax.Precision.HIGHEST)
+  logits = scale * jnp.einsum("qd,cd->qc", normalize(query), normalize(candidates), precision=jax.lax.Precision.HIGHEST)
   if negative is not None and negative_valid is not None:
     valid = jnp.concatenate([jnp.ones(positive.shape[0], bool), negative_valid.astype(bool)])  # [C]
     logits = jnp.where(valid[None, :], logits, -jnp.inf)
@@ -93,11 +99,13 @@ def multiple_negatives_ranking_loss(query: jax.Array, positive: jax.Array, negat
 
 def linear_warmup_decay(lr: float, warmup_steps: int, total_steps: int):
   """transformers' get_linear_schedule_with_warmup as an optax schedule (step 0 uses lr 0)."""
+
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     warm = step / max(1, warmup_steps)
     decay = jnp.maximum(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return lr * jnp.where(step < warmup_steps, warm, decay)
+
   return schedule
 
 
@@ -108,9 +116,15 @@ def decay_mask(params: dict) -> dict:
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   opt = optax.chain(
-      optax.clip_by_global_norm(cfg.max_grad_norm),
-      optax.adamw(linear_warmup_decay(cfg.lr, cfg.warmup_steps, cfg.steps), b1=0.9, b2=0.999, eps=cfg.adam_eps,
-                  weight_decay=cfg.weight_decay, mask=decay_mask),
+    optax.clip_by_global_norm(cfg.max_grad_norm),
+    optax.adamw(
+      linear_warmup_decay(cfg.lr, cfg.warmup_steps, cfg.steps),
+      b1=0.9,
+      b2=0.999,
+      eps=cfg.adam_eps,
+      weight_decay=cfg.weight_decay,
+      mask=decay_mask,
+    ),
   )
   return optax.MultiSteps(opt, every_k_schedule=cfg.grad_accumulation) if cfg.grad_accumulation > 1 else opt
 
@@ -147,8 +161,9 @@ def read_train_data(path: str | Path, loss: str) -> list[Example]:
       for key in ("query", "positive", "negative"):
         if key in row and not isinstance(row[key], str):
           raise ValueError(f"{path}:{line_no}: {key} must be a string")
-      examples.append(Example(row["query"], row["positive"], row.get("negative"),
-                              float(row["margin"]) if "margin" in row else None))
+      examples.append(
+        Example(row["query"], row["positive"], row.get("negative"), float(row["margin"]) if "margin" in row else None)
+      )
   if not examples:
     raise ValueError(f"{path}: no training examples")
   return examples
@@ -158,8 +173,10 @@ def check_can_learn(examples: Sequence[Example], cfg: TrainConfig, path: str | P
   """MNRL ranks each positive against the other rows' positives (and negatives): with one row and no negative
   the only candidate is the answer, the loss is exactly 0 and nothing is learned."""
   if cfg.loss == "mnrl" and cfg.batch_size == 1 and not any(e.negative is not None for e in examples):
-    raise ValueError(f"{path}: mnrl with batch size 1 and no negatives cannot learn (the loss is always 0): use "
-                     f"a larger --batch-size or add \"negative\" texts")
+    raise ValueError(
+      f"{path}: mnrl with batch size 1 and no negatives cannot learn (the loss is always 0): use "
+      f'a larger --batch-size or add "negative" texts'
+    )
 
 
 def batches(examples: Sequence[Example], batch_size: int, seed: int, start_step: int = 0) -> Iterator[list[Example]]:
@@ -170,19 +187,21 @@ def batches(examples: Sequence[Example], batch_size: int, seed: int, start_step:
   while True:
     epoch, offset = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(len(examples))
-    yield [examples[i] for i in order[offset * batch_size:(offset + 1) * batch_size]]
+    yield [examples[i] for i in order[offset * batch_size : (offset + 1) * batch_size]]
     step += 1
 
 
-def tokenize_padded(tokenizer: WordPieceTokenizer, texts: Sequence[str], max_seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_padded(
+  tokenizer: WordPieceTokenizer, texts: Sequence[str], max_seq_length: int
+) -> tuple[np.ndarray, np.ndarray]:
   """[N, L] ids and mask, L the bucket of the longest text (bounded compiles)."""
   ids = tokenizer.encode_batch(list(texts))
   width = bucket_for(max(len(t) for t in ids), bucket_lengths(max_seq_length))
   out = np.full((len(ids), width), tokenizer.pad_token_id, np.int32)
   mask = np.zeros((len(ids), width), np.int32)
   for i, t in enumerate(ids):
-    out[i, :len(t)] = t
-    mask[i, :len(t)] = 1
+    out[i, : len(t)] = t
+    mask[i, : len(t)] = 1
   return out, mask
 
 
@@ -192,8 +211,13 @@ def tokenize_padded(tokenizer: WordPieceTokenizer, texts: Sequence[str], max_seq
 class Trainer:
   """Holds params, optimiser state, step and RNG; `step(batch)` is one jit-compiled, data-parallel update."""
 
-  def __init__(self, loaded: model_dir.LoadedModel, cfg: TrainConfig, devices: Sequence[Any] | None = None,
-               with_negatives: bool | None = None):
+  def __init__(
+    self,
+    loaded: model_dir.LoadedModel,
+    cfg: TrainConfig,
+    devices: Sequence[Any] | None = None,
+    with_negatives: bool | None = None,
+  ):
     """`with_negatives`: every batch carries a negative column (rows without one are masked out); default: a
     batch does when any of its rows has a negative (train() decides once for the file, so shapes stay fixed)."""
     self.loaded, self.cfg = loaded, cfg
@@ -211,8 +235,9 @@ class Trainer:
     self._update = jax.jit(self._update_fn, donate_argnums=(0, 1))
 
   def embed(self, params, ids, mask, rng, deterministic: bool) -> jax.Array:
-    tokens = self.module.apply({"params": params}, ids, mask, deterministic=deterministic,
-                               rngs=None if deterministic else {"dropout": rng})["token_embeddings"]
+    tokens = self.module.apply(
+      {"params": params}, ids, mask, deterministic=deterministic, rngs=None if deterministic else {"dropout": rng}
+    )["token_embeddings"]
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     return pool(tokens, mask, positions, 1, self.loaded.pooling)[:, 0]  # [N, dim] float32
 
@@ -220,8 +245,11 @@ class Trainer:
     keys = jax.random.split(rng, 3)
     q = self.embed(params, inputs["query_ids"], inputs["query_mask"], keys[0], deterministic)
     p = self.embed(params, inputs["positive_ids"], inputs["positive_mask"], keys[1], deterministic)
-    n = (self.embed(params, inputs["negative_ids"], inputs["negative_mask"], keys[2], deterministic)
-         if "negative_ids" in inputs else None)
+    n = (
+      self.embed(params, inputs["negative_ids"], inputs["negative_mask"], keys[2], deterministic)
+      if "negative_ids" in inputs
+      else None
+    )
     if self.cfg.loss == "margin-mse":
       return margin_mse_loss(q, p, n, inputs["margin"])
     return multiple_negatives_ranking_loss(q, p, n, negative_valid=inputs.get("negative_valid"))
@@ -282,18 +310,32 @@ class Trainer:
 def run_fingerprint(loaded: model_dir.LoadedModel, model: str, train_data: Path, cfg: TrainConfig) -> dict:
   """What a checkpoint continues: the starting weights, the data and every hyper-parameter."""
   from distilbert_jax.corpus_job import file_sha256, params_sha256
-  return {"model": str(model), "weights_sha256": params_sha256(loaded.params), "train_data": str(train_data),
-          "train_data_sha256": file_sha256(train_data), "config": dataclasses.asdict(cfg)}
+
+  return {
+    "model": str(model),
+    "weights_sha256": params_sha256(loaded.params),
+    "train_data": str(train_data),
+    "train_data_sha256": file_sha256(train_data),
+    "config": dataclasses.asdict(cfg),
+  }
 
 
-def train(model: str, train_data: str | Path, out_dir: str | Path, cfg: TrainConfig, checkpoint_every: int = 100,
-          show_progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def train(
+  model: str,
+  train_data: str | Path,
+  out_dir: str | Path,
+  cfg: TrainConfig,
+  checkpoint_every: int = 100,
+  show_progress: bool = True,
+  overwrite: bool = False,
+) -> dict[str, Any]:
   """The `train` command: resumes from OUT/checkpoint.msgpack when it was written by the same run (model,
   weights, data, hyper-parameters; else refused unless `overwrite`); writes OUT/jax and
   OUT/sentence-transformers at the end."""
   import time
 
   from distilbert_jax.hub import resolve_model_dir
+
   if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
     raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
   out_dir, train_data = Path(out_dir), Path(train_data)
@@ -308,15 +350,19 @@ def train(model: str, train_data: str | Path, out_dir: str | Path, cfg: TrainCon
     previous = json.loads(run_file.read_text()) if run_file.exists() else {}
     changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
     if changed:
-      raise ValueError(f"{checkpoint} belongs to another run ({', '.join(changed)} differ); use another --out, "
-                       f"or --overwrite to start again")
+      raise ValueError(
+        f"{checkpoint} belongs to another run ({', '.join(changed)} differ); use another --out, "
+        f"or --overwrite to start again"
+      )
     trainer.load_checkpoint(checkpoint)
   write_atomic(run_file, (json.dumps(fingerprint, indent=1) + "\n").encode())
   bar = None
   if show_progress:
     from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.steps * cfg.grad_accumulation, initial=trainer.step_count, unit="step", desc="train",
-               dynamic_ncols=True)
+
+    bar = tqdm(
+      total=cfg.steps * cfg.grad_accumulation, initial=trainer.step_count, unit="step", desc="train", dynamic_ncols=True
+    )
   start, first_step, losses = time.perf_counter(), trainer.step_count, []
   data = batches(examples, cfg.batch_size, cfg.seed, trainer.step_count)
   while trainer.step_count < cfg.steps * cfg.grad_accumulation:
@@ -332,5 +378,9 @@ def train(model: str, train_data: str | Path, out_dir: str | Path, cfg: TrainCon
   trained = trainer.trained_model()
   model_dir.save_jax_dir(trained, out_dir / "jax")
   model_dir.export_sentence_transformers_dir(trained, out_dir / "sentence-transformers")
-  return {"steps": trainer.step_count, "last_loss": losses[-1] if losses else None,
-          "seconds_per_step": (time.perf_counter() - start) / max(1, len(losses)), "out": str(out_dir)}
+  return {
+    "steps": trainer.step_count,
+    "last_loss": losses[-1] if losses else None,
+    "seconds_per_step": (time.perf_counter() - start) / max(1, len(losses)),
+    "out": str(out_dir),
+  }

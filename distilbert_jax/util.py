@@ -2,14 +2,37 @@
 
 from distilbert_jax.pooling import normalize as normalize_embeddings
 from distilbert_jax.quantization import quantize_embeddings
-from distilbert_jax.scoring import (community_detection, cos_sim, dot_score, euclidean_sim, manhattan_sim,
-                                    pairwise_cos_sim, pairwise_dot_score, pairwise_euclidean_sim,
-                                    pairwise_manhattan_sim, paraphrase_mining, paraphrase_mining_embeddings,
-                                    semantic_search)
+from distilbert_jax.scoring import (
+  community_detection,
+  cos_sim,
+  dot_score,
+  euclidean_sim,
+  manhattan_sim,
+  pairwise_cos_sim,
+  pairwise_dot_score,
+  pairwise_euclidean_sim,
+  pairwise_manhattan_sim,
+  paraphrase_mining,
+  paraphrase_mining_embeddings,
+  semantic_search,
+)
 
 pytorch_cos_sim = cos_sim  # sentence-transformers' old name
 
-__all__ = ["community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "normalize_embeddings",
-           "pairwise_cos_sim", "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim",
-           "paraphrase_mining", "paraphrase_mining_embeddings", "pytorch_cos_sim", "quantize_embeddings",
-           "semantic_search"]
+__all__ = [
+  "community_detection",
+  "cos_sim",
+  "dot_score",
+  "euclidean_sim",
+  "manhattan_sim",
+  "normalize_embeddings",
+  "pairwise_cos_sim",
+  "pairwise_dot_score",
+  "pairwise_euclidean_sim",
+  "pairwise_manhattan_sim",
+  "paraphrase_mining",
+  "paraphrase_mining_embeddings",
+  "pytorch_cos_sim",
+  "quantize_embeddings",
+  "semantic_search",
+]

@@ -34,8 +34,9 @@ def full_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-  return make_reference_checkpoint(tmp_path_factory.mktemp("tiny"), seed=1, n_layers=2, dim=32, n_heads=4,
-                                   hidden_dim=64, max_seq_length=128)
+  return make_reference_checkpoint(
+    tmp_path_factory.mktemp("tiny"), seed=1, n_layers=2, dim=32, n_heads=4, hidden_dim=64, max_seq_length=128
+  )
 
 
 @pytest.fixture(scope="session")

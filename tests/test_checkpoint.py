@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 import sentence_transformers
+from safetensors.numpy import load_file, save_file
 
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.checkpoint import CheckpointError
@@ -30,17 +30,26 @@ def test_missing_tensor_is_named(tiny_checkpoint, tmp_path):
 
 
 def test_extra_tensor_is_named(tiny_checkpoint, tmp_path):
-  path = _edit_checkpoint(tiny_checkpoint, tmp_path / "m",
-                          lambda t: t.__setitem__("transformer.layer.0.attention.rotary.weight", np.zeros(3, np.float32)))
+  path = _edit_checkpoint(
+    tiny_checkpoint,
+    tmp_path / "m",
+    lambda t: t.__setitem__("transformer.layer.0.attention.rotary.weight", np.zeros(3, np.float32)),
+  )
   with pytest.raises(CheckpointError, match=r"unexpected \(1\): transformer\.layer\.0\.attention\.rotary\.weight"):
     SentenceTransformer.from_pretrained(path)
 
 
 def test_wrong_shape_is_named_with_both_shapes(tiny_checkpoint, tmp_path):
-  path = _edit_checkpoint(tiny_checkpoint, tmp_path / "m", lambda t: t.__setitem__(
-      "transformer.layer.0.attention.q_lin.weight", np.zeros((32, 16), np.float32)))
-  with pytest.raises(CheckpointError, match=r"wrong shape \(1\): transformer\.layer\.0\.attention\.q_lin\.weight: "
-                                            r"expected \(32, 32\), got \(32, 16\)"):
+  path = _edit_checkpoint(
+    tiny_checkpoint,
+    tmp_path / "m",
+    lambda t: t.__setitem__("transformer.layer.0.attention.q_lin.weight", np.zeros((32, 16), np.float32)),
+  )
+  with pytest.raises(
+    CheckpointError,
+    match=r"wrong shape \(1\): transformer\.layer\.0\.attention\.q_lin\.weight: "
+    r"expected \(32, 32\), got \(32, 16\)",
+  ):
     SentenceTransformer.from_pretrained(path)
 
 
@@ -49,6 +58,7 @@ def test_all_problems_reported_in_one_error(tiny_checkpoint, tmp_path):
     t.pop("embeddings.LayerNorm.weight")
     t["extra.weight"] = np.zeros(1, np.float32)
     t["transformer.layer.1.ffn.lin1.bias"] = np.zeros(5, np.float32)
+
   path = _edit_checkpoint(tiny_checkpoint, tmp_path / "m", edit)
   with pytest.raises(CheckpointError) as e:
     SentenceTransformer.from_pretrained(path)
@@ -69,6 +79,7 @@ def test_truncated_safetensors_file_is_named(tiny_checkpoint, tmp_path):
 
 def test_pytorch_bin_checkpoint_loads_like_safetensors(tiny_checkpoint, tmp_path):
   import torch
+
   path = tmp_path / "bin"
   shutil.copytree(tiny_checkpoint, path)
   tensors = load_file(str(path / "model.safetensors"))
@@ -97,10 +108,13 @@ def test_round_trip_hf_to_jax_to_hf_keeps_pytorch_outputs(which, tiny_checkpoint
 def test_jax_dir_loads_without_torch(tiny_checkpoint, tmp_path):
   import subprocess
   import sys
+
   jax_dir = SentenceTransformer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
-  code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-          "from distilbert_jax import SentenceTransformer\n"
-          f"print(SentenceTransformer.from_pretrained({str(jax_dir)!r}).encode(['hi']).shape)")
+  code = (
+    "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+    "from distilbert_jax import SentenceTransformer\n"
+    f"print(SentenceTransformer.from_pretrained({str(jax_dir)!r}).encode(['hi']).shape)"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "(1, 32)"
 
@@ -108,12 +122,15 @@ def test_jax_dir_loads_without_torch(tiny_checkpoint, tmp_path):
 def test_pytorch_bin_without_torch_gives_clear_message(tiny_checkpoint, tmp_path):
   import subprocess
   import sys
+
   path = tmp_path / "bin"
   shutil.copytree(tiny_checkpoint, path)
   (path / "model.safetensors").rename(path / "pytorch_model.bin")
-  code = ("import sys; sys.modules['torch'] = None\n"
-          "from distilbert_jax import SentenceTransformer\n"
-          f"SentenceTransformer.from_pretrained({str(path)!r})")
+  code = (
+    "import sys; sys.modules['torch'] = None\n"
+    "from distilbert_jax import SentenceTransformer\n"
+    f"SentenceTransformer.from_pretrained({str(path)!r})"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   assert out.returncode != 0 and "reading pytorch_model.bin needs torch" in out.stderr
 
@@ -123,8 +140,11 @@ def test_our_directory_with_a_missing_parameter_is_named(tiny_checkpoint, tmp_pa
   params = load_file(str(jax_dir / "params.safetensors"))
   params.pop("transformer/layer_0/ffn/lin1/bias")
   save_file(params, str(jax_dir / "params.safetensors"))
-  with pytest.raises(CheckpointError, match=r"params\.safetensors does not match .*config\.json:\n"
-                                            r"  missing \(1\): transformer/layer_0/ffn/lin1/bias"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"params\.safetensors does not match .*config\.json:\n"
+    r"  missing \(1\): transformer/layer_0/ffn/lin1/bias",
+  ):
     SentenceTransformer.from_pretrained(jax_dir)
 
 
@@ -133,6 +153,7 @@ def test_load_checks_positions_and_vocabulary(tiny_checkpoint, tmp_path):
   import shutil
 
   from tokenizers import Tokenizer
+
   path = tmp_path / "m"
   shutil.copytree(tiny_checkpoint, path)
   config = json.loads((path / "sentence_bert_config.json").read_text())

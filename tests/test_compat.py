@@ -23,9 +23,13 @@ def script(lib, path: str) -> dict:
   """What a user writes, with `lib` standing for `from LIB import SentenceTransformer, util`."""
   SentenceTransformer, util = lib.SentenceTransformer, lib.util
   model = SentenceTransformer(path, device="cpu", prompts={"classify": PROMPTS["classify"]})
-  out = {"dim": model.get_sentence_embedding_dimension(), "similarity_fn_name": model.similarity_fn_name,
-         "max_seq_length": model.max_seq_length, "prompts": dict(model.prompts),
-         "default_prompt_name": model.default_prompt_name}
+  out = {
+    "dim": model.get_sentence_embedding_dimension(),
+    "similarity_fn_name": model.similarity_fn_name,
+    "max_seq_length": model.max_seq_length,
+    "prompts": dict(model.prompts),
+    "default_prompt_name": model.default_prompt_name,
+  }
   docs = model.encode(DOCS, batch_size=7)
   queries = model.encode_query(QUERIES)
   out["encode"] = docs
@@ -57,9 +61,13 @@ def script(lib, path: str) -> dict:
   out["search_default"] = util.semantic_search(queries, docs, top_k=5)
   out["search_positional"] = util.semantic_search(queries, docs, 2, 500000, 7, util.cos_sim)
   out["search_dot"] = util.semantic_search(queries, docs, top_k=5, score_function=util.dot_score)
-  out["search_callable"] = util.semantic_search(queries, docs, top_k=4, corpus_chunk_size=5,
-                                                score_function=lambda a, b: -torch.cdist(torch.as_tensor(a),
-                                                                                         torch.as_tensor(b)))
+  out["search_callable"] = util.semantic_search(
+    queries,
+    docs,
+    top_k=4,
+    corpus_chunk_size=5,
+    score_function=lambda a, b: -torch.cdist(torch.as_tensor(a), torch.as_tensor(b)),
+  )
   out["paraphrases"] = util.paraphrase_mining(model, DOCS, top_k=3)
   clustered = np.concatenate([docs[:3] + 0.01 * i for i in range(4)])
   out["communities"] = util.community_detection(clustered, threshold=0.9, min_community_size=3)
@@ -123,8 +131,17 @@ def _same_hits(a: list, b: list, what: str) -> None:
 @pytest.fixture(scope="module")
 def dot_model_with_prompts(tmp_path_factory):
   """A random dot-product DistilBERT with prompts and a default prompt name in its config."""
-  return make_reference_checkpoint(tmp_path_factory.mktemp("dot_prompts"), seed=4, n_layers=2, dim=64, n_heads=4,
-                                   hidden_dim=128, max_seq_length=64, prompts=PROMPTS, default_prompt_name="passage")
+  return make_reference_checkpoint(
+    tmp_path_factory.mktemp("dot_prompts"),
+    seed=4,
+    n_layers=2,
+    dim=64,
+    n_heads=4,
+    hidden_dim=128,
+    max_seq_length=64,
+    prompts=PROMPTS,
+    default_prompt_name="passage",
+  )
 
 
 @pytest.mark.parametrize("which", ["minilm", "dot_model_with_prompts"])
@@ -157,8 +174,11 @@ def test_save_round_trips_similarity_and_prompts(dot_model_with_prompts, tmp_pat
 
 
 def test_sentence_transformers_evaluators_give_their_numbers(minilm):
-  from sentence_transformers.sentence_transformer.evaluation import (EmbeddingSimilarityEvaluator,
-                                                                     InformationRetrievalEvaluator)
+  from sentence_transformers.sentence_transformer.evaluation import (
+    EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
+  )
+
   corpus = {f"d{i}": t for i, t in enumerate(DOCS)}
   queries = {f"q{i}": q for i, q in enumerate(QUERIES)}
   relevant = {"q0": {"d1", "d2"}, "q1": {"d3"}, "q2": {"d5"}, "q3": {"d0", "d7"}}
@@ -174,7 +194,9 @@ def test_sentence_transformers_evaluators_give_their_numbers(minilm):
   assert ours.model_card_data.eval_results  # recorded as theirs records them
 
 
-@pytest.mark.parametrize("call,error,match", [
+@pytest.mark.parametrize(
+  "call,error,match",
+  [
     (lambda m: m.encode([1, "a"]), TypeError, r"sentences\[0\] is int"),
     (lambda m: m.encode(["a", None]), TypeError, r"sentences\[1\] is NoneType"),
     (lambda m: m.encode(None), TypeError, "needs sentences"),
@@ -184,25 +206,29 @@ def test_sentence_transformers_evaluators_give_their_numbers(minilm):
     (lambda m: m.encode(["a"], truncate_dim=1000), ValueError, "truncate_dim 1000 is larger than the embedding"),
     (lambda m: m.encode(["a"], prompt_name="nope"), ValueError, "prompt_name 'nope' is not one of"),
     (lambda m: m.encode(["a"], output_value="cls"), ValueError, "output_value 'cls'"),
-    (lambda m: setattr(m, "max_seq_length", 513), ValueError, "max_seq_length 513 is larger than the model's "
-                                                              "max_position_embeddings 512"),
+    (
+      lambda m: setattr(m, "max_seq_length", 513),
+      ValueError,
+      "max_seq_length 513 is larger than the model's max_position_embeddings 512",
+    ),
     (lambda m: setattr(m, "similarity_fn_name", "jaccard"), ValueError, "similarity_fn_name 'jaccard'"),
     (lambda m: distilbert_jax.util.semantic_search(np.ones((1, 4)), np.ones((2, 4)), top_k=0), ValueError, "top_k"),
-    (lambda m: distilbert_jax.util.semantic_search(np.ones((1, 4)), np.ones((2, 4)), score_function="jaccard"),
-     ValueError, "score_function 'jaccard'"),
-])
-def test_bad_input_is_a_clear_error(tiny_checkpoint, call, error, match):
+    (
+      lambda m: distilbert_jax.util.semantic_search(np.ones((1, 4)), np.ones((2, 4)), score_function="jaccard"),
+      ValueError,
+      "score_function 'jaccard'",
+    ),
+  ],
+)
+def test_bad_input_is_a_clear_error(tiny_model, call, error, match):
+  tiny_model.max_seq_length = 128
   with pytest.raises(error, match=match):
-    call(_tiny(tiny_checkpoint))
+    call(tiny_model)
 
 
-def _tiny(path, cache={}):
-  if path not in cache:
-    cache[path] = distilbert_jax.SentenceTransformer(path)
-    cache[path].max_seq_length = 128
-  model = cache[path]
-  model.max_seq_length = 128
-  return model
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+  return distilbert_jax.SentenceTransformer(tiny_checkpoint)
 
 
 def test_max_seq_length_follows_setting(tiny_checkpoint):
@@ -227,6 +253,7 @@ def test_non_finite_embeddings_are_an_error():
 
 def test_device_names(tiny_checkpoint):
   import jax
+
   model = distilbert_jax.SentenceTransformer(tiny_checkpoint, device="cpu:0")
   assert model.device == jax.devices("cpu")[0]
   if not any(d.platform == "gpu" for d in jax.devices()):

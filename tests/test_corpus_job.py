@@ -68,8 +68,7 @@ def test_kill_9_at_random_points_then_resume_is_byte_identical(tiny_checkpoint, 
   targets = sorted(rng.sample(range(1, total - 1), 5))  # kill after this many committed shards (+ a random delay)
   kills = []
   for target in [0] + targets:
-    proc = subprocess.Popen(_cli(*args, "--out", out), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(*args, "--out", out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _committed(out) < target and proc.poll() is None and time.time() < deadline:
       time.sleep(0.01)
@@ -102,8 +101,9 @@ def test_bad_input_stops_naming_file_and_line_and_keeps_committed_shards(tiny_ch
   assert (tmp_path / "out" / "shard-000000.npy").exists()
 
 
-@pytest.mark.parametrize("line,reason", [(3, "invalid JSON"), (5, "missing text field 'text'"),
-                                         (7, "invalid UTF-8"), (9, "empty text")])
+@pytest.mark.parametrize(
+  "line,reason", [(3, "invalid JSON"), (5, "missing text field 'text'"), (7, "invalid UTF-8"), (9, "empty text")]
+)
 def test_each_bad_line_in_stop_mode(tiny_checkpoint, tmp_path, line, reason):
   lines = _bad_input(tmp_path / "bad.jsonl").read_bytes().split(b"\n")
   good = [json.dumps({"_id": f"g{i}", "text": "fine"}).encode() for i in range(10)]
@@ -115,17 +115,21 @@ def test_each_bad_line_in_stop_mode(tiny_checkpoint, tmp_path, line, reason):
 
 def test_bad_input_skip_mode_records_rejects(tiny_checkpoint, tmp_path):
   corpus = _bad_input(tmp_path / "bad.jsonl")
-  summary = run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=4, on_error="skip",
-                    show_progress=False)
+  summary = run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=4, on_error="skip", show_progress=False)
   assert summary["rows"] == 6 and summary["rejected"] == 4
   rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
   assert [(r["line"], r["reason"].split(":")[0]) for r in rejects] == [
-      (3, "invalid JSON"), (5, "missing text field 'text'"), (7, "invalid UTF-8 at byte 27"), (9, "empty text")]
+    (3, "invalid JSON"),
+    (5, "missing text field 'text'"),
+    (7, "invalid UTF-8 at byte 27"),
+    (9, "empty text"),
+  ]
   ids, embeddings = load_embeddings(tmp_path / "out")
   assert ids == ["d0", "d1", "d3", "d5", "d7", "d9"]
   texts = [f"good document {i}" for i in (0, 1, 3, 5, 7, 9)]
-  np.testing.assert_allclose(np.asarray(embeddings), SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(embeddings), SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts), atol=1e-5
+  )
 
 
 def test_refuses_a_changed_model_or_input_unless_overwrite(tiny_checkpoint, tmp_path):
@@ -133,8 +137,9 @@ def test_refuses_a_changed_model_or_input_unless_overwrite(tiny_checkpoint, tmp_
   out = tmp_path / "out"
   run_job(corpus, str(tiny_checkpoint), out, show_progress=False)
   run_job(corpus, str(tiny_checkpoint), out, show_progress=False)  # same job again: fine, nothing to do
-  other_model = make_reference_checkpoint(tmp_path / "other", seed=7, n_layers=2, dim=32, n_heads=4, hidden_dim=64,
-                                          max_seq_length=128)
+  other_model = make_reference_checkpoint(
+    tmp_path / "other", seed=7, n_layers=2, dim=32, n_heads=4, hidden_dim=64, max_seq_length=128
+  )
   with pytest.raises(JobError, match=r"different job \(model, weights_sha256 differ\)"):
     run_job(corpus, str(other_model), out, show_progress=False)
   _corpus(corpus, 21)
@@ -162,8 +167,15 @@ def test_simulated_two_process_job_reads_back_in_global_order(tiny_checkpoint, t
   corpus = _corpus(tmp_path / "c.jsonl.gz", 230)
   run_job(corpus, str(tiny_checkpoint), tmp_path / "single", shard_size=50, show_progress=False)
   for p in (1, 0):
-    run_job(corpus, str(tiny_checkpoint), tmp_path / "multi", shard_size=50, process_index=p, process_count=2,
-            show_progress=False)
+    run_job(
+      corpus,
+      str(tiny_checkpoint),
+      tmp_path / "multi",
+      shard_size=50,
+      process_index=p,
+      process_count=2,
+      show_progress=False,
+    )
   ids_single, single = load_embeddings(tmp_path / "single")
   ids_multi, multi = load_embeddings(tmp_path / "multi")
   assert ids_multi == ids_single
@@ -204,6 +216,7 @@ def test_load_embeddings_refuses_a_swapped_or_shortened_shard(tiny_checkpoint, t
 
 def test_tokenizer_change_is_a_different_job(tiny_checkpoint, tmp_path):
   import shutil
+
   model = tmp_path / "model"
   shutil.copytree(tiny_checkpoint, model)
   corpus = _corpus(tmp_path / "c.jsonl.gz", 50)

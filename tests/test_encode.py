@@ -16,15 +16,37 @@ from distilbert_jax.batching import MAX_SHAPES, plan_batches
 from distilbert_jax.encoder import _forward, cpu_rows_per_step
 from tests.conftest import TEXTS
 
-WORDS = ["the", "protein", "binds", "receptor", "cells", "in", "mice", "ångström", "日本", "🎉", "increase", "risk",
-         "of", "cancer", "vitamin", "d", "covid-19", "trial", "placebo", "!!"]
+WORDS = [
+  "the",
+  "protein",
+  "binds",
+  "receptor",
+  "cells",
+  "in",
+  "mice",
+  "ångström",
+  "日本",
+  "🎉",
+  "increase",
+  "risk",
+  "of",
+  "cancer",
+  "vitamin",
+  "d",
+  "covid-19",
+  "trial",
+  "placebo",
+  "!!",
+]
 
 
 # Every XLA compilation in this process (JAX has no way to unregister a listener, so one for the module).
 COMPILES: list[str] = []
 jax.monitoring.register_event_duration_secs_listener(
-    lambda event, *args, **kwargs: COMPILES.append(event) if event == "/jax/core/compile/backend_compile_duration"
-    else None)
+  lambda event, *args, **kwargs: (
+    COMPILES.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+  )
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +74,7 @@ def test_non_string_item_raises_type_error_naming_index(tiny):
 
 def test_token_embeddings_match_sentence_transformers(tiny, tiny_checkpoint):
   from sentence_transformers import SentenceTransformer
+
   texts = TEXTS[:12]
   ours = tiny.encode(texts, output_value="token_embeddings")
   theirs = SentenceTransformer(str(tiny_checkpoint), device="cpu").encode(texts, output_value="token_embeddings")
@@ -85,8 +108,10 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
       real, computed = real + batch.real_tokens, computed + batch.input_ids.size
       for r, s in zip(*np.nonzero(batch.text_index >= 0)):
         i, start = batch.text_index[r, s], batch.text_start[r, s]
-        np.testing.assert_array_equal(batch.input_ids[r, start:start + len(token_ids[i])], token_ids[i])
-        np.testing.assert_array_equal(batch.positions[r, start:start + len(token_ids[i])], np.arange(len(token_ids[i])))
+        np.testing.assert_array_equal(batch.input_ids[r, start : start + len(token_ids[i])], token_ids[i])
+        np.testing.assert_array_equal(
+          batch.positions[r, start : start + len(token_ids[i])], np.arange(len(token_ids[i]))
+        )
     assert sorted(seen) == list(range(len(token_ids)))
     if packing:
       assert real / computed > 0.95, real / computed
@@ -95,6 +120,7 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
 def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm, scifact):
   from distilbert_jax.retrieval import document_text, find_beir_file, read_jsonl
   from distilbert_jax.tokenizer import WordPieceTokenizer
+
   docs = [document_text(d) for _, d in itertools.islice(read_jsonl(find_beir_file(scifact, "corpus")), 1000)]
   token_ids = WordPieceTokenizer.from_dir(minilm, max_seq_length=512).encode_batch(docs)
   batches = list(plan_batches(token_ids, rows_per_batch=32, max_seq_length=512, packing="auto"))
@@ -138,9 +164,11 @@ def test_cpu_steps_of_a_few_rows_equal_one_whole_batch(tiny):
   ids = rng.integers(1, tiny.config.vocab_size, (32, 128)).astype(np.int32)
   segments = (np.arange(128)[None] < rng.integers(1, 129, (32, 1))).astype(np.int32)
   positions = np.broadcast_to(np.arange(128), ids.shape)
-  run = lambda on_cpu: jax.jit(functools.partial(_forward, tiny.module, tiny.pooling, on_cpu, num_segments=1,
-                                                 outputs=("sentence_embedding", "token_embeddings")))(
-                                                     tiny.params, ids, segments, positions)
+  run = lambda on_cpu: jax.jit(
+    functools.partial(
+      _forward, tiny.module, tiny.pooling, on_cpu, num_segments=1, outputs=("sentence_embedding", "token_embeddings")
+    )
+  )(tiny.params, ids, segments, positions)
   stepped, whole = run(True), run(False)
   for output in ("sentence_embedding", "token_embeddings"):
     np.testing.assert_allclose(stepped[output], whole[output], atol=1e-5, rtol=1e-5, err_msg=output)

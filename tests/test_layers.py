@@ -17,9 +17,16 @@ B, T = 3, 11
 
 
 def _tiny_distilbert(activation="gelu"):
-  config = transformers.DistilBertConfig(vocab_size=120, dim=48, n_layers=2, n_heads=4, hidden_dim=96,
-                                         max_position_embeddings=64, activation=activation,
-                                         attn_implementation="eager")
+  config = transformers.DistilBertConfig(
+    vocab_size=120,
+    dim=48,
+    n_layers=2,
+    n_heads=4,
+    hidden_dim=96,
+    max_position_embeddings=64,
+    activation=activation,
+    attn_implementation="eager",
+  )
   torch.manual_seed(0)
   model = transformers.DistilBertModel(config).eval()
   with torch.no_grad():  # every tensor random: a swapped or dropped one cannot hide behind zeros/ones
@@ -67,16 +74,23 @@ def test_each_block_and_its_parts(activation):
   bias = attention_bias(jnp.asarray(mask))
   for i in range(cfg.num_layers):
     layer, p = model.transformer.layer[i], params["transformer"][f"layer_{i}"]
-    attn_out, weights = Attention(cfg).apply({"params": p["attention"]}, jnp.asarray(x.detach().numpy()),
-                                             bias, True, return_weights=True)
+    attn_out, weights = Attention(cfg).apply(
+      {"params": p["attention"]}, jnp.asarray(x.detach().numpy()), bias, True, return_weights=True
+    )
     torch_attn, torch_weights = layer.attention(x, attention_mask=torch_mask)
     _close(attn_out, torch_attn, f"layer {i} attention output", mask)
     query_mask = mask.astype(bool)
-    _close(np.asarray(weights).transpose(0, 2, 1, 3)[query_mask],
-           torch_weights.permute(0, 2, 1, 3)[torch.from_numpy(query_mask)], f"layer {i} attention weights")
+    _close(
+      np.asarray(weights).transpose(0, 2, 1, 3)[query_mask],
+      torch_weights.permute(0, 2, 1, 3)[torch.from_numpy(query_mask)],
+      f"layer {i} attention weights",
+    )
     ffn_in = layer.sa_layer_norm(torch_attn + x)
-    _close(FeedForward(cfg).apply({"params": p["ffn"]}, jnp.asarray(ffn_in.detach().numpy()), True),
-           layer.ffn(ffn_in), f"layer {i} feed-forward")
+    _close(
+      FeedForward(cfg).apply({"params": p["ffn"]}, jnp.asarray(ffn_in.detach().numpy()), True),
+      layer.ffn(ffn_in),
+      f"layer {i} feed-forward",
+    )
     block_out, _ = Block(cfg).apply({"params": p}, jnp.asarray(x.detach().numpy()), bias, True)
     attn_fast, _ = Attention(cfg).apply({"params": p["attention"]}, jnp.asarray(x.detach().numpy()), bias, True)
     _close(attn_fast, torch_attn, f"layer {i} attention output, one example at a time (the CPU path)", mask)
@@ -87,10 +101,12 @@ def test_each_block_and_its_parts(activation):
 def test_whole_model_with_hidden_states_and_attentions():
   model, cfg, params = _tiny_distilbert()
   ids, mask = _inputs()
-  out = Encoder(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True,
-                           output_attentions=True)
-  theirs = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True,
-                 output_attentions=True)
+  out = Encoder(cfg).apply(
+    {"params": params}, jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True, output_attentions=True
+  )
+  theirs = model(
+    torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_hidden_states=True, output_attentions=True
+  )
   assert len(out["hidden_states"]) == cfg.num_layers + 1 == len(theirs.hidden_states)
   for i, (a, b) in enumerate(zip(out["hidden_states"], theirs.hidden_states)):
     _close(a, b, f"hidden state {i}", mask)
@@ -99,9 +115,17 @@ def test_whole_model_with_hidden_states_and_attentions():
 
 
 def test_bert_family_model_matches_bert_model():
-  config = transformers.BertConfig(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=96, max_position_embeddings=64, type_vocab_size=2,
-                                   layer_norm_eps=1e-7, attn_implementation="eager")
+  config = transformers.BertConfig(
+    vocab_size=120,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=96,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+    layer_norm_eps=1e-7,
+    attn_implementation="eager",
+  )
   torch.manual_seed(0)
   model = transformers.BertModel(config).eval()
   with torch.no_grad():
@@ -116,8 +140,15 @@ def test_bert_family_model_matches_bert_model():
 
 
 def test_config_changes_depth_width_heads_activation_without_code_changes():
-  cfg = EncoderConfig(vocab_size=50, hidden_size=24, num_layers=3, num_heads=6, intermediate_size=40,
-                      activation="silu", max_position_embeddings=16)
+  cfg = EncoderConfig(
+    vocab_size=50,
+    hidden_size=24,
+    num_layers=3,
+    num_heads=6,
+    intermediate_size=40,
+    activation="silu",
+    max_position_embeddings=16,
+  )
   params = Encoder(cfg).init_params(__import__("jax").random.PRNGKey(0))
   assert set(params["transformer"]) == {"layer_0", "layer_1", "layer_2"}
   out = Encoder(cfg).apply({"params": params}, jnp.ones((2, 5), jnp.int32), jnp.ones((2, 5), jnp.int32))
@@ -127,14 +158,24 @@ def test_config_changes_depth_width_heads_activation_without_code_changes():
 
 def test_dropout_only_when_not_deterministic():
   import jax
-  cfg = EncoderConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                      max_position_embeddings=16, dropout=0.5, attention_dropout=0.5)
+
+  cfg = EncoderConfig(
+    vocab_size=50,
+    hidden_size=16,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+    dropout=0.5,
+    attention_dropout=0.5,
+  )
   model = Encoder(cfg)
   params = model.init_params(jax.random.PRNGKey(0))
   ids, seg = jnp.ones((2, 6), jnp.int32), jnp.ones((2, 6), jnp.int32)
   a = model.apply({"params": params}, ids, seg)["token_embeddings"]
   b = model.apply({"params": params}, ids, seg)["token_embeddings"]
   np.testing.assert_array_equal(a, b)
-  c = model.apply({"params": params}, ids, seg, deterministic=False,
-                  rngs={"dropout": jax.random.PRNGKey(1)})["token_embeddings"]
+  c = model.apply({"params": params}, ids, seg, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})[
+    "token_embeddings"
+  ]
   assert not np.allclose(a, c)

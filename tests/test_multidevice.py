@@ -27,8 +27,12 @@ def _env(**extra):
 
 def test_four_devices_equal_one_device(tiny_checkpoint):
   """encode, semantic_search and a fine-tuning step: 4 CPU devices vs 1."""
-  out = subprocess.run([sys.executable, SCRIPTS / "multidevice_check.py", str(tiny_checkpoint)], capture_output=True,
-                       text=True, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+  out = subprocess.run(
+    [sys.executable, SCRIPTS / "multidevice_check.py", str(tiny_checkpoint)],
+    capture_output=True,
+    text=True,
+    env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert report["devices"] == [4, 1]
@@ -45,10 +49,23 @@ def test_two_processes_over_loopback_encode_in_input_order(tiny_checkpoint, tmp_
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  workers = [subprocess.Popen([sys.executable, SCRIPTS / "multihost_worker.py", str(i), str(port),
-                               str(tiny_checkpoint), str(tmp_path / f"out{i}.npy")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-             for i in range(2)]
+  workers = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        SCRIPTS / "multihost_worker.py",
+        str(i),
+        str(port),
+        str(tiny_checkpoint),
+        str(tmp_path / f"out{i}.npy"),
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=_env(),
+    )
+    for i in range(2)
+  ]
   for w in workers:
     _, err = w.communicate(timeout=300)
     assert w.returncode == 0, err[-3000:]

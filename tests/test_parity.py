@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import sentence_transformers
+import torch
 from transformers import AutoTokenizer
 
 from distilbert_jax import SentenceTransformer, reference
@@ -61,16 +61,17 @@ def test_token_ids_and_masks_match_transformers_tokenizer(which, full_checkpoint
   path = full_checkpoint if which == "full" else minilm
   ours = SentenceTransformer.from_pretrained(path)
   reference_tokenizer = AutoTokenizer.from_pretrained(str(path))
-  expected = reference_tokenizer([t.strip() for t in TEXTS], padding=True, truncation=True,
-                                 max_length=ours.max_seq_length, return_tensors="np")
+  expected = reference_tokenizer(
+    [t.strip() for t in TEXTS], padding=True, truncation=True, max_length=ours.max_seq_length, return_tensors="np"
+  )
   ids = ours.tokenizer.encode_batch(TEXTS)
   width = expected["input_ids"].shape[1]
   assert width == max(len(t) for t in ids) == ours.max_seq_length
   padded = np.zeros((len(ids), width), np.int64)
   mask = np.zeros((len(ids), width), np.int64)
   for i, t in enumerate(ids):
-    padded[i, :len(t)] = t
-    mask[i, :len(t)] = 1
+    padded[i, : len(t)] = t
+    mask[i, : len(t)] = 1
   np.testing.assert_array_equal(padded, expected["input_ids"])
   np.testing.assert_array_equal(mask, expected["attention_mask"])
 

@@ -24,8 +24,11 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
 @st.composite
 def beir_line(draw):
   """(raw bytes of one line without its ending, expected (id, text) or None when the line must be rejected)."""
-  kind = draw(st.sampled_from(["ok", "ok", "ok", "title", "bad_json", "no_id", "no_text", "not_object",
-                               "bad_utf8", "empty_text", "blank"]))
+  kind = draw(
+    st.sampled_from(
+      ["ok", "ok", "ok", "title", "bad_json", "no_id", "no_text", "not_object", "bad_utf8", "empty_text", "blank"]
+    )
+  )
   doc_id, text = draw(st.text(min_size=1, max_size=8).filter(lambda s: "\n" not in s)), draw(TEXT)
   if kind in ("ok", "title"):
     if not text.strip():
@@ -49,12 +52,15 @@ def beir_line(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(lines=st.lists(beir_line(), max_size=40), endings=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=40,
-                                                                   max_size=40), final_newline=st.booleans())
+@given(
+  lines=st.lists(beir_line(), max_size=40),
+  endings=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=40, max_size=40),
+  final_newline=st.booleans(),
+)
 def test_corpus_reader_yields_exactly_the_valid_rows_in_order(lines, endings, final_newline):
   data = b"".join(raw + end for (raw, _), end in zip(lines, endings))
   if lines and not final_newline:
-    data = data[:-len(endings[len(lines) - 1])]
+    data = data[: -len(endings[len(lines) - 1])]
   records = list(read_lines(io.BytesIO(data), InputFormat("beir")))
   expected_rows = [(i + 1, e) for i, (_, e) in enumerate(lines) if e not in (None, "blank")]
   expected_errors = [i + 1 for i, (_, e) in enumerate(lines) if e is None]
@@ -88,8 +94,12 @@ def test_stop_mode_fails_naming_file_and_first_bad_line(tiny_checkpoint, tmp_pat
 
 
 @settings(max_examples=150, deadline=None)
-@given(lengths=st.lists(st.integers(1, 128), min_size=1, max_size=300), rows=st.integers(1, 40),
-       packing=st.sampled_from([True, False, "auto"]), max_len=st.sampled_from([64, 100, 128]))
+@given(
+  lengths=st.lists(st.integers(1, 128), min_size=1, max_size=300),
+  rows=st.integers(1, 40),
+  packing=st.sampled_from([True, False, "auto"]),
+  max_len=st.sampled_from([64, 100, 128]),
+)
 def test_planner_covers_every_text_once_within_the_shape_budget(lengths, rows, packing, max_len):
   token_ids = [np.arange(1, min(n, max_len) + 1, dtype=np.int32) for n in lengths]
   seen, shapes = {}, set()
@@ -103,9 +113,9 @@ def test_planner_covers_every_text_once_within_the_shape_budget(lengths, rows, p
       n = len(token_ids[i])
       assert i not in seen
       seen[i] = True
-      np.testing.assert_array_equal(batch.input_ids[r, start:start + n], token_ids[i])
-      np.testing.assert_array_equal(batch.positions[r, start:start + n], np.arange(n))
-      assert (batch.segment_ids[r, start:start + n] == s + 1).all()
+      np.testing.assert_array_equal(batch.input_ids[r, start : start + n], token_ids[i])
+      np.testing.assert_array_equal(batch.positions[r, start : start + n], np.arange(n))
+      assert (batch.segment_ids[r, start : start + n] == s + 1).all()
   assert sorted(seen) == list(range(len(lengths)))
   assert len(shapes) <= MAX_SHAPES
 
@@ -118,8 +128,10 @@ def test_planner_refuses_unknown_packing(packing):
 
 
 @settings(max_examples=150, deadline=None)
-@given(option=st.sampled_from(["--batch-size", "--shard-size", "--process-count", "--process-index"]),
-       value=st.one_of(st.integers(-5, 5), st.sampled_from(["x", "1.5", ""])))
+@given(
+  option=st.sampled_from(["--batch-size", "--shard-size", "--process-count", "--process-index"]),
+  value=st.one_of(st.integers(-5, 5), st.sampled_from(["x", "1.5", ""])),
+)
 def test_cli_counts_are_parsed_or_refused_naming_the_option(option, value):
   args = ["encode-corpus", "in.txt", "--out", "o", option, str(value)]
   stderr = io.StringIO()

@@ -23,14 +23,16 @@ def _assert_same(ours, theirs):
 
 
 @pytest.mark.parametrize("score_function", ["dot", "cos_sim"])
-@pytest.mark.parametrize("top_k,query_chunk_size,corpus_chunk_size",
-                         [(10, 100, 500_000), (5, 7, 13), (3, 1, 1), (250, 3, 17), (40, 64, 50)])
+@pytest.mark.parametrize(
+  "top_k,query_chunk_size,corpus_chunk_size", [(10, 100, 500_000), (5, 7, 13), (3, 1, 1), (250, 3, 17), (40, 64, 50)]
+)
 def test_equals_sentence_transformers(score_function, top_k, query_chunk_size, corpus_chunk_size):
   rng = np.random.default_rng(top_k)
   q = rng.normal(size=(37, 24)).astype(np.float32)
   c = rng.normal(size=(203, 24)).astype(np.float32)
-  kw = dict(top_k=top_k, score_function=score_function, query_chunk_size=query_chunk_size,
-            corpus_chunk_size=corpus_chunk_size)
+  kw = dict(
+    top_k=top_k, score_function=score_function, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size
+  )
   ours = semantic_search(q, c, **kw)
   _assert_same(ours, _theirs(q, c, **kw))
   assert all(len(hits) == min(top_k, len(c)) for hits in ours)
@@ -42,13 +44,13 @@ def test_ties_are_kept_and_ordered_by_corpus_id():
   corpus = np.concatenate([base, base[:5], base[:5]])  # three copies of 5 documents: exact ties
   queries = base[:4]
   for chunk in (7, 1000):
-    ours = semantic_search(queries, corpus, top_k=9, query_chunk_size=3, corpus_chunk_size=chunk,
-                               score_function="dot")
+    ours = semantic_search(queries, corpus, top_k=9, query_chunk_size=3, corpus_chunk_size=chunk, score_function="dot")
     theirs = _theirs(queries, corpus, top_k=9, score_function="dot", query_chunk_size=3, corpus_chunk_size=chunk)
     for a, b in zip(ours, theirs):
       # The same (score, id) set; ties inside the top-k in a documented order: lower corpus id first.
-      assert sorted((round(h["score"], 4), h["corpus_id"]) for h in a) == \
-          sorted((round(h["score"], 4), h["corpus_id"]) for h in b)
+      assert sorted((round(h["score"], 4), h["corpus_id"]) for h in a) == sorted(
+        (round(h["score"], 4), h["corpus_id"]) for h in b
+      )
       keys = [(-h["score"], h["corpus_id"]) for h in a]
       assert keys == sorted(keys)
 
@@ -57,6 +59,9 @@ def test_scores_and_edge_cases():
   a = np.array([[1.0, 0.0], [3.0, 4.0]], np.float32)
   np.testing.assert_allclose(dot_score(a, a), a @ a.T)
   np.testing.assert_allclose(cos_sim(a, a), [[1.0, 0.6], [0.6, 1.0]], atol=1e-6)
-  assert semantic_search(a[0], a, top_k=5, score_function=dot_score)[0][0] == {"corpus_id": 1, "score": 3.0}  # 1-D query
+  assert semantic_search(a[0], a, top_k=5, score_function=dot_score)[0][0] == {
+    "corpus_id": 1,
+    "score": 3.0,
+  }  # 1-D query
   with pytest.raises(ValueError, match=r"corpus embeddings have shape \(2, 3\)"):
     semantic_search(a, np.zeros((2, 3), np.float32))

@@ -10,8 +10,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-import torch
 import sentence_transformers
+import torch
 from sentence_transformers.sentence_transformer import losses
 from transformers import get_linear_schedule_with_warmup
 
@@ -19,15 +19,21 @@ from distilbert_jax import SentenceTransformer, checkpoint, model_dir
 from distilbert_jax.training import Example, TrainConfig, Trainer, batches, read_train_data
 
 QUERIES = ["what binds the receptor", "vitamin d and cancer risk", "mice trial placebo", "gene expression in cells"]
-POSITIVES = ["the protein binds the receptor strongly", "vitamin d lowers cancer risk in adults",
-             "a placebo controlled trial in mice", "cells change gene expression under stress"]
+POSITIVES = [
+  "the protein binds the receptor strongly",
+  "vitamin d lowers cancer risk in adults",
+  "a placebo controlled trial in mice",
+  "cells change gene expression under stress",
+]
 NEGATIVES = ["stock markets fell on monday", "the weather is sunny", "a recipe for bread", "football results"]
 MARGINS = [3.5, -1.25, 2.0, 0.5]
 
 
 def _examples(loss):
-  return [Example(q, p, n if loss == "margin-mse" else None, m if loss == "margin-mse" else None)
-          for q, p, n, m in zip(QUERIES, POSITIVES, NEGATIVES, MARGINS)]
+  return [
+    Example(q, p, n if loss == "margin-mse" else None, m if loss == "margin-mse" else None)
+    for q, p, n, m in zip(QUERIES, POSITIVES, NEGATIVES, MARGINS)
+  ]
 
 
 def _torch_model(path):
@@ -91,8 +97,12 @@ def test_twenty_adamw_steps_with_warmup_and_decay_track_torch(tiny_checkpoint):
   named = list(model[0].auto_model.named_parameters())
   no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n]
   decay = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n)]
-  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                                lr=lr, betas=(0.9, 0.999), eps=1e-8)
+  optimizer = torch.optim.AdamW(
+    [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+    lr=lr,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+  )
   schedule = get_linear_schedule_with_warmup(optimizer, warmup, steps)
   for _ in range(steps):
     _torch_loss(model, "margin-mse").backward()
@@ -101,8 +111,7 @@ def test_twenty_adamw_steps_with_warmup_and_decay_track_torch(tiny_checkpoint):
     schedule.step()
     optimizer.zero_grad()
 
-  theirs = checkpoint.flatten_params(checkpoint.torch_to_flax(
-      {n: p.detach().numpy() for n, p in named}, loaded.config))
+  theirs = checkpoint.flatten_params(checkpoint.torch_to_flax({n: p.detach().numpy() for n, p in named}, loaded.config))
   before = checkpoint.flatten_params(loaded.params)
   ours = checkpoint.flatten_params(jax.device_get(trainer.params))
   worst = max((_rel(ours[k], theirs[k]), "/".join(k)) for k in ours)
@@ -147,12 +156,37 @@ def test_exported_model_loads_in_sentence_transformers(tiny_checkpoint, tmp_path
 
 def test_train_command_and_bad_lines(tiny_checkpoint, tmp_path):
   data = tmp_path / "train.jsonl"
-  data.write_text("".join(json.dumps({"query": q, "positive": p, "negative": n, "margin": m}) + "\n"
-                          for q, p, n, m in zip(QUERIES, POSITIVES, NEGATIVES, MARGINS)))
-  out = subprocess.run([sys.executable, "-m", "distilbert_jax.cli", "train", "--model", str(tiny_checkpoint),
-                        "--train-data", str(data), "--loss", "margin-mse", "--steps", "3", "--batch-size", "2",
-                        "--warmup-steps", "1", "--out", str(tmp_path / "run"), "--quiet"],
-                       capture_output=True, text=True)
+  data.write_text(
+    "".join(
+      json.dumps({"query": q, "positive": p, "negative": n, "margin": m}) + "\n"
+      for q, p, n, m in zip(QUERIES, POSITIVES, NEGATIVES, MARGINS)
+    )
+  )
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "distilbert_jax.cli",
+      "train",
+      "--model",
+      str(tiny_checkpoint),
+      "--train-data",
+      str(data),
+      "--loss",
+      "margin-mse",
+      "--steps",
+      "3",
+      "--batch-size",
+      "2",
+      "--warmup-steps",
+      "1",
+      "--out",
+      str(tmp_path / "run"),
+      "--quiet",
+    ],
+    capture_output=True,
+    text=True,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert (tmp_path / "run" / "checkpoint.msgpack").exists()
   sentence_transformers.SentenceTransformer(str(tmp_path / "run" / "sentence-transformers"), device="cpu")
@@ -169,6 +203,7 @@ def test_mnrl_rows_with_and_without_negatives_in_one_batch(tiny_checkpoint):
   import jax.numpy as jnp
 
   from distilbert_jax.training import multiple_negatives_ranking_loss
+
   trainer = Trainer(model_dir.load(tiny_checkpoint), TrainConfig(loss="mnrl", batch_size=4, dropout=False))
   has_negative = [False, True, False, True]  # the first row has none: the others' must still count
   batch = [Example(q, p, n if keep else None) for q, p, n, keep in zip(QUERIES, POSITIVES, NEGATIVES, has_negative)]
@@ -184,6 +219,7 @@ def test_mnrl_rows_with_and_without_negatives_in_one_batch(tiny_checkpoint):
 
 def test_a_batch_that_cannot_learn_is_refused(tiny_checkpoint, tmp_path):
   from distilbert_jax.training import train
+
   data = tmp_path / "pairs.jsonl"
   data.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
   with pytest.raises(ValueError, match="mnrl with batch size 1 and no negatives cannot learn"):
@@ -195,17 +231,24 @@ def test_a_batch_that_cannot_learn_is_refused(tiny_checkpoint, tmp_path):
 def test_resume_with_another_model_or_data_is_refused(tiny_checkpoint, tmp_path):
   from conversion.make_reference_checkpoint import make_reference_checkpoint
   from distilbert_jax.training import train
+
   data = tmp_path / "pairs.jsonl"
   data.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
   cfg = TrainConfig(loss="mnrl", batch_size=2, steps=1, warmup_steps=0)
   train(str(tiny_checkpoint), data, tmp_path / "out", cfg, show_progress=False)
-  other = make_reference_checkpoint(tmp_path / "other", seed=9, n_layers=2, dim=32, n_heads=4, hidden_dim=64,
-                                    max_seq_length=128)
+  other = make_reference_checkpoint(
+    tmp_path / "other", seed=9, n_layers=2, dim=32, n_heads=4, hidden_dim=64, max_seq_length=128
+  )
   with pytest.raises(ValueError, match=r"checkpoint.msgpack belongs to another run \(model, weights_sha256 differ\)"):
     train(str(other), data, tmp_path / "out", cfg, show_progress=False)
   with pytest.raises(ValueError, match=r"belongs to another run \(config\) differ|belongs to another run \(config"):
-    train(str(tiny_checkpoint), data, tmp_path / "out", TrainConfig(loss="mnrl", batch_size=2, steps=1, lr=1e-3,
-                                                                    warmup_steps=0), show_progress=False)
+    train(
+      str(tiny_checkpoint),
+      data,
+      tmp_path / "out",
+      TrainConfig(loss="mnrl", batch_size=2, steps=1, lr=1e-3, warmup_steps=0),
+      show_progress=False,
+    )
   summary = train(str(other), data, tmp_path / "out", cfg, show_progress=False, overwrite=True)
   assert summary["steps"] == 1
   assert json.loads((tmp_path / "out" / "checkpoint.json").read_text())["model"] == str(other)

@@ -27,9 +27,11 @@ for corpus_size, chunk in ((37, 10), (35, 500), (33, 7)):
   kw = dict(top_k=6, query_chunk_size=4, corpus_chunk_size=chunk)
   a = semantic_search(queries, corpus[:corpus_size], **kw)
   b = semantic_search(queries, corpus[:corpus_size], devices=jax.devices()[:1], **kw)
-  report["search"][f"{corpus_size}/{chunk}"] = [[h["corpus_id"] for h in x] == [h["corpus_id"] for h in y]
-                                                and np.allclose([h["score"] for h in x], [h["score"] for h in y])
-                                                for x, y in zip(a, b)]
+  report["search"][f"{corpus_size}/{chunk}"] = [
+    [h["corpus_id"] for h in x] == [h["corpus_id"] for h in y]
+    and np.allclose([h["score"] for h in x], [h["score"] for h in y])
+    for x, y in zip(a, b)
+  ]
 
 # One fine-tuning step, batch sharded over 4 devices vs on one device (dropout off: same arithmetic).
 from distilbert_jax import model_dir  # noqa: E402
@@ -39,11 +41,13 @@ from distilbert_jax.training import Example, TrainConfig, Trainer  # noqa: E402
 examples = [Example(texts[i], texts[i + 1]) for i in range(0, 16, 2)]
 updated = []
 for devs in (jax.devices(), jax.devices()[:1]):
-  trainer = Trainer(model_dir.load(path), TrainConfig(loss="mnrl", steps=2, warmup_steps=1, lr=1e-3, dropout=False),
-                    devices=devs)
+  trainer = Trainer(
+    model_dir.load(path), TrainConfig(loss="mnrl", steps=2, warmup_steps=1, lr=1e-3, dropout=False), devices=devs
+  )
   losses = [trainer.step(examples), trainer.step(examples)]
   updated.append((losses, flatten_params(jax.device_get(trainer.params))))
 report["train_loss"] = [updated[0][0], updated[1][0]]
-report["train_params_rel"] = max(float(np.linalg.norm(a - updated[1][1][k]) / np.linalg.norm(updated[1][1][k]))
-                                 for k, a in updated[0][1].items())
+report["train_params_rel"] = max(
+  float(np.linalg.norm(a - updated[1][1][k]) / np.linalg.norm(updated[1][1][k])) for k, a in updated[0][1].items()
+)
 print(json.dumps(report))
