@@ -11,11 +11,12 @@ CACHE = Path(os.environ.get("BENCH_CACHE", ROOT / ".benchmarks" / "checkpoints")
 
 
 def scifact_documents(n: int | None = 1000) -> list[str]:
-  from distilbert_jax.retrieval import document_text, find_beir_file, read_jsonl
+  from distilbert_jax.corpus_job import read_texts
+  from distilbert_jax.retrieval import find_beir_file
 
   docs = []
-  for _, doc in read_jsonl(find_beir_file(SCIFACT, "corpus")):
-    docs.append(document_text(doc))
+  for _, text in read_texts(find_beir_file(SCIFACT, "corpus")):
+    docs.append(text)
     if n is not None and len(docs) == n:
       break
   return docs

@@ -82,19 +82,12 @@ def _read_lines(path: str) -> list[str]:
 def _read_corpus(path: str) -> tuple[list[str], list[str]]:
   """(ids, texts) from a BEIR directory, a corpus.jsonl[.gz], a TSV of id<TAB>text, or plain lines, read as
   encode-corpus reads them; a bad line raises naming file and line."""
-  from distilbert_jax.corpus_job import detect_format, read_records
+  from distilbert_jax.corpus_job import read_texts
   from distilbert_jax.retrieval import find_beir_file
 
   p = Path(path)
-  if p.is_dir():
-    p = find_beir_file(p, "corpus")
-  ids, texts = [], []
-  for record in read_records(p, detect_format(p, {})):
-    if record.error is not None:
-      raise ValueError(f"{p}:{record.line}: {record.error}")
-    ids.append(record.id)
-    texts.append(record.text)
-  return ids, texts
+  pairs = list(read_texts(find_beir_file(p, "corpus") if p.is_dir() else p))
+  return [i for i, _ in pairs], [t for _, t in pairs]
 
 
 def cmd_encode(args) -> None:

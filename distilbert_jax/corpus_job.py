@@ -80,6 +80,15 @@ def read_records(path: Path, fmt: InputFormat, keep_empty: bool = False) -> Iter
     yield from read_lines(f, fmt, keep_empty)
 
 
+def read_texts(path: Path, fmt: InputFormat | None = None) -> Iterator[tuple[str, str]]:
+  """(id, text) of every record; the first bad line raises naming file and line (for readers with no
+  skip mode: search, eval, BEIR loading)."""
+  for record in read_records(path, fmt or detect_format(path, {})):
+    if record.error is not None:
+      raise ValueError(f"{path}:{record.line}: {record.error}")
+    yield record.id, record.text
+
+
 def read_lines(f: Any, fmt: InputFormat, keep_empty: bool = False) -> Iterator[Record]:
   """Records from a binary stream. Lines end at \\n only (a CRLF's \\r is
   dropped, a lone \\r stays inside its line), so every reader splits a file into the same lines.

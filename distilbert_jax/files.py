@@ -23,7 +23,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     os.replace(tmp, path)
   except OSError as e:
     tmp.unlink(missing_ok=True)
-    raise OSError(e.errno, f"writing {path}: {e.strerror}", str(path)) from None
+    raise OSError(e.errno, e.strerror or str(e), str(path)) from None  # the error names the file
   directory = os.open(path.parent, os.O_RDONLY)
   try:
     os.fsync(directory)

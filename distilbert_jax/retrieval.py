@@ -1,15 +1,15 @@
 """BEIR-format data (corpus.jsonl[.gz], queries.jsonl, qrels/SPLIT.tsv) and retrieval metrics via ir-measures.
 
-Documents are title + " " + text, as BEIR and sentence-transformers' InformationRetrievalEvaluator build them.
+Documents are title + " " + text, as BEIR and sentence-transformers' InformationRetrievalEvaluator build them; the
+files are read by the one corpus reader (`corpus_job.read_records`), so every rule about lines holds here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
-from collections.abc import Iterator
 from pathlib import Path
+
+from distilbert_jax.corpus_job import read_texts
 
 
 @dataclasses.dataclass
@@ -21,31 +21,11 @@ class BeirDataset:
   qrels: dict[str, dict[str, int]]
 
 
-def _open_text(path: Path):
-  return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-  """(line number, object) per non-blank line; a bad line raises naming file and line."""
-  with _open_text(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        yield line_no, json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-
-
 def find_beir_file(directory: Path, stem: str) -> Path:
   for name in (f"{stem}.jsonl", f"{stem}.jsonl.gz"):
     if (directory / name).exists():
       return directory / name
   raise FileNotFoundError(f"{directory}: no {stem}.jsonl or {stem}.jsonl.gz")
-
-
-def document_text(doc: dict) -> str:
-  return (doc.get("title", "") + " " + doc["text"]).strip()
 
 
 def load_beir(directory: str | Path, split: str = "test", max_docs: int | None = None) -> BeirDataset:
@@ -63,19 +43,11 @@ def load_beir(directory: str | Path, split: str = "test", max_docs: int | None =
       qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
   judged = {doc for docs in qrels.values() for doc in docs}
   corpus_ids, corpus_texts = [], []
-  corpus_file = find_beir_file(directory, "corpus")
-  for line_no, doc in read_jsonl(corpus_file):
-    if "_id" not in doc or "text" not in doc:
-      raise ValueError(f"{corpus_file}:{line_no}: a document needs '_id' and 'text'")
-    if max_docs is None or len(corpus_ids) < max_docs or doc["_id"] in judged:
-      corpus_ids.append(str(doc["_id"]))
-      corpus_texts.append(document_text(doc))
-  queries = {}
-  queries_file = find_beir_file(directory, "queries")
-  for line_no, q in read_jsonl(queries_file):
-    if "_id" not in q or "text" not in q:
-      raise ValueError(f"{queries_file}:{line_no}: a query needs '_id' and 'text'")
-    queries[str(q["_id"])] = q["text"]
+  for doc_id, text in read_texts(find_beir_file(directory, "corpus")):
+    if max_docs is None or len(corpus_ids) < max_docs or doc_id in judged:
+      corpus_ids.append(doc_id)
+      corpus_texts.append(text)
+  queries = dict(read_texts(find_beir_file(directory, "queries")))
   query_ids = [q for q in queries if q in qrels]
   return BeirDataset(corpus_ids, corpus_texts, query_ids, [queries[q] for q in query_ids], qrels)
 

@@ -171,3 +171,13 @@ def test_load_checks_positions_and_vocabulary(tiny_checkpoint, tmp_path):
   shutil.copyfile(path / "tokenizer.json", jax_dir / "tokenizer.json")
   with pytest.raises(ValueError, match="the tokenizer has 30524 tokens"):  # our format is checked the same way
     SentenceTransformer.from_pretrained(jax_dir)
+
+
+def test_garbage_tokenizer_json_names_the_file(tiny_checkpoint, tmp_path):
+  import shutil
+
+  path = tmp_path / "m"
+  shutil.copytree(tiny_checkpoint, path)
+  (path / "tokenizer.json").write_text('{"version": "1.0", "model": 42}')
+  with pytest.raises(ValueError, match=r"m/tokenizer\.json: not a valid tokenizer file"):
+    SentenceTransformer(path)

@@ -118,10 +118,11 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
 
 
 def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm, scifact):
-  from distilbert_jax.retrieval import document_text, find_beir_file, read_jsonl
+  from distilbert_jax.corpus_job import read_texts
+  from distilbert_jax.retrieval import find_beir_file
   from distilbert_jax.tokenizer import WordPieceTokenizer
 
-  docs = [document_text(d) for _, d in itertools.islice(read_jsonl(find_beir_file(scifact, "corpus")), 1000)]
+  docs = [text for _, text in itertools.islice(read_texts(find_beir_file(scifact, "corpus")), 1000)]
   token_ids = WordPieceTokenizer.from_dir(minilm, max_seq_length=512).encode_batch(docs)
   batches = list(plan_batches(token_ids, rows_per_batch=32, max_seq_length=512, packing="auto"))
   real, computed = sum(b.real_tokens for b in batches), sum(b.input_ids.size for b in batches)
