@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from distilbert_jax.hub import DEFAULT_MODEL, EMBEDDED_MODEL
+from distilbert_jax.quantization import PRECISIONS
 
 
 def positive_int(text: str) -> int:
@@ -48,10 +49,10 @@ def _model_name(args) -> str:
   return default_model(lambda line: print(line, file=sys.stderr))
 
 
-def _load_encoder(args, model: str | None = None):
+def _load_encoder(args, model: str | None = None, truncate_dim: int | None = None):
   from distilbert_jax.encoder import SentenceTransformer
 
-  return SentenceTransformer(model or _model_name(args), dtype=args.dtype)
+  return SentenceTransformer(model or _model_name(args), dtype=args.dtype, truncate_dim=truncate_dim)
 
 
 def _score_function(args, encoder):
@@ -106,14 +107,12 @@ def cmd_encode(args) -> None:
 def cmd_search(args) -> None:
   import numpy as np
 
-  from distilbert_jax.corpus_job import load_embeddings
+  from distilbert_jax.files import npy_bytes, npy_path, write_atomic
   from distilbert_jax.scoring import semantic_search
 
   queries = list(args.query or []) + (_read_lines(args.queries) if args.queries else [])
   if not queries:
     sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
-  from distilbert_jax.files import npy_bytes, npy_path, write_atomic
-
   embeddings_dir = args.embeddings and Path(args.embeddings).is_dir()
   if args.embeddings and not embeddings_dir:
     args.embeddings = str(npy_path(args.embeddings))
@@ -121,23 +120,16 @@ def cmd_search(args) -> None:
     sys.exit("error: give --corpus, or --embeddings DIR written by encode-corpus")
   ids, texts = _read_corpus(args.corpus) if args.corpus else ([], [])
   if embeddings_dir:
-    from distilbert_jax.corpus_job import check_same_model, read_manifest_model
-
-    # Queries are encoded with the corpus' own model; another --model is refused, not silently mixed.
-    encoder = _load_encoder(args, args.model or read_manifest_model(args.embeddings))
-    check_same_model(args.embeddings, encoder)
-    corpus_ids, corpus_embeddings = load_embeddings(args.embeddings)
-    text_of = dict(zip(ids, texts))
-    ids, texts = corpus_ids, [text_of.get(i, "") for i in corpus_ids]
-  else:
-    encoder = _load_encoder(args)
-  if not embeddings_dir and args.embeddings and Path(args.embeddings).exists():
+    _search_corpus_job(args, queries, ids, texts)
+    return
+  encoder = _load_encoder(args, truncate_dim=args.truncate_dim)
+  if args.embeddings and Path(args.embeddings).exists():
     corpus_embeddings = np.load(args.embeddings, mmap_mode="r")
     if len(corpus_embeddings) != len(texts):
       sys.exit(
         f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has {len(texts)} documents"
       )
-  elif not embeddings_dir:
+  else:
     corpus_embeddings = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=True)
     if args.embeddings:
       write_atomic(args.embeddings, npy_bytes(corpus_embeddings))
@@ -146,6 +138,42 @@ def cmd_search(args) -> None:
   results = semantic_search(
     query_embeddings, corpus_embeddings, top_k=args.top_k, score_function=_score_function(args, encoder)
   )
+  _print_hits(queries, results, ids, texts)
+
+
+def _search_corpus_job(args, queries: list[str], ids: list[str], texts: list[str]) -> None:
+  """Search an encode-corpus directory as it was written: its model (another is refused), its truncation and
+  renormalisation, its precision (quantized corpora: candidates by codes, rescored with the float queries)."""
+  from distilbert_jax import quantization
+  from distilbert_jax.corpus_job import check_same_model, load_embeddings, read_manifests
+  from distilbert_jax.scoring import semantic_search
+
+  manifest = read_manifests(args.embeddings)[0]
+  if args.truncate_dim is not None and args.truncate_dim != manifest.get("truncate_dim"):
+    raise ValueError(
+      f"{manifest['_path']}: the corpus was stored with truncate_dim {manifest.get('truncate_dim')}, not "
+      f"{args.truncate_dim}"
+    )
+  encoder = _load_encoder(args, args.model or manifest["model"], truncate_dim=manifest.get("truncate_dim"))
+  check_same_model(args.embeddings, encoder)
+  corpus_ids, corpus = load_embeddings(args.embeddings)
+  text_of = dict(zip(ids, texts))
+  texts = [text_of.get(i, "") for i in corpus_ids]
+  query_embeddings = encoder.encode(
+    queries, batch_size=args.batch_size, normalize_embeddings=bool(manifest.get("renormalized"))
+  )
+  if corpus.precision == "float32":
+    results = semantic_search(query_embeddings, corpus, top_k=args.top_k, score_function=_score_function(args, encoder))
+  else:
+    if (args.score or encoder.similarity_fn_name) not in ("dot", "cosine"):
+      raise ValueError(f"a {corpus.precision} corpus is searched by dot product, not {args.score}")
+    results = quantization.semantic_search(
+      query_embeddings, corpus, corpus.precision, top_k=args.top_k, ranges=corpus.ranges
+    )
+  _print_hits(queries, results, corpus_ids, texts)
+
+
+def _print_hits(queries: list[str], results: list, ids: list[str], texts: list[str]) -> None:
   for query, hits in zip(queries, results):
     print(f"\nquery: {query}")
     for rank, hit in enumerate(hits, 1):
@@ -170,6 +198,9 @@ def cmd_encode_corpus(args) -> None:
     process_index=args.process_index,
     process_count=args.process_count,
     show_progress=not args.quiet,
+    precision=args.precision,
+    truncate_dim=args.truncate_dim,
+    calibration_size=args.calibration_size,
   )
   print(
     f"{summary['rows']} embeddings in {summary['shards']} shards at {summary['out']}; encoded now "
@@ -290,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     help="an encode-corpus output directory; or a .npy file, read if it exists, else written after encoding --corpus",
   )
   p.add_argument("--top-k", type=positive_int, default=10)
+  p.add_argument("--truncate-dim", type=positive_int, help="keep the first N dimensions (Matryoshka)")
   p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
   _add_model_args(p)
   p.set_defaults(func=cmd_search)
@@ -305,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     help="stop (default): fail on a bad line naming file and line; skip: record it in rejects.jsonl",
   )
   p.add_argument("--overwrite", action="store_true", help="start again when OUT holds a different job")
+  p.add_argument(
+    "--precision",
+    choices=PRECISIONS,
+    default="float32",
+    help="store quantized codes (int8/uint8 ranges from the first --calibration-size records)",
+  )
+  p.add_argument("--calibration-size", type=positive_int, default=1000)
+  p.add_argument(
+    "--truncate-dim",
+    type=positive_int,
+    help="keep the first N dimensions (Matryoshka); renormalised when the model's similarity is cosine",
+  )
   p.add_argument("--id-field", default="_id")
   p.add_argument("--title-field", default="title")
   p.add_argument("--text-field", default="text")

@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -212,8 +213,18 @@ def run_job(
   process_index: int | None = None,
   process_count: int | None = None,
   show_progress: bool = True,
+  precision: str = "float32",
+  truncate_dim: int | None = None,
+  calibration_size: int = 1000,
 ) -> dict[str, Any]:
-  """Encodes INPUT into OUT_DIR (see the module docstring) under OUT_DIR's lock; returns the closing summary."""
+  """Encodes INPUT into OUT_DIR (see the module docstring) under OUT_DIR's lock; returns the closing summary.
+
+  `precision` int8/uint8/binary/ubinary stores quantized codes (int8/uint8 ranges from the first
+  `calibration_size` records, kept in the manifest); `truncate_dim` keeps the first dimensions (Matryoshka),
+  L2-renormalised when the model's similarity is cosine."""
+  from distilbert_jax.quantization import check_precision
+
+  storage = Storage(check_precision(precision), truncate_dim, _positive(calibration_size, "calibration_size"))
   import jax
 
   if on_error not in ("stop", "skip"):
@@ -241,7 +252,23 @@ def run_job(
       process_index,
       process_count,
       show_progress,
+      storage,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Storage:
+  """How embeddings are stored: precision, Matryoshka truncation, int8/uint8 calibration sample size."""
+
+  precision: str = "float32"
+  truncate_dim: int | None = None
+  calibration_size: int = 1000
+
+
+def stored_width(manifest: dict[str, Any]) -> int:
+  """Columns of a shard: the (truncated) dimension, or its packed bytes for binary precisions."""
+  dim = manifest.get("truncate_dim") or manifest["embedding_dim"]
+  return -(-dim // 8) if manifest.get("precision", "float32").endswith("binary") else dim
 
 
 def _run_locked(
@@ -257,11 +284,18 @@ def _run_locked(
   process_index: int,
   process_count: int,
   show_progress: bool,
+  storage: Storage,
 ) -> dict[str, Any]:
   from distilbert_jax.encoder import SentenceTransformer
+  from distilbert_jax.quantization import quantization_ranges, quantize_embeddings
 
   fmt = detect_format(input_path, fields or {})
-  encoder = SentenceTransformer(model, dtype=dtype)
+  encoder = SentenceTransformer(model, dtype=dtype, truncate_dim=storage.truncate_dim)
+  renormalize = storage.truncate_dim is not None and encoder.similarity_fn_name == "cosine"
+
+  def embed(texts: list[str]) -> np.ndarray:
+    return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=renormalize)
+
   settings = {
     "format": MANIFEST_FORMAT,
     "version": MANIFEST_VERSION,
@@ -282,7 +316,13 @@ def _run_locked(
     "shard_size": shard_size,
     "on_error": on_error,
     "process_count": process_count,
+    "precision": storage.precision,
+    "truncate_dim": storage.truncate_dim,
+    "renormalized": renormalize,
+    "similarity_fn_name": encoder.similarity_fn_name,
   }
+  if storage.precision in ("int8", "uint8"):
+    settings["calibration_size"] = storage.calibration_size
   manifest_path = out_dir / manifest_name(process_index, process_count)
   manifest = {**settings, "process_index": process_index, "shards": [], "rejects": [], "complete": False}
   if manifest_path.exists():
@@ -296,6 +336,14 @@ def _run_locked(
     if not changed:
       manifest = previous
   _remove_stale_temporaries(out_dir, process_index, process_count)
+  if storage.precision in ("int8", "uint8") and "ranges" not in manifest:
+    # Every process computes the same ranges from the same first records, so the shards of a multi-host job
+    # share one code book; a resume reads them from the manifest.
+    sample = [
+      r.text
+      for r in itertools.islice((r for r in read_records(input_path, fmt) if r.error is None), storage.calibration_size)
+    ]
+    manifest["ranges"] = quantization_ranges(embed(sample), storage.precision).tolist() if sample else None
   done_shards = {s["index"] for s in manifest["shards"]}
   rejects = list(manifest["rejects"])
   rejects_path = out_dir / ("rejects.jsonl" if process_count == 1 else f"rejects-{process_index}.jsonl")
@@ -333,9 +381,11 @@ def _run_locked(
       break
     mine = shard_index % process_count == process_index
     if mine and shard_index not in done_shards:
-      embeddings = encoder.encode([r.text for r in batch], batch_size=batch_size)
+      embeddings = embed([r.text for r in batch])
+      if storage.precision != "float32":
+        embeddings = quantize_embeddings(embeddings, storage.precision, ranges=_ranges(manifest))
       name = shard_name(shard_index)
-      shard_bytes = npy_bytes(embeddings.astype(np.float32))
+      shard_bytes = npy_bytes(embeddings)
       write_atomic(out_dir / f"{name}.ids.json", json.dumps([r.id for r in batch]).encode())
       write_atomic(out_dir / f"{name}.npy", shard_bytes)
       manifest["shards"].append(
@@ -385,6 +435,10 @@ def _remove_stale_temporaries(out_dir: Path, process_index: int, process_count: 
       tmp.unlink(missing_ok=True)
 
 
+def _ranges(manifest: dict[str, Any]) -> np.ndarray | None:
+  return None if manifest.get("ranges") is None else np.asarray(manifest["ranges"], np.float32)
+
+
 class _JobProgress:
   """Progress over input lines (the total is counted up front for the ETA) with docs/s and tokens/s."""
 
@@ -418,8 +472,19 @@ class EmbeddingShards:
     self.offsets = np.cumsum([0] + [len(a) for a in arrays])
     dim = arrays[0].shape[1] if arrays else 0
     self.shape = (int(self.offsets[-1]), dim)
-    self.dtype = np.dtype(np.float32)
+    self.dtype = np.dtype(arrays[0].dtype if arrays else np.float32)
     self.ndim = 2
+    self.precision, self.ranges = "float32", None  # set by load_embeddings from the manifest
+
+  def take(self, rows: np.ndarray) -> np.ndarray:
+    """The given rows (any order), reading only their shards' pages."""
+    rows = np.asarray(rows, np.int64)
+    shard = np.searchsorted(self.offsets, rows, side="right") - 1
+    out = np.empty((len(rows), self.shape[1]), self.dtype)
+    for k in np.unique(shard):
+      at = shard == k
+      out[at] = self.arrays[k][rows[at] - self.offsets[k]]
+    return out
 
   def __len__(self) -> int:
     return self.shape[0]
@@ -429,12 +494,14 @@ class EmbeddingShards:
       item = int(item) % len(self)
       k = int(np.searchsorted(self.offsets, item, side="right") - 1)
       return np.asarray(self.arrays[k][item - self.offsets[k]])
+    if isinstance(item, (list, np.ndarray)):
+      return self.take(np.asarray(item) % len(self))
     if not isinstance(item, slice) or item.step not in (None, 1):
       return np.asarray(self)[item]
     start, stop, _ = item.indices(len(self))
     parts = [a[max(start - o, 0) : max(min(stop - o, len(a)), 0)] for a, o in zip(self.arrays, self.offsets)]
     parts = [p for p in parts if len(p)]
-    return np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, self.shape[1]), self.dtype)
 
   def __array__(self, dtype=None, copy=None):
     out = self[0 : len(self)]
@@ -498,7 +565,7 @@ def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str]
       shards[shard["index"]] = shard
   if sorted(shards) != list(range(len(shards))):
     raise ValueError(f"{out_dir}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
-  dim = manifests[0]["embedding_dim"]
+  dim = stored_width(manifests[0])
   ids: list[str] = []
   arrays = []
   for k in range(len(shards)):
@@ -515,4 +582,7 @@ def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str]
       )
     ids += shard_ids
     arrays.append(array)
-  return ids, EmbeddingShards(arrays)
+  shards = EmbeddingShards(arrays)
+  shards.precision = manifests[0].get("precision", "float32")
+  shards.ranges = _ranges(manifests[0])
+  return ids, shards

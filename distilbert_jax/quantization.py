@@ -64,3 +64,109 @@ def quantize_embeddings(
     return codes.astype(np.uint8) if precision == "uint8" else (codes - 128).astype(np.int8)
   bits = np.packbits(embeddings > 0, axis=-1)
   return bits if precision == "ubinary" else (bits - 128).astype(np.int8)
+
+
+def dequantize(codes: np.ndarray, precision: str, ranges: np.ndarray | None, dim: int) -> np.ndarray:
+  """Codes back in the float query's coordinates, for rescoring: int8/uint8 as sentence-transformers'
+  `_dequantize_embeddings`; binary/ubinary as its faiss rescoring does (the bits as 0/1)."""
+  if precision in ("int8", "uint8"):
+    ranges = np.asarray(ranges, np.float32)
+    steps = (ranges[1] - ranges[0]) / 255
+    steps = np.where(steps == 0, 1, steps)
+    values = codes.astype(np.float64) + (128 if precision == "int8" else 0)
+    return values * steps + ranges[0]
+  bits = codes.astype(np.int16) + 128 if precision == "binary" else codes  # binary is ubinary shifted by -128
+  return np.unpackbits(bits.astype(np.uint8), axis=-1)[..., :dim].astype(np.float64)
+
+
+def _take_rows(corpus, rows: np.ndarray) -> np.ndarray:
+  """corpus[rows] for an array, a memory map or load_embeddings' shards, reading only those rows."""
+  unique, inverse = np.unique(rows, return_inverse=True)
+  taken = np.asarray(corpus[unique])
+  return taken[inverse.reshape(rows.shape)]
+
+
+def semantic_search(
+  query_embeddings,
+  corpus_embeddings,
+  corpus_precision: str = "float32",
+  top_k: int = 10,
+  rescore: bool = True,
+  rescore_multiplier: int = 4,
+  calibration_embeddings: np.ndarray | None = None,
+  ranges: np.ndarray | None = None,
+  query_chunk_size: int = 100,
+  corpus_chunk_size: int = 500_000,
+  devices=None,
+  recall_target: float | None = None,
+) -> list[list[dict[str, float | int]]]:
+  """Search a corpus stored quantized, with the meanings of sentence-transformers' semantic_search_faiss.
+
+  The corpus comes already quantized to `corpus_precision`; float queries are quantized with the same `ranges`
+  (int8/uint8: from `ranges`, else `calibration_embeddings`, else the queries themselves, as theirs), candidates
+  are found by integer dot products (int8/uint8) or Hamming distance (binary/ubinary, xor and popcount in JAX),
+  and with `rescore` the top_k * rescore_multiplier candidates are rescored with the float queries against the
+  dequantized codes. float32 corpora are searched by dot product. Scores are dot products (after rescoring), or
+  integer dot products / minus Hamming distances without it.
+  """
+  from distilbert_jax.scoring import _positive_int, _rows, hits, top_k_search
+
+  check_precision(corpus_precision)
+  top_k = _positive_int(top_k, "top_k")
+  rescore_multiplier = _positive_int(rescore_multiplier, "rescore_multiplier")
+  corpus = corpus_embeddings
+  expected = {"float32": "f", "int8": "i", "uint8": "u", "binary": "i", "ubinary": "u"}[corpus_precision]
+  if np.dtype(corpus.dtype).kind != expected or (corpus_precision != "float32" and corpus.dtype.itemsize != 1):
+    raise ValueError(
+      f"corpus_embeddings have dtype {corpus.dtype}, not the codes of corpus_precision {corpus_precision!r}"
+    )
+  query_is_float = np.asarray(query_embeddings).dtype.kind == "f"
+  if corpus_precision == "float32":
+    values, ids = top_k_search(
+      _rows(query_embeddings, "query_embeddings"),
+      corpus,
+      "dot",
+      top_k,
+      query_chunk_size,
+      corpus_chunk_size,
+      devices,
+      recall_target=recall_target,
+    )
+    return hits(values, ids)
+  floats = _rows(query_embeddings, "query_embeddings") if query_is_float else None
+  if floats is not None:
+    if corpus_precision in ("int8", "uint8") and ranges is None:
+      ranges = quantization_ranges(floats, corpus_precision, calibration_embeddings)
+    codes = quantize_embeddings(floats, corpus_precision, ranges=ranges)
+  else:
+    codes = np.atleast_2d(np.asarray(query_embeddings))
+    rescore = False  # nothing to rescore with, as theirs (which warns)
+  dim = floats.shape[1] if floats is not None else codes.shape[1] * (8 if corpus_precision.endswith("binary") else 1)
+  if codes.shape[1] != corpus.shape[1]:
+    raise ValueError(f"query codes have width {codes.shape[1]}; the corpus has {corpus.shape[1]}")
+  kind = "int" if corpus_precision.endswith("int8") else "hamming"
+  if kind == "hamming":
+    codes = (codes.astype(np.int16) + 128).astype(np.uint8) if corpus_precision == "binary" else codes
+    corpus = _ShiftedBits(corpus) if corpus_precision == "binary" else corpus
+  k = top_k * rescore_multiplier if rescore else top_k
+  values, ids = top_k_search(
+    codes, corpus, kind, k, query_chunk_size, corpus_chunk_size, devices, recall_target=recall_target
+  )
+  if rescore and ids.shape[1]:
+    raw = corpus_embeddings
+    candidates = dequantize(_take_rows(raw, ids), corpus_precision, ranges, dim)  # [Q, k, D]
+    scores = np.einsum("qd,qkd->qk", floats.astype(np.float64), candidates)
+    order = np.lexsort((ids, -scores), axis=-1)[:, :top_k]
+    values = np.take_along_axis(scores, order, 1).astype(np.float32)
+    ids = np.take_along_axis(ids, order, 1)
+  return hits(values[:, :top_k], ids[:, :top_k])
+
+
+class _ShiftedBits:
+  """A binary (int8, packbits - 128) corpus read as its packed bits (uint8), chunk by chunk."""
+
+  def __init__(self, codes):
+    self.codes, self.shape, self.dtype = codes, codes.shape, np.dtype(np.uint8)
+
+  def __getitem__(self, item):
+    return (np.asarray(self.codes[item]).astype(np.int16) + 128).astype(np.uint8)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from distilbert_jax.devices import data_mesh
 from distilbert_jax.pooling import normalize
 
 HIGHEST = jax.lax.Precision.HIGHEST
+logger = logging.getLogger(__name__)
 
 
 def _is_torch(x: Any) -> bool:
@@ -168,16 +170,38 @@ def _fast_score(score_function: Any) -> str | None:
   return None
 
 
-@functools.lru_cache(maxsize=16)
-def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, cosine: bool):
-  """Per corpus chunk: local top-k on each device's shard, all-gathered, merged with the running top-k."""
+SCORE_KINDS = ("dot", "cosine", "int", "hamming")
+
+
+def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
+  """[Q, C] scores, higher is better: float dot or cosine; integer dot products of int8/uint8 codes (exact, int32
+  accumulation, uint8 centred); minus the Hamming distance of packed bits (xor, popcount)."""
+  if kind == "cosine":
+    return jnp.einsum("qd,cd->qc", normalize(queries), normalize(corpus), precision=HIGHEST)
+  if kind == "dot":
+    return jnp.einsum("qd,cd->qc", queries, corpus, precision=HIGHEST)
+  if kind == "int":
+    # uint8 codes are centred first (code - 128, exactly int8's codes): uncentred unsigned products would rank
+    # by each row's offset from zero rather than by direction.
+    centre = lambda c: c if c.dtype == jnp.int8 else (c.astype(jnp.int16) - 128).astype(jnp.int8)
+    dots = jnp.einsum("qd,cd->qc", centre(queries), centre(corpus), preferred_element_type=jnp.int32)
+    return dots.astype(jnp.float32)
+  differing = jax.lax.population_count(jnp.bitwise_xor(queries[:, None, :], corpus[None, :, :]))  # [Q, C, B]
+  return -jnp.sum(differing.astype(jnp.int32), axis=-1).astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, kind: str, recall_target: float | None):
+  """Per corpus chunk: local top-k on each device's shard, all-gathered, merged with the running top-k.
+  `recall_target` (TPU only, decided by the caller): jax.lax.approx_max_k instead of the exact top_k."""
 
   def local_top_k(queries, corpus, corpus_valid, offset):  # runs per device on its corpus shard
-    if cosine:
-      corpus = normalize(corpus)
-    scores = jnp.einsum("qd,cd->qc", queries, corpus, precision=HIGHEST)  # [Q, C/devices]
-    scores = jnp.where(corpus_valid[None, :], scores, -jnp.inf)
-    values, idx = jax.lax.top_k(scores, min(k, corpus.shape[0]))
+    scores = jnp.where(corpus_valid[None, :], chunk_scores(kind, queries, corpus), -jnp.inf)  # [Q, C/devices]
+    k_local = min(k, corpus.shape[0])
+    if recall_target is None:
+      values, idx = jax.lax.top_k(scores, k_local)
+    else:
+      values, idx = jax.lax.approx_max_k(scores, k_local, recall_target=recall_target)
     ids = idx + offset + jax.lax.axis_index("data") * corpus.shape[0]
     return jax.lax.all_gather(values, "data", axis=1, tiled=True), jax.lax.all_gather(ids, "data", axis=1, tiled=True)
 
@@ -191,8 +215,6 @@ def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, cosine: bool):
 
   @jax.jit
   def step(best_values, best_ids, queries, corpus, corpus_valid, offset):
-    if cosine:
-      queries = normalize(queries)
     values, ids = sharded(queries, corpus, corpus_valid, offset)
     # The running best comes first, so equal scores keep the lower corpus id (top_k prefers lower positions);
     # within a chunk, device shards are gathered in corpus order.
@@ -218,11 +240,16 @@ def semantic_search(
   top_k: int = 10,
   score_function: Any = cos_sim,
   devices: Sequence[Any] | None = None,
+  backend: str = "auto",
+  recall_target: float | None = None,
 ) -> list[list[dict[str, float | int]]]:
   """Top-k corpus entries per query: sentence_transformers.util.semantic_search's signature and defaults.
 
   `score_function`: cos_sim (default, as theirs), dot_score (ours or theirs, or the names "cosine"/"dot"),
-  computed sharded over `devices`; any other callable is called on (query chunk, corpus chunk) as theirs is.
+  computed by `backend`; any other callable is called on (query chunk, corpus chunk) as theirs is.
+  `backend`: "jax" (sharded over `devices`), "faiss" (exact IndexFlatIP on the host), or "auto": faiss when the
+  devices are CPUs and faiss-cpu is installed (it is the faster exact CPU engine; both are tested to agree),
+  else jax. `recall_target`: on TPU, jax.lax.approx_max_k with that expected recall; exact top-k elsewhere.
   The corpus may be anything with `shape` and row slicing (a memory map, `load_embeddings`' shards): one
   chunk is read at a time.
   """
@@ -239,42 +266,130 @@ def semantic_search(
     raise ValueError(
       f"corpus embeddings have shape {tuple(corpus.shape)}; expected (N, {queries.shape[1]}) to match the queries"
     )
-  n_queries, n_corpus = len(queries), int(corpus.shape[0])
-  k = min(top_k, n_corpus)
-  if n_queries == 0 or k == 0:
-    return [[] for _ in range(n_queries)]
   if fast is None:
-    best_values, best_ids = _search_with_callable(
+    if len(queries) == 0 or corpus.shape[0] == 0:
+      return [[] for _ in range(len(queries))]
+    k = min(top_k, int(corpus.shape[0]))
+    values, ids = _search_with_callable(
       queries, corpus, query_chunk_size, corpus_chunk_size, k, score_function, query_embeddings
     )
   else:
-    best_values, best_ids = _sharded_search(
-      queries, corpus, query_chunk_size, corpus_chunk_size, k, fast == "cosine", devices
+    values, ids = top_k_search(
+      queries, corpus, fast, top_k, query_chunk_size, corpus_chunk_size, devices, backend, recall_target
     )
-  return [[{"corpus_id": int(i), "score": float(s)} for s, i in zip(vs, ids)] for vs, ids in zip(best_values, best_ids)]
+  return hits(values, ids)
 
 
-def _sharded_search(
+def hits(values: np.ndarray, ids: np.ndarray) -> list[list[dict[str, float | int]]]:
+  """sentence-transformers' result structure from [Q, k] scores and corpus ids."""
+  return [[{"corpus_id": int(i), "score": float(s)} for s, i in zip(vs, row)] for vs, row in zip(values, ids)]
+
+
+_warned_no_faiss = False
+
+
+def top_k_search(
   queries: np.ndarray,
   corpus: Any,
+  kind: str,
+  top_k: int,
+  query_chunk_size: int = 100,
+  corpus_chunk_size: int = 500_000,
+  devices: Sequence[Any] | None = None,
+  backend: str = "auto",
+  recall_target: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """[Q, k] best scores and corpus ids, score descending then id ascending, for a score `kind` (SCORE_KINDS):
+  the engine choice lives here, at the edge; `chunk_scores` computes."""
+  global _warned_no_faiss
+  if kind not in SCORE_KINDS:
+    raise ValueError(f"score kind {kind!r} is not one of {SCORE_KINDS}")
+  if backend not in ("auto", "jax", "faiss"):
+    raise ValueError(f"backend {backend!r} is not one of ('auto', 'jax', 'faiss')")
+  if recall_target is not None and not 0 < recall_target <= 1:
+    raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
+  n_queries, n_corpus = len(queries), int(corpus.shape[0])
+  k = min(top_k, n_corpus)
+  if n_queries == 0 or k == 0:
+    return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
+  devices = list(devices) if devices is not None else jax.local_devices()
+  on_cpu = all(d.platform == "cpu" for d in devices)
+  if backend == "auto" and kind in ("dot", "cosine") and on_cpu:
+    try:
+      import faiss  # noqa: F401
+
+      backend = "faiss"
+    except ImportError:
+      if not _warned_no_faiss:
+        logger.warning(
+          "faiss-cpu is not installed: exact search runs on the JAX path, about 2x slower on CPU "
+          "(pip install 'distilbert-jax[search]')"
+        )
+        _warned_no_faiss = True
+  if backend == "faiss":
+    if kind not in ("dot", "cosine"):
+      raise ValueError(f"the faiss backend computes dot and cosine scores, not {kind!r}")
+    return _faiss_top_k(queries, corpus, kind == "cosine", k, corpus_chunk_size)
+  tpu = all(d.platform == "tpu" for d in devices)
+  return _sharded_top_k(
+    queries, corpus, kind, k, query_chunk_size, corpus_chunk_size, devices, recall_target if tpu else None
+  )
+
+
+def merge_top_k(
+  values: np.ndarray, ids: np.ndarray, more_values: np.ndarray, more_ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """The k best of two candidate sets per row: score descending, then corpus id ascending."""
+  values, ids = np.concatenate([values, more_values], 1), np.concatenate([ids, more_ids], 1)
+  order = np.lexsort((ids, -values), axis=-1)[:, :k]
+  return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _float_chunk(corpus: Any, start: int, size: int) -> np.ndarray:
+  part = np.ascontiguousarray(corpus[start : start + size], np.float32)
+  check_finite(part, "corpus_embeddings", offset=start)
+  return part
+
+
+def _faiss_top_k(
+  queries: np.ndarray, corpus: Any, cosine: bool, k: int, corpus_chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+  import faiss
+
+  unit = lambda x: np.ascontiguousarray(np.asarray(normalize(jnp.asarray(x))))
+  queries = unit(queries) if cosine else np.ascontiguousarray(queries)
+  best_values = np.full((len(queries), 0), -np.inf, np.float32)
+  best_ids = np.zeros((len(queries), 0), np.int64)
+  for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
+    part = _float_chunk(corpus, c0, corpus_chunk_size)
+    index = faiss.IndexFlatIP(part.shape[1])
+    index.add(unit(part) if cosine else part)
+    values, idx = index.search(queries, min(k, len(part)))
+    best_values, best_ids = merge_top_k(best_values, best_ids, values, idx + c0, k)
+  return best_values, best_ids
+
+
+def _sharded_top_k(
+  queries: np.ndarray,
+  corpus: Any,
+  kind: str,
+  k: int,
   query_chunk_size: int,
   corpus_chunk_size: int,
-  k: int,
-  cosine: bool,
-  devices: Sequence[Any] | None,
+  devices: Sequence[Any],
+  recall_target: float | None,
 ) -> tuple[np.ndarray, np.ndarray]:
   mesh = data_mesh(devices)
   n_dev = mesh.devices.size
   n_queries, n_corpus = len(queries), int(corpus.shape[0])
   chunk = -(-min(corpus_chunk_size, n_corpus) // n_dev) * n_dev  # one fixed corpus chunk shape
   q_chunk = min(query_chunk_size, n_queries)
-  step = _chunk_search_fn(mesh, k, cosine)
+  step = _chunk_search_fn(mesh, k, kind, recall_target)
   corpus_sharding = NamedSharding(mesh, PartitionSpec("data"))
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
   for c0 in range(0, n_corpus, chunk):
-    part = np.asarray(corpus[c0 : c0 + chunk], np.float32)
-    check_finite(part, "corpus_embeddings", offset=c0)
+    part = _float_chunk(corpus, c0, chunk) if kind in ("dot", "cosine") else np.asarray(corpus[c0 : c0 + chunk])
     valid = np.zeros(chunk, bool)
     valid[: len(part)] = True
     part = np.pad(part, ((0, chunk - len(part)), (0, 0)))
