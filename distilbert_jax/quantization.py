@@ -145,9 +145,7 @@ def semantic_search(
   if codes.shape[1] != corpus.shape[1]:
     raise ValueError(f"query codes have width {codes.shape[1]}; the corpus has {corpus.shape[1]}")
   kind = "int" if corpus_precision.endswith("int8") else "hamming"
-  if kind == "hamming":
-    codes = (codes.astype(np.int16) + 128).astype(np.uint8) if corpus_precision == "binary" else codes
-    corpus = _ShiftedBits(corpus) if corpus_precision == "binary" else corpus
+  # binary codes are packed bits - 128, i.e. the top bit flipped in both operands: xor, hence Hamming, is unchanged.
   k = top_k * rescore_multiplier if rescore else top_k
   values, ids = top_k_search(
     codes, corpus, kind, k, query_chunk_size, corpus_chunk_size, devices, recall_target=recall_target
@@ -160,13 +158,3 @@ def semantic_search(
     values = np.take_along_axis(scores, order, 1).astype(np.float32)
     ids = np.take_along_axis(ids, order, 1)
   return hits(values[:, :top_k], ids[:, :top_k])
-
-
-class _ShiftedBits:
-  """A binary (int8, packbits - 128) corpus read as its packed bits (uint8), chunk by chunk."""
-
-  def __init__(self, codes):
-    self.codes, self.shape, self.dtype = codes, codes.shape, np.dtype(np.uint8)
-
-  def __getitem__(self, item):
-    return (np.asarray(self.codes[item]).astype(np.int16) + 128).astype(np.uint8)

