@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from distilbert_jax import model_dir
 from distilbert_jax.batching import Batch, plan_batches
 from distilbert_jax.config import EncoderConfig
-from distilbert_jax.devices import data_mesh, resolve_devices
+from distilbert_jax.devices import data_mesh, enable_compilation_cache, resolve_devices
 from distilbert_jax.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
 from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import PoolingConfig, normalize, pool
@@ -75,7 +75,9 @@ class SentenceTransformer:
   without an index: all its local devices); `devices`: JAX devices. `prompts`, `default_prompt_name`,
   `similarity_fn_name` and `truncate_dim` override config_sentence_transformers.json as in sentence-transformers.
   Ours: `dtype` ("float32", "bfloat16", "float16": compute dtype; LayerNorm, softmax and pooling stay float32),
-  `tensor_type` ("jax", or "torch" for sentence-transformers' own evaluators): what `convert_to_tensor` returns.
+  `tensor_type` ("jax", or "torch" for sentence-transformers' own evaluators): what `convert_to_tensor` returns;
+  `compilation_cache`: JAX's persistent compilation cache (default on, in ~/.cache/distilbert_jax/jax; a
+  directory, or False; $DISTILBERT_JAX_COMPILATION_CACHE=off turns it off for every process).
   """
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
@@ -92,7 +94,10 @@ class SentenceTransformer:
     dtype: str = "float32",
     devices: Sequence[Any] | None = None,
     tensor_type: str = "jax",
+    compilation_cache: bool | str | None = None,
   ):
+    # First: JAX reads the cache setting at its first compilation and ignores later changes.
+    self.compilation_cache = enable_compilation_cache(compilation_cache)
     if model_name_or_path is None:
       raise ValueError(
         "model_name_or_path is required: a model directory or a hub id such as "
@@ -414,16 +419,25 @@ class SentenceTransformer:
           }
     return items
 
-  def warmup(self, sentences: Sequence[str], batch_size: int = 32, packing: bool | str = "auto") -> int:
-    """Compiles every batch shape `encode(sentences, ...)` will use, running one batch of each; returns how
-    many shapes that was."""
+  def warmup(
+    self, sentences: Sequence[str], batch_size: int = 32, packing: bool | str = "auto", execute: bool = True
+  ) -> int:
+    """Compiles every batch shape `encode(sentences, ...)` will use, running one batch of each (`execute=False`:
+    compile only, filling the persistent compilation cache); returns how many shapes that was."""
     shapes = {}
     texts = list(sentences)
     for start in range(0, len(texts), CHUNK_TEXTS):  # chunked as encode chunks them
       for batch in self._plan(self.tokenizer.encode_batch(texts[start : start + CHUNK_TEXTS]), batch_size, packing):
         shapes.setdefault(batch.input_ids.shape, batch)
     for batch in shapes.values():
-      jax.block_until_ready(self._dispatch(batch, ("sentence_embedding",)))
+      if execute:
+        jax.block_until_ready(self._dispatch(batch, ("sentence_embedding",)))
+      else:
+        arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
+        lowered = self._sharded_forward.lower(
+          self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=("sentence_embedding",)
+        )
+        lowered.compile()
     return len(shapes)
 
   def _plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool | str) -> Iterator[Batch]:

@@ -63,10 +63,13 @@ def _rows(x: Any, what: str) -> np.ndarray:
 
 
 def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
-  bad = ~np.isfinite(array)
-  if bad.any():
-    row = int(np.argwhere(bad.any(axis=-1))[0, 0]) if array.ndim > 1 else 0
-    raise ValueError(f"{what}: row {offset + row} holds NaN or inf ({int(bad.any(axis=-1).sum())} rows in all)")
+  # One float64 row sum per row: NaN or inf anywhere makes it non-finite, finite float32 values cannot overflow it,
+  # and no array-sized mask is built (this runs on every corpus chunk).
+  sums = np.atleast_1d(array.sum(axis=-1, dtype=np.float64))
+  if not np.isfinite(sums).all():
+    bad = ~np.isfinite(sums)
+    row = int(np.argmax(bad))
+    raise ValueError(f"{what}: row {offset + row} holds NaN or inf ({int(bad.sum())} rows in all)")
 
 
 def _like(result: jax.Array, *inputs: Any):
@@ -356,8 +359,12 @@ def read_rows(corpus: Any, start: int, size: int) -> np.ndarray:
   """A copy of rows [start, start + size). Memory-mapped pages read for it are released afterwards, so scanning a
   corpus larger than memory keeps the process at about one chunk (mapped file pages would otherwise stay in its
   resident set until the kernel needs them)."""
-  part = np.array(corpus[start : start + size])
-  for array, lo, hi in _mapped_ranges(corpus, start, start + size):
+  ranges = list(_mapped_ranges(corpus, start, start + size))
+  part = corpus[start : start + size]
+  if not ranges:
+    return np.asarray(part)  # in memory already: a view, no copy
+  part = np.array(part)  # copied before its pages are released
+  for array, lo, hi in ranges:
     mm = getattr(array, "_mmap", None)
     if mm is None:
       continue
@@ -426,7 +433,8 @@ def _sharded_top_k(
     part = _float_chunk(corpus, c0, chunk) if kind in ("dot", "cosine") else read_rows(corpus, c0, chunk)
     valid = np.zeros(chunk, bool)
     valid[: len(part)] = True
-    part = np.pad(part, ((0, chunk - len(part)), (0, 0)))
+    if len(part) < chunk:  # the last chunk, padded to the one compiled shape
+      part = np.pad(part, ((0, chunk - len(part)), (0, 0)))
     part, valid = jax.device_put((part, valid), corpus_sharding)
     for q0 in range(0, n_queries, q_chunk):
       q = queries[q0 : q0 + q_chunk]

@@ -49,7 +49,7 @@ def test_encode_from_stdin_and_search(tiny_checkpoint, tmp_path):
     np.load(tmp_path / "e.npy"), SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts), atol=1e-6
   )
   (tmp_path / "corpus.txt").write_text("\n".join(texts) + "\n")
-  out = cli(
+  search = (
     "search",
     "--model",
     tiny_checkpoint,
@@ -62,22 +62,11 @@ def test_encode_from_stdin_and_search(tiny_checkpoint, tmp_path):
     "--embeddings",
     tmp_path / "c.npy",
   )
+  out = cli(*search)
   hits = [line.split() for line in out.stdout.splitlines() if line.strip()[:2] in ("1.", "2.")]
   assert len(hits) == 2 and float(hits[0][1]) >= float(hits[1][1])
   assert (tmp_path / "c.npy").exists()
-  again = cli(
-    "search",
-    "--model",
-    tiny_checkpoint,
-    "--corpus",
-    tmp_path / "corpus.txt",
-    "--query",
-    "the cat sat",
-    "--top-k",
-    "2",
-    "--embeddings",
-    tmp_path / "c.npy",
-  )
+  again = cli(*search)
   assert again.stdout == out.stdout
 
 

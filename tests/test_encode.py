@@ -149,7 +149,8 @@ def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
   first = encoder.encode(texts, batch_size=16)
   after_first = len(COMPILES)
   second = encoder.encode(texts, batch_size=16)
-  assert 0 < after_first - start <= 16, after_first - start
+  # Compiled here, or loaded from the persistent compilation cache of an earlier run: at most 16 either way.
+  assert 0 < encoder._sharded_forward._cache_size() <= 16 and after_first - start <= 16, after_first - start
   assert len(COMPILES) == after_first, "the second call compiled again"
   for seed in range(2, 6):  # other inputs reuse the same bounded set of shapes
     more = encoder.encode(_random_texts(300, seed=seed, max_words=200), batch_size=16)

@@ -17,6 +17,7 @@ from distilbert_jax.corpus_job import run_job
 from distilbert_jax.scoring import top_k_search
 
 PRECISIONS = ("int8", "uint8", "binary", "ubinary")
+CLI = (sys.executable, "-m", "distilbert_jax.cli")
 
 
 def _embeddings(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -147,9 +148,7 @@ def test_corpus_job_written_quantized_and_searched(tiny_checkpoint, tmp_path, pr
   assert off.max() <= 1 and (off > 0).mean() <= 1e-3
   cli = subprocess.run(
     [
-      sys.executable,
-      "-m",
-      "distilbert_jax.cli",
+      *CLI,
       "search",
       "--embeddings",
       str(out),
@@ -182,9 +181,7 @@ def test_corpus_job_truncated_and_searched(tiny_checkpoint, tmp_path):
   )  # a dot-product model: truncated, not renormalised
   cli = subprocess.run(
     [
-      sys.executable,
-      "-m",
-      "distilbert_jax.cli",
+      *CLI,
       "search",
       "--embeddings",
       str(tmp_path / "out"),
