@@ -77,7 +77,7 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
       variants[f"ours {precision}{' rescored x4' if rescore else ''}"] = lambda p=precision, r=rescore: (
         quantization.semantic_search(queries, codes[p], p, top_k=k, rescore=r, rescore_multiplier=4, ranges=ranges)
       )
-  rows = []
+  rows = [("faiss IndexFlatIP (reference)", args.queries / faiss_s, 1.0)]
   for name, fn in variants.items():
     found, seconds = timed(fn)
     recall = recall_at_k(found, truth)

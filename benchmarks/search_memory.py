@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
-import resource, sys, time
+import sys, time
 import numpy as np
 from distilbert_jax.scoring import semantic_search
 corpus = np.load(sys.argv[1], mmap_mode="r")
@@ -28,7 +28,10 @@ queries = np.random.default_rng(1).normal(size=(int(sys.argv[4]), corpus.shape[1
 start = time.perf_counter()
 hits = semantic_search(queries, corpus, corpus_chunk_size=int(sys.argv[2]), top_k=10, score_function="dot",
                        backend=sys.argv[3])
-print(len(hits), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's own peak. (ru_maxrss would carry over the parent's peak through fork and exec, and the
+# parent has just written the corpus file through a memory map.)
+peak_kib = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+print(len(hits), time.perf_counter() - start, peak_kib)
 """
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from distilbert_jax.checks import positive_int
 from distilbert_jax.files import npy_bytes, write_atomic
 from distilbert_jax.tokenizer import TOKENIZER_FILES
 
@@ -183,12 +184,6 @@ def job_lock(out_dir: Path, process_index: int) -> Iterator[None]:
     os.close(fd)  # releases the lock
 
 
-def _positive(value: Any, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  return value
-
-
 def tokenizer_sha256(encoder: Any) -> str:
   """What decides token ids: the tokenizer files, lower-casing and the truncation length."""
   digest = hashlib.sha256()
@@ -224,17 +219,17 @@ def run_job(
   L2-renormalised when the model's similarity is cosine."""
   from distilbert_jax.quantization import check_precision
 
-  storage = Storage(check_precision(precision), truncate_dim, _positive(calibration_size, "calibration_size"))
+  storage = Storage(check_precision(precision), truncate_dim, positive_int(calibration_size, "calibration_size"))
   import jax
 
   if on_error not in ("stop", "skip"):
     raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
-  shard_size, batch_size = _positive(shard_size, "shard_size"), _positive(batch_size, "batch_size")
+  shard_size, batch_size = positive_int(shard_size, "shard_size"), positive_int(batch_size, "batch_size")
   input_path, out_dir = Path(input_path), Path(out_dir)
   if not input_path.is_file():
     raise JobError(f"{input_path}: no such input file")
   process_index = jax.process_index() if process_index is None else process_index
-  process_count = _positive(jax.process_count() if process_count is None else process_count, "process_count")
+  process_count = positive_int(jax.process_count() if process_count is None else process_count, "process_count")
   if not isinstance(process_index, int) or not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1} (process_count {process_count})")
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax import model_dir
 from distilbert_jax.batching import Batch, plan_batches
+from distilbert_jax.checks import positive_int
 from distilbert_jax.config import EncoderConfig
 from distilbert_jax.devices import data_mesh, enable_compilation_cache, resolve_devices
 from distilbert_jax.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
@@ -47,12 +48,6 @@ def _check_texts(sentences: Sequence[Any]) -> None:
   for i, s in enumerate(sentences):
     if not isinstance(s, str):
       raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str")
-
-
-def _positive_int(value: Any, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
-  return int(value)
 
 
 class ModelCardData:
@@ -183,7 +178,7 @@ class SentenceTransformer:
   @max_seq_length.setter
   def max_seq_length(self, value: int) -> None:
     """Truncation, bucket widths and everything planned from them follow the new length."""
-    value = _positive_int(value, "max_seq_length")
+    value = positive_int(value, "max_seq_length")
     if value > self.config.max_position_embeddings:
       raise ValueError(
         f"max_seq_length {value} is larger than the model's max_position_embeddings "
@@ -226,7 +221,7 @@ class SentenceTransformer:
   def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
     if truncate_dim is None:
       return None
-    truncate_dim = _positive_int(truncate_dim, "truncate_dim")
+    truncate_dim = positive_int(truncate_dim, "truncate_dim")
     if truncate_dim > self.embedding_dim:
       raise ValueError(f"truncate_dim {truncate_dim} is larger than the embedding dimension {self.embedding_dim}")
     return truncate_dim
@@ -341,7 +336,7 @@ class SentenceTransformer:
       sentences = inputs
     if sentences is None:
       raise TypeError("encode() needs sentences: a string or a list of strings")
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     if output_value not in OUTPUT_VALUES:
       raise ValueError(f"output_value {output_value!r} is not one of {OUTPUT_VALUES}")
     precision = check_precision(precision or "float32")  # None: float32, as sentence-transformers

@@ -109,11 +109,12 @@ def semantic_search(
   dequantized codes. float32 corpora are searched by dot product. Scores are dot products (after rescoring), or
   integer dot products / minus Hamming distances without it.
   """
-  from distilbert_jax.scoring import _positive_int, _rows, hits, top_k_search
+  from distilbert_jax.checks import positive_int
+  from distilbert_jax.scoring import _rows, hits, top_k_search
 
   check_precision(corpus_precision)
-  top_k = _positive_int(top_k, "top_k")
-  rescore_multiplier = _positive_int(rescore_multiplier, "rescore_multiplier")
+  top_k = positive_int(top_k, "top_k")
+  rescore_multiplier = positive_int(rescore_multiplier, "rescore_multiplier")
   corpus = corpus_embeddings
   expected = {"float32": "f", "int8": "i", "uint8": "u", "binary": "i", "ubinary": "u"}[corpus_precision]
   if np.dtype(corpus.dtype).kind != expected or (corpus_precision != "float32" and corpus.dtype.itemsize != 1):
@@ -151,8 +152,7 @@ def semantic_search(
     codes, corpus, kind, k, query_chunk_size, corpus_chunk_size, devices, recall_target=recall_target
   )
   if rescore and ids.shape[1]:
-    raw = corpus_embeddings
-    candidates = dequantize(_take_rows(raw, ids), corpus_precision, ranges, dim)  # [Q, k, D]
+    candidates = dequantize(_take_rows(corpus, ids), corpus_precision, ranges, dim)  # [Q, k, D]
     scores = np.einsum("qd,qkd->qk", floats.astype(np.float64), candidates)
     order = np.lexsort((ids, -scores), axis=-1)[:, :top_k]
     values = np.take_along_axis(scores, order, 1).astype(np.float32)
