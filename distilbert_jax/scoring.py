@@ -354,34 +354,40 @@ def merge_top_k(
   return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
 
 
+READ_BLOCK_BYTES = 16 << 20  # memory-mapped rows are copied this much at a time, each block's pages then released
+
+
 def read_rows(corpus: Any, start: int, size: int) -> np.ndarray:
-  """A copy of rows [start, start + size). Memory-mapped pages read for it are released afterwards, so scanning a
-  corpus larger than memory keeps the process at about one chunk (mapped file pages would otherwise stay in its
-  resident set until the kernel needs them)."""
-  ranges = list(_mapped_ranges(corpus, start, start + size))
-  part = corpus[start : start + size]
-  if not ranges:
-    return np.asarray(part)  # in memory already: a view, no copy
-  part = np.array(part)  # copied before its pages are released
-  for array, lo, hi in ranges:
-    mm = getattr(array, "_mmap", None)
-    if mm is None:
-      continue
-    row = array.strides[0]
-    first = array.offset + lo * row
-    page_start = first - first % mmap.PAGESIZE
-    mm.madvise(mmap.MADV_DONTNEED, page_start, array.offset + hi * row - page_start)
-  return part
+  """Rows [start, start + size): a view of an in-memory array, or a copy of memory-mapped ones made a block at a
+  time, each block's pages released once copied, so scanning a corpus larger than memory keeps the process at
+  about one chunk (mapped file pages would otherwise stay in its resident set until the kernel needs them)."""
+  pieces = list(_mapped_pieces(corpus, start, start + size))
+  rows = min(start + size, int(corpus.shape[0])) - start
+  if not pieces or sum(hi - lo for _, lo, hi, _ in pieces) != rows:  # in memory (or partly): plain slicing
+    return np.asarray(corpus[start : start + size])
+  out = np.empty((sum(hi - lo for _, lo, hi, _ in pieces), corpus.shape[1]), pieces[0][0].dtype)
+  for array, lo, hi, at in pieces:
+    row_bytes = array.strides[0]
+    step = max(1, READ_BLOCK_BYTES // row_bytes)
+    base = array.offset % mmap.ALLOCATIONGRANULARITY  # where the array starts inside its mmap object
+    for r in range(lo, hi, step):
+      end = min(r + step, hi)
+      out[at + r - lo : at + end - lo] = array[r:end]
+      first = base + r * row_bytes
+      page = first - first % mmap.PAGESIZE
+      array._mmap.madvise(mmap.MADV_DONTNEED, page, base + end * row_bytes - page)
+  return out
 
 
-def _mapped_ranges(corpus: Any, start: int, stop: int):
-  """(memmap, first row, end row) of each memory-mapped array the rows [start, stop) come from."""
-  if isinstance(corpus, np.memmap):
-    yield corpus, start, min(stop, len(corpus))
-  for array, offset in zip(getattr(corpus, "arrays", []), getattr(corpus, "offsets", [])):  # load_embeddings' shards
+def _mapped_pieces(corpus: Any, start: int, stop: int):
+  """(memmap, first row, end row, row in the output) of each memory-mapped array that rows [start, stop) come
+  from: the corpus itself, or the shards of load_embeddings' EmbeddingShards."""
+  if isinstance(corpus, np.memmap) and getattr(corpus, "_mmap", None) is not None:
+    yield corpus, start, min(stop, len(corpus)), 0
+  for array, offset in zip(getattr(corpus, "arrays", []), getattr(corpus, "offsets", [])):
     lo, hi = max(start - int(offset), 0), min(stop - int(offset), len(array))
-    if lo < hi and isinstance(array, np.memmap):
-      yield array, lo, hi
+    if lo < hi and isinstance(array, np.memmap) and getattr(array, "_mmap", None) is not None:
+      yield array, lo, hi, int(offset) + lo - start
 
 
 def _float_chunk(corpus: Any, start: int, size: int) -> np.ndarray:
