@@ -415,6 +415,22 @@ def _faiss_top_k(
   return best_values, best_ids
 
 
+@functools.lru_cache(maxsize=8)
+def _put_rows_fn(sharding: NamedSharding):
+  """buffer[at : at + len(rows)] = rows, in place: the buffer is donated, the result keeps its sharding."""
+
+  def put(buffer, rows, at):
+    room = buffer.shape[0] - rows.shape[0]  # a block that would run past the end is written earlier and clipped
+    start = jnp.minimum(at, room)
+    shift = at - start
+    rows = jnp.roll(rows, shift, axis=0)
+    current = jax.lax.dynamic_slice_in_dim(buffer, start, rows.shape[0], 0)
+    keep = (jnp.arange(rows.shape[0]) < shift)[:, None]
+    return jax.lax.dynamic_update_slice_in_dim(buffer, jnp.where(keep, current, rows), start, 0)
+
+  return jax.jit(put, donate_argnums=0, out_shardings=sharding)
+
+
 def _sharded_top_k(
   queries: np.ndarray,
   corpus: Any,
@@ -434,13 +450,19 @@ def _sharded_top_k(
   corpus_sharding = NamedSharding(mesh, PartitionSpec("data"))
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
+  dtype = np.float32 if kind in ("dot", "cosine") else np.dtype(corpus.dtype)
+  part = jax.device_put(np.zeros((chunk, corpus.shape[1]), dtype), corpus_sharding)
+  put_rows = _put_rows_fn(corpus_sharding)
+  block = min(chunk, max(n_dev, READ_BLOCK_BYTES // (corpus.shape[1] * np.dtype(dtype).itemsize) // n_dev * n_dev))
   for c0 in range(0, n_corpus, chunk):
-    part = _float_chunk(corpus, c0, chunk) if kind in ("dot", "cosine") else read_rows(corpus, c0, chunk)
-    valid = np.zeros(chunk, bool)
-    valid[: len(part)] = True
-    if len(part) < chunk:  # the last chunk, padded to the one compiled shape
-      part = np.pad(part, ((0, chunk - len(part)), (0, 0)))
-    part, valid = jax.device_put((part, valid), corpus_sharding)
+    rows = min(chunk, n_corpus - c0)
+    # The device chunk is filled a block at a time, in place (donated): never a host copy of the whole chunk next
+    # to the device one. Rows past the corpus end keep older values; `valid` masks them.
+    for b0 in range(0, rows, block):
+      size = min(block, rows - b0)
+      rows_read = _float_chunk(corpus, c0 + b0, size) if dtype == np.float32 else read_rows(corpus, c0 + b0, size)
+      part = put_rows(part, np.pad(rows_read, ((0, block - size), (0, 0))), np.int32(b0))
+    valid = jax.device_put(np.arange(chunk) < rows, corpus_sharding)
     for q0 in range(0, n_queries, q_chunk):
       q = queries[q0 : q0 + q_chunk]
       pad = q_chunk - len(q)

@@ -22,29 +22,33 @@ def _assert_same(ours, theirs):
     np.testing.assert_allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["faiss", "jax"])
 @pytest.mark.parametrize("score_function", ["dot", "cos_sim"])
 @pytest.mark.parametrize(
   "top_k,query_chunk_size,corpus_chunk_size", [(10, 100, 500_000), (5, 7, 13), (3, 1, 1), (250, 3, 17), (40, 64, 50)]
 )
-def test_equals_sentence_transformers(score_function, top_k, query_chunk_size, corpus_chunk_size):
+def test_equals_sentence_transformers(score_function, top_k, query_chunk_size, corpus_chunk_size, backend):
   rng = np.random.default_rng(top_k)
   q = rng.normal(size=(37, 24)).astype(np.float32)
   c = rng.normal(size=(203, 24)).astype(np.float32)
   kw = dict(
     top_k=top_k, score_function=score_function, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size
   )
-  ours = semantic_search(q, c, **kw)
+  ours = semantic_search(q, c, backend=backend, **kw)
   _assert_same(ours, _theirs(q, c, **kw))
   assert all(len(hits) == min(top_k, len(c)) for hits in ours)
 
 
-def test_ties_are_kept_and_ordered_by_corpus_id():
+@pytest.mark.parametrize("backend", ["faiss", "jax"])
+def test_ties_are_kept_and_ordered_by_corpus_id(backend):
   rng = np.random.default_rng(0)
   base = rng.normal(size=(20, 8)).astype(np.float32)
   corpus = np.concatenate([base, base[:5], base[:5]])  # three copies of 5 documents: exact ties
   queries = base[:4]
   for chunk in (7, 1000):
-    ours = semantic_search(queries, corpus, top_k=9, query_chunk_size=3, corpus_chunk_size=chunk, score_function="dot")
+    ours = semantic_search(
+      queries, corpus, top_k=9, query_chunk_size=3, corpus_chunk_size=chunk, score_function="dot", backend=backend
+    )
     theirs = _theirs(queries, corpus, top_k=9, score_function="dot", query_chunk_size=3, corpus_chunk_size=chunk)
     for a, b in zip(ours, theirs):
       # The same (score, id) set; ties inside the top-k in a documented order: lower corpus id first.

@@ -25,8 +25,9 @@ corpus = one_device.encode(texts)
 queries = one_device.encode(texts[:9])
 for corpus_size, chunk in ((37, 10), (35, 500), (33, 7)):
   kw = dict(top_k=6, query_chunk_size=4, corpus_chunk_size=chunk)
-  a = semantic_search(queries, corpus[:corpus_size], **kw)
-  b = semantic_search(queries, corpus[:corpus_size], devices=jax.devices()[:1], **kw)
+  # The JAX engine: sharded over 4 devices vs on one (faiss, the CPU default, does not use devices).
+  a = semantic_search(queries, corpus[:corpus_size], backend="jax", **kw)
+  b = semantic_search(queries, corpus[:corpus_size], devices=jax.devices()[:1], backend="jax", **kw)
   report["search"][f"{corpus_size}/{chunk}"] = [
     [h["corpus_id"] for h in x] == [h["corpus_id"] for h in y]
     and np.allclose([h["score"] for h in x], [h["score"] for h in y])
