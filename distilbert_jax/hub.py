@@ -29,6 +29,7 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     raise ModelNotFoundError(f"{name}: not a model directory")
   try:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
   except ImportError:
     raise ModelNotFoundError(
       f"{name}: not a local directory, and resolving hub ids needs huggingface_hub "
@@ -39,8 +40,8 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
       path = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
       if _has_weights(path):
         return path
-    except Exception:
-      pass
+    except LocalEntryNotFoundError:  # not cached: try the hub below
+      continue
   try:
     path = Path(snapshot_download(repo_id, allow_patterns=_MODEL_FILES))
     if not _has_weights(path):
