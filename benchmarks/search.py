@@ -63,17 +63,18 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
 
   k = args.top_k
   corpus, queries = make_data(n, args.queries, args.dim)
+  # Every input is prepared before anything is timed (quantizing 1M rows churns GBs of temporaries).
+  ranges = quantization.quantization_ranges(corpus[:100_000], "int8")
+  codes = {
+    "int8": quantization.quantize_embeddings(corpus, "int8", ranges=ranges),
+    "binary": quantization.quantize_embeddings(corpus, "binary"),
+  }
   index = faiss.IndexFlatIP(args.dim)
   index.add(corpus)
   (_, truth), faiss_s = timed(lambda: index.search(queries, k))
   say(f"\n## {n:,} x {args.dim} corpus ({corpus.nbytes / 2**30:.2f} GiB float32)")
   say(f"{'variant':<34} {'queries/s':>10} {'vs faiss':>9} {'recall@10':>10}")
   say(f"{'faiss IndexFlatIP (reference)':<34} {args.queries / faiss_s:10.1f} {1.0:8.2f}x {1.0:10.4f}")
-  ranges = quantization.quantization_ranges(corpus[:100_000], "int8")
-  codes = {
-    "int8": quantization.quantize_embeddings(corpus, "int8", ranges=ranges),
-    "binary": quantization.quantize_embeddings(corpus, "binary"),
-  }
   variants = {
     "ours float32 (auto: faiss engine)": lambda: semantic_search(queries, corpus, top_k=k, score_function="dot"),
     "ours float32 (jax engine)": lambda: semantic_search(queries, corpus, top_k=k, score_function="dot", backend="jax"),
