@@ -165,8 +165,14 @@ def _search_corpus_job(args, queries: list[str], ids: list[str], texts: list[str
   if corpus.precision == "float32":
     results = semantic_search(query_embeddings, corpus, top_k=args.top_k, score_function=_score_function(args, encoder))
   else:
-    if (args.score or encoder.similarity_fn_name) not in ("dot", "cosine"):
-      raise ValueError(f"a {corpus.precision} corpus is searched by dot product, not {args.score}")
+    score = args.score or encoder.similarity_fn_name
+    unit = bool(manifest.get("renormalized")) or encoder.pooling.normalize
+    # Quantized codes are compared by dot product: that is cosine only when the stored vectors are unit length.
+    if score not in ("dot", "cosine") or (score == "cosine" and not unit):
+      raise ValueError(
+        f"a {corpus.precision} corpus is searched by dot product; {score} cannot be honoured"
+        + ("" if score != "cosine" else " (its vectors are not normalised: re-encode with a normalising model)")
+      )
     results = quantization.semantic_search(
       query_embeddings, corpus, corpus.precision, top_k=args.top_k, ranges=corpus.ranges
     )

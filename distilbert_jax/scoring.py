@@ -461,7 +461,9 @@ def _sharded_top_k(
     for b0 in range(0, rows, block):
       size = min(block, rows - b0)
       rows_read = _float_chunk(corpus, c0 + b0, size) if dtype == np.float32 else read_rows(corpus, c0 + b0, size)
-      part = put_rows(part, np.pad(rows_read, ((0, block - size), (0, 0))), np.int32(b0))
+      if size < block:  # the chunk's last block, padded to the one compiled block shape
+        rows_read = np.pad(rows_read, ((0, block - size), (0, 0)))
+      part = put_rows(part, rows_read, np.int32(b0))
     valid = jax.device_put(np.arange(chunk) < rows, corpus_sharding)
     for q0 in range(0, n_queries, q_chunk):
       q = queries[q0 : q0 + q_chunk]

@@ -194,3 +194,24 @@ def test_corpus_job_truncated_and_searched(tiny_checkpoint, tmp_path):
     text=True,
   )
   assert cli.returncode != 0 and "stored with truncate_dim 16, not 32" in cli.stderr
+
+
+def test_quantized_corpus_of_unnormalised_cosine_model_refuses_cosine(tmp_path):
+  from conversion.make_reference_checkpoint import make_reference_checkpoint
+
+  model = make_reference_checkpoint(
+    tmp_path / "cos",
+    seed=2,
+    n_layers=1,
+    dim=32,
+    n_heads=4,
+    hidden_dim=64,
+    max_seq_length=64,
+    similarity_fn_name="cosine",
+  )
+  (tmp_path / "c.txt").write_text("".join(f"text number {i}\n" for i in range(30)))
+  run_job(tmp_path / "c.txt", str(model), tmp_path / "out", show_progress=False, precision="int8", calibration_size=20)
+  cli = subprocess.run(
+    [*CLI, "search", "--embeddings", str(tmp_path / "out"), "--query", "text"], capture_output=True, text=True
+  )
+  assert cli.returncode != 0 and "cosine cannot be honoured" in cli.stderr, cli.stderr[-2000:]
