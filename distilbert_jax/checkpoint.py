@@ -54,68 +54,44 @@ def _rule(torch_keys, flax_path, transform, config) -> Rule:
   return Rule(torch_keys, tuple(flax_path.split("/")), **transform(config))
 
 
-def _linear_and_norm_rules(config, pairs) -> list[Rule]:
-  """Rules for (torch module, flax module, kind) triples: Linear weight+bias or LayerNorm weight+bias."""
-  rules = []
-  for torch_mod, flax_mod, kind in pairs:
-    if kind == "linear":
-      rules.append(_rule(f"{torch_mod}.weight", f"{flax_mod}/kernel", _linear, config))
-      rules.append(_rule(f"{torch_mod}.bias", f"{flax_mod}/bias", _copy, config))
-    else:
-      rules.append(_rule(f"{torch_mod}.weight", f"{flax_mod}/scale", _copy, config))
-      rules.append(_rule(f"{torch_mod}.bias", f"{flax_mod}/bias", _copy, config))
-  return rules
+# One per-layer table: (our module under transformer/layer_N, DistilBERT name under transformer.layer.N, BERT name
+# under encoder.layer.N, kind). Every layer expands it; both directions read it.
+LAYER_MODULES = (
+  ("attention/q_lin", "attention.q_lin", "attention.self.query", "linear"),
+  ("attention/k_lin", "attention.k_lin", "attention.self.key", "linear"),
+  ("attention/v_lin", "attention.v_lin", "attention.self.value", "linear"),
+  ("attention/out_lin", "attention.out_lin", "attention.output.dense", "linear"),
+  ("sa_layer_norm", "sa_layer_norm", "attention.output.LayerNorm", "norm"),
+  ("ffn/lin1", "ffn.lin1", "intermediate.dense", "linear"),
+  ("ffn/lin2", "ffn.lin2", "output.dense", "linear"),
+  ("output_layer_norm", "output_layer_norm", "output.LayerNorm", "norm"),
+)
+LAYER_PREFIX = {"distilbert": "transformer.layer", "bert": "encoder.layer"}
+KIND_TENSORS = {  # (torch tensor, our parameter, transform)
+  "linear": (("weight", "kernel", _linear), ("bias", "bias", _copy)),
+  "norm": (("weight", "scale", _copy), ("bias", "bias", _copy)),
+}
+
+
+def _module_rules(config, torch_mod: str, flax_mod: str, kind: str) -> list[Rule]:
+  return [_rule(f"{torch_mod}.{t}", f"{flax_mod}/{f}", transform, config) for t, f, transform in KIND_TENSORS[kind]]
 
 
 def name_table(config: EncoderConfig) -> list[Rule]:
-  """The whole mapping for this config, one rule per Flax parameter."""
-  if config.model_type == "distilbert":
-    rules = [
-      _rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings", _copy, config),
-      _rule("embeddings.position_embeddings.weight", "embeddings/position_embeddings", _copy, config),
-    ]
-    rules += _linear_and_norm_rules(config, [("embeddings.LayerNorm", "embeddings/LayerNorm", "norm")])
-    for i in range(config.num_layers):
-      t, f = f"transformer.layer.{i}", f"transformer/layer_{i}"
-      rules += _linear_and_norm_rules(
-        config,
-        [
-          (f"{t}.attention.q_lin", f"{f}/attention/q_lin", "linear"),
-          (f"{t}.attention.k_lin", f"{f}/attention/k_lin", "linear"),
-          (f"{t}.attention.v_lin", f"{f}/attention/v_lin", "linear"),
-          (f"{t}.attention.out_lin", f"{f}/attention/out_lin", "linear"),
-          (f"{t}.sa_layer_norm", f"{f}/sa_layer_norm", "norm"),
-          (f"{t}.ffn.lin1", f"{f}/ffn/lin1", "linear"),
-          (f"{t}.ffn.lin2", f"{f}/ffn/lin2", "linear"),
-          (f"{t}.output_layer_norm", f"{f}/output_layer_norm", "norm"),
-        ],
-      )
-    return rules
-  rules = [
-    _rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings", _copy, config),
-    _rule(
-      ("embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"),
-      "embeddings/position_embeddings",
-      _positions_with_token_type_0,
-      config,
-    ),
-  ]
-  rules += _linear_and_norm_rules(config, [("embeddings.LayerNorm", "embeddings/LayerNorm", "norm")])
+  """The whole mapping for this config, one rule per Flax parameter (per-layer names; see `stack_layers`)."""
+  arch = config.checkpoint_type
+  config.to_hf_dict()  # a config the checkpoint format cannot express has no name table: raise, naming the field
+  rules = [_rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings", _copy, config)]
+  if arch == "bert":
+    positions = ("embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight")
+    rules.append(_rule(positions, "embeddings/position_embeddings", _positions_with_token_type_0, config))
+  else:
+    rules.append(_rule("embeddings.position_embeddings.weight", "embeddings/position_embeddings", _copy, config))
+  rules += _module_rules(config, "embeddings.LayerNorm", "embeddings/LayerNorm", "norm")
   for i in range(config.num_layers):
-    t, f = f"encoder.layer.{i}", f"transformer/layer_{i}"
-    rules += _linear_and_norm_rules(
-      config,
-      [
-        (f"{t}.attention.self.query", f"{f}/attention/q_lin", "linear"),
-        (f"{t}.attention.self.key", f"{f}/attention/k_lin", "linear"),
-        (f"{t}.attention.self.value", f"{f}/attention/v_lin", "linear"),
-        (f"{t}.attention.output.dense", f"{f}/attention/out_lin", "linear"),
-        (f"{t}.attention.output.LayerNorm", f"{f}/sa_layer_norm", "norm"),
-        (f"{t}.intermediate.dense", f"{f}/ffn/lin1", "linear"),
-        (f"{t}.output.dense", f"{f}/ffn/lin2", "linear"),
-        (f"{t}.output.LayerNorm", f"{f}/output_layer_norm", "norm"),
-      ],
-    )
+    for flax_mod, distilbert_mod, bert_mod, kind in LAYER_MODULES:
+      torch_mod = distilbert_mod if arch == "distilbert" else bert_mod
+      rules += _module_rules(config, f"{LAYER_PREFIX[arch]}.{i}.{torch_mod}", f"transformer/layer_{i}/{flax_mod}", kind)
   return rules
 
 
@@ -164,13 +140,41 @@ def raise_on_mismatch(what: str, missing: list[str], unexpected: list[str], miss
     raise CheckpointError("\n".join(lines))
 
 
-def torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source: str = "checkpoint") -> dict:
+def stack_layers(params: dict, num_layers: int) -> dict:
+  """Per-layer parameters (`transformer/layer_N/...`) -> the scanned layout (`transformer/layers/...`, leading L)."""
+  layers = [params["transformer"][f"layer_{i}"] for i in range(num_layers)]
+  rest = {k: v for k, v in params["transformer"].items() if not k.startswith("layer_")}
+  stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)
+  return {**params, "transformer": {**rest, "layers": stacked}}
+
+
+def unstack_layers(params: dict) -> dict:
+  """The scanned layout -> per-layer parameters; per-layer parameters pass through unchanged."""
+  if "layers" not in params.get("transformer", {}):
+    return params
+  stacked = params["transformer"]["layers"]
+  n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  rest = {k: v for k, v in params["transformer"].items() if k != "layers"}
+  layers = {f"layer_{i}": jax.tree_util.tree_map(lambda x, i=i: np.asarray(x)[i], stacked) for i in range(n)}
+  return {**params, "transformer": {**rest, **layers}}
+
+
+def torch_to_flax(
+  tensors: dict[str, np.ndarray], config: EncoderConfig, source: str = "checkpoint", scan_layers: bool = False
+) -> dict:
+  """Checkpoint tensors (PyTorch names) -> nested Flax params, strictly; `source` names the file in errors.
+  `scan_layers`: in the stacked layout `Encoder(scan_layers=True)` uses."""
+  params = _torch_to_flax(tensors, config, source)
+  return stack_layers(params, config.num_layers) if scan_layers else params
+
+
+def _torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source: str) -> dict:
   """Checkpoint tensors (PyTorch names) -> nested Flax params, strictly; `source` names the file in errors."""
-  prefix = BASE_MODEL_PREFIX[config.model_type]
+  prefix = BASE_MODEL_PREFIX[config.checkpoint_type]
   if tensors and all(k.startswith(prefix) for k in tensors):
     tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
   shapes = parameter_shapes(config)
-  missing, misshaped, used = [], [], set(IGNORED[config.model_type])
+  missing, misshaped, used = [], [], set(IGNORED[config.checkpoint_type])
   flat: dict[FlaxPath, np.ndarray] = {}
   for rule in name_table(config):
     expected = _expected_torch_shapes(rule, shapes[rule.flax_path])
@@ -190,7 +194,7 @@ def torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source:
     flat[rule.flax_path] = np.asarray(rule.to_flax(*(tensors[k] for k in rule.torch_keys)), np.float32)
   unexpected = sorted(set(tensors) - used)
   raise_on_mismatch(
-    f"{source} does not match a {config.model_type} encoder with {config.num_layers} layers, "
+    f"{source} does not match a {config.checkpoint_type} encoder with {config.num_layers} layers, "
     f"width {config.hidden_size}",
     missing,
     unexpected,
@@ -202,13 +206,32 @@ def torch_to_flax(tensors: dict[str, np.ndarray], config: EncoderConfig, source:
 
 
 def flax_to_torch(params: dict, config: EncoderConfig) -> dict[str, np.ndarray]:
-  """Nested Flax params -> checkpoint tensors with PyTorch names (float32, contiguous)."""
-  flat = {path: np.asarray(value, np.float32) for path, value in flatten_params(params).items()}
+  """Nested Flax params (per-layer or stacked) -> checkpoint tensors with PyTorch names (float32, contiguous).
+
+  Every parameter must be mapped: one the checkpoint format has no name for (an adapter, a variant's extra
+  weight) is an error naming it, never dropped."""
+  flat = {path: np.asarray(value, np.float32) for path, value in flatten_params(unstack_layers(params)).items()}
+  rules = name_table(config)
+  mapped = {rule.flax_path for rule in rules}
+  unmapped = sorted("/".join(p) for p in set(flat) - mapped)
+  absent = sorted("/".join(p) for p in mapped - set(flat))
+  if unmapped or absent:
+    raise CheckpointError(
+      f"cannot export to a {config.checkpoint_type} checkpoint: "
+      + "; ".join(
+        part
+        for part in (
+          f"parameters it has no name for (merge or drop them first): {', '.join(unmapped)}" if unmapped else "",
+          f"parameters missing: {', '.join(absent)}" if absent else "",
+        )
+        if part
+      )
+    )
   out: dict[str, np.ndarray] = {}
-  for rule in name_table(config):
+  for rule in rules:
     for key, tensor in zip(rule.torch_keys, rule.to_torch(flat[rule.flax_path])):
       out[key] = np.ascontiguousarray(tensor)
-  if config.model_type == "bert":  # keep BertModel's pooler loadable; sentence-transformers never uses it
+  if config.checkpoint_type == "bert":  # keep BertModel's pooler loadable; sentence-transformers never uses it
     out["pooler.dense.weight"] = np.zeros((config.hidden_size, config.hidden_size), np.float32)
     out["pooler.dense.bias"] = np.zeros((config.hidden_size,), np.float32)
   return out

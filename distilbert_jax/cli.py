@@ -273,6 +273,9 @@ def cmd_train(args) -> None:
     grad_accumulation=args.grad_accumulation,
     dtype=args.dtype,
     seed=args.seed,
+    lora_rank=args.lora_rank,
+    lora_alpha=args.lora_alpha,
+    lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
   )
   summary = train(
     args.model,
@@ -288,6 +291,25 @@ def cmd_train(args) -> None:
     f"{summary['last_loss']}; models in {summary['out']}/jax and {summary['out']}/sentence-transformers",
     file=sys.stderr,
   )
+
+
+def cmd_prune(args) -> None:
+  from distilbert_jax import model_dir, surgery
+  from distilbert_jax.hub import resolve_model_dir
+
+  if args.prune_heads:
+    raise ValueError(f"--prune-heads {args.prune_heads}: {surgery.PRUNE_HEADS_REFUSAL}")
+  if not args.keep_layers and not args.zero_heads:
+    raise ValueError("nothing to do: give --keep-layers and/or --zero-heads")
+  model = model_dir.load(resolve_model_dir(args.model))
+  before = model.config.num_layers
+  if args.zero_heads:  # numbered as in MODEL, before layers are dropped
+    model = surgery.zero_heads(model, surgery.parse_heads(args.zero_heads))
+  if args.keep_layers:
+    model = surgery.keep_layers(model, surgery.parse_int_list(args.keep_layers, "--keep-layers"))
+  save = model_dir.save_jax_dir if args.format == "jax" else model_dir.export_sentence_transformers_dir
+  out = save(model, args.out)
+  print(f"{args.model} ({before} layers) -> {out} ({model.config.num_layers} layers, {args.format})", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,12 +414,28 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--checkpoint-every", type=positive_int, default=100)
   p.add_argument(
+    "--lora-rank", type=non_negative_int, default=0, help="train rank-R LoRA adapters only (0: every weight)"
+  )
+  p.add_argument("--lora-alpha", type=float, help="adapter scale alpha/rank (default alpha = rank)")
+  p.add_argument("--lora-targets", default="q_lin,v_lin", help="Linear layers to adapt (q_lin,k_lin,v_lin,out_lin,lin1,lin2)")
+  p.add_argument(
     "--overwrite",
     action="store_true",
     help="start again when OUT holds a checkpoint of another run (model, data or settings)",
   )
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_train)
+
+  p = sub.add_parser("prune", help="surgery: keep some layers, silence heads; writes a loadable model directory")
+  p.add_argument("model", help="hub id or local model directory")
+  p.add_argument("--keep-layers", help="layers to keep, in order, e.g. 0,2,4 (renumbered 0..n-1)")
+  p.add_argument("--zero-heads", help="LAYER:HEAD,... to silence exactly (out_lin rows zeroed), numbered as in MODEL")
+  p.add_argument("--prune-heads", help="refused with the reason: DistilBERT/BERT checkpoints cannot express it")
+  p.add_argument("--out", required=True)
+  p.add_argument(
+    "--format", choices=("sentence-transformers", "jax"), default="sentence-transformers", help="output layout"
+  )
+  p.set_defaults(func=cmd_prune)
 
   p = sub.add_parser("parity", help="JAX vs PyTorch vs float64 NumPy oracle on a model directory")
   p.add_argument("model_dir")

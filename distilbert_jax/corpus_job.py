@@ -297,7 +297,7 @@ def _run_locked(
     "model": str(model),
     "weights_sha256": params_sha256(encoder._loaded.params),
     "tokenizer_sha256": tokenizer_sha256(encoder),
-    "config": encoder.config.to_hf_dict(),
+    "config": encoder.config.to_dict(),
     "dtype": dtype,
     "pooling": {"modes": list(encoder.pooling.modes), "normalize": encoder.pooling.normalize},
     "max_seq_length": encoder.max_seq_length,

@@ -10,6 +10,7 @@ compute batch i.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -18,13 +19,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax import model_dir
+from distilbert_jax.attention import check_attention, default_attention
 from distilbert_jax.batching import Batch, plan_batches
+from distilbert_jax.checkpoint import stack_layers
 from distilbert_jax.checks import positive_int
 from distilbert_jax.config import EncoderConfig
 from distilbert_jax.devices import data_mesh, enable_compilation_cache, resolve_devices
@@ -40,7 +44,7 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
 CPU_STEP_TOKENS = 768  # tokens per step on CPU; 512-2048 measured alike on SciFact shapes, a whole batch 1.3x slower
-OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", "hidden_states", "attentions", None)
 TENSOR_TYPES = ("jax", "torch")
 
 
@@ -72,7 +76,9 @@ class SentenceTransformer:
   Ours: `dtype` ("float32", "bfloat16", "float16": compute dtype; LayerNorm, softmax and pooling stay float32),
   `tensor_type` ("jax", or "torch" for sentence-transformers' own evaluators): what `convert_to_tensor` returns;
   `compilation_cache`: JAX's persistent compilation cache (default on, in ~/.cache/distilbert_jax/jax; a
-  directory, or False; $DISTILBERT_JAX_COMPILATION_CACHE=off turns it off for every process).
+  directory, or False; $DISTILBERT_JAX_COMPILATION_CACHE=off turns it off for every process);
+  `attention`: an implementation of `attention.IMPLEMENTATIONS` (default: the platform's, `DEFAULT_BY_PLATFORM`);
+  `scan_layers`: one compiled block scanned over stacked parameters (same numbers).
   """
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
@@ -90,6 +96,8 @@ class SentenceTransformer:
     devices: Sequence[Any] | None = None,
     tensor_type: str = "jax",
     compilation_cache: bool | str | None = None,
+    attention: str | None = None,
+    scan_layers: bool = False,
   ):
     # First: JAX reads the cache setting at its first compilation and ignores later changes.
     self.compilation_cache = enable_compilation_cache(compilation_cache)
@@ -138,24 +146,44 @@ class SentenceTransformer:
     self.mesh = data_mesh(self.devices)
     self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
     compute = DTYPES[dtype]
-    self.module = Encoder(self.config, dtype=compute, param_dtype=jnp.float32)
-    # Matrices are stored in the compute dtype (half the memory in bf16); vectors (biases, LayerNorm) stay float32.
-    cast = lambda p: np.asarray(p, compute if np.ndim(p) >= 2 else np.float32)
-    self.params = jax.device_put(jax.tree_util.tree_map(cast, loaded.params), NamedSharding(self.mesh, PartitionSpec()))
+    # The platform picks the attention implementation here, at the edge; the model computes what it is told.
+    self.attention = check_attention(attention or default_attention(self.devices[0].platform))
+    self.scan_layers = bool(scan_layers)
+    self.module = Encoder(
+      self.config, dtype=compute, param_dtype=jnp.float32, attention=self.attention, scan_layers=self.scan_layers
+    )
+    params = stack_layers(loaded.params, self.config.num_layers) if self.scan_layers else loaded.params
+
+    # Matrices are stored in the compute dtype (half the memory in bf16); vectors (biases, LayerNorm) stay float32
+    # (a stacked layer axis makes vectors 2-D: those are the layers' vectors, kept float32 too).
+    def cast(path, p):
+      stacked = self.scan_layers and path[0].key == "transformer" and path[1].key == "layers"
+      return np.asarray(p, compute if np.ndim(p) - stacked >= 2 else np.float32)
+
+    self.params = jax.device_put(
+      jax.tree_util.tree_map_with_path(cast, params), NamedSharding(self.mesh, PartitionSpec())
+    )
+    self._interceptor = None
     self.last_encode_stats: dict[str, int] = {}  # real vs computed tokens of the last encode call
     on_cpu = self.devices[0].platform == "cpu"
     rows, replicated = PartitionSpec("data"), PartitionSpec()
 
-    def sharded_forward(params, input_ids, segment_ids, positions, *, num_segments, outputs):
+    def sharded_forward(params, input_ids, segment_ids, positions, *, num_segments, outputs, interceptor):
       # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
       per_device = functools.partial(
-        _forward, self.module, self.pooling, on_cpu, num_segments=num_segments, outputs=outputs
+        _forward,
+        self.module,
+        self.pooling,
+        on_cpu,
+        num_segments=num_segments,
+        outputs=outputs,
+        interceptor=interceptor,
       )
       return jax.shard_map(per_device, mesh=self.mesh, in_specs=(replicated, rows, rows, rows), out_specs=rows)(
         params, input_ids, segment_ids, positions
       )
 
-    self._sharded_forward = jax.jit(sharded_forward, static_argnames=("num_segments", "outputs"))
+    self._sharded_forward = jax.jit(sharded_forward, static_argnames=("num_segments", "outputs", "interceptor"))
 
   @classmethod
   def from_pretrained(
@@ -279,7 +307,7 @@ class SentenceTransformer:
     for i, t in enumerate(ids):
       input_ids[i, : len(t)], mask[i, : len(t)] = t, 1
     out = {"input_ids": input_ids, "attention_mask": mask}
-    if self.config.model_type == "bert":
+    if self.config.checkpoint_type == "bert":
       out["token_type_ids"] = np.zeros_like(input_ids)
     return out
 
@@ -324,8 +352,10 @@ class SentenceTransformer:
     (a torch.Tensor with tensor_type="torch"); `convert_to_numpy=False`: a list of 1-D arrays. `precision`
     int8/uint8/binary/ubinary quantizes as sentence-transformers does (ranges from these embeddings).
     `truncate_dim` keeps the first dimensions (after the model's Normalize), then `normalize_embeddings` applies.
-    `output_value="token_embeddings"`: one [tokens, D] float32 array per text; None: one dict per text with
-    sentence_embedding, token_embeddings, input_ids, attention_mask (unpadded).
+    `output_value="token_embeddings"`: one [tokens, D] float32 array per text; "hidden_states": [layers+1, tokens,
+    D] per text (embeddings, then each block); "attentions": [layers, H, tokens, tokens] per text (an attention
+    implementation that returns weights); None: one dict per text with sentence_embedding, token_embeddings,
+    input_ids, attention_mask (unpadded).
     `batch_size` is rows per device step (rounded up to a multiple of the device count); with `packing` several
     short texts share a row ("auto": where that saves computed tokens).
     `device` must be None or the model's own devices: build the model with device= to compute elsewhere.
@@ -393,26 +423,45 @@ class SentenceTransformer:
     show_progress_bar: bool | None,
     truncate_dim: int | None,
   ) -> list:
-    """Per text: its token embeddings, or (output_value None) a dict of every output."""
-    outputs = (
-      ("token_embeddings",) if output_value == "token_embeddings" else ("sentence_embedding", "token_embeddings")
-    )
+    """Per text, cut out of its packed row: token embeddings [n, D], hidden states [layers+1, n, D], attention
+    weights [layers, H, n, n], or (output_value None) a dict of the embeddings and ids."""
+    outputs = {
+      "token_embeddings": ("token_embeddings",),
+      "hidden_states": ("hidden_states",),
+      "attentions": ("attentions",),
+      None: ("sentence_embedding", "token_embeddings"),
+    }[output_value]
     items: list[Any] = [None] * len(texts)
     for indices, batch, out in self._run(texts, batch_size, packing, outputs, show_progress_bar):
       for r, s in zip(*np.nonzero(batch.text_index >= 0)):
         start, n = batch.text_start[r, s], int((batch.segment_ids[r] == s + 1).sum())
-        tokens = out["token_embeddings"][r, start : start + n]
+        span = slice(start, start + n)
         i = indices[batch.text_index[r, s]]
         if output_value == "token_embeddings":
-          items[i] = tokens
+          items[i] = out["token_embeddings"][r, span]
+        elif output_value == "hidden_states":
+          items[i] = out["hidden_states"][r, :, span]
+        elif output_value == "attentions":
+          items[i] = out["attentions"][r, :, :, span, span]
         else:
           items[i] = {
             "sentence_embedding": out["sentence_embedding"][r, s][:truncate_dim],
-            "token_embeddings": tokens,
-            "input_ids": batch.input_ids[r, start : start + n].copy(),
+            "token_embeddings": out["token_embeddings"][r, span],
+            "input_ids": batch.input_ids[r, span].copy(),
             "attention_mask": np.ones(n, np.int64),
           }
     return items
+
+  @contextlib.contextmanager
+  def intervene(self, interceptor):
+    """Runs encode() under a Flax method interceptor (`nn.intercept_methods`): read or replace any sub-module's
+    output, e.g. zero one head at `Hook` "heads". The interceptor is part of the compiled step's key: keep one
+    function object per intervention to reuse its compilation."""
+    previous, self._interceptor = self._interceptor, interceptor
+    try:
+      yield self
+    finally:
+      self._interceptor = previous
 
   def warmup(
     self, sentences: Sequence[str], batch_size: int = 32, packing: bool | str = "auto", execute: bool = True
@@ -430,7 +479,11 @@ class SentenceTransformer:
       else:
         arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
         lowered = self._sharded_forward.lower(
-          self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=("sentence_embedding",)
+          self.params,
+          *arrays,
+          num_segments=batch.text_index.shape[1],
+          outputs=("sentence_embedding",),
+          interceptor=self._interceptor,
         )
         lowered.compile()
     return len(shapes)
@@ -445,7 +498,9 @@ class SentenceTransformer:
   def _dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
     """Starts the batch on the devices (rows sharded over `data`) and returns without waiting."""
     arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
-    return self._sharded_forward(self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs)
+    return self._sharded_forward(
+      self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs, interceptor=self._interceptor
+    )
 
   def _run(
     self,
@@ -504,17 +559,32 @@ def _forward(
   *,
   num_segments: int,
   outputs: tuple[str, ...],
+  interceptor=None,
 ) -> dict[str, jax.Array]:
-  """One device's rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim] and/or
-  "token_embeddings" [R, L, D], float32."""
+  """One device's rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim], "token_embeddings"
+  [R, L, D], "hidden_states" [R, layers+1, L, D] (float32), "attentions" [R, layers, H, L, L]. `interceptor`: a
+  Flax method interceptor (nn.intercept_methods) the model runs under, to read or replace activations."""
 
   def encode_rows(input_ids, segment_ids, positions):
-    tokens = module.apply({"params": params}, input_ids, segment_ids, positions)["token_embeddings"]
+    with nn.intercept_methods(interceptor) if interceptor is not None else contextlib.nullcontext():
+      encoded = module.apply(
+        {"params": params},
+        input_ids,
+        segment_ids,
+        positions,
+        output_hidden_states="hidden_states" in outputs,
+        output_attentions="attentions" in outputs,
+      )
+    tokens = encoded["token_embeddings"]
     out = {}
     if "token_embeddings" in outputs:
       out["token_embeddings"] = tokens.astype(jnp.float32)  # [r, L, D]
     if "sentence_embedding" in outputs:
       out["sentence_embedding"] = pool(tokens, segment_ids, positions, num_segments, pooling)  # [r, S, dim]
+    if "hidden_states" in outputs:
+      out["hidden_states"] = jnp.stack([h.astype(jnp.float32) for h in encoded["hidden_states"]], 1)
+    if "attentions" in outputs:
+      out["attentions"] = jnp.stack(encoded["attentions"], 1)  # [r, layers, H, L, L]
     return out
 
   rows, length = input_ids.shape

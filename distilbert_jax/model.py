@@ -1,13 +1,19 @@
-"""The DistilBERT encoder in Flax, readable top to bottom.
+"""The encoder in Flax, readable top to bottom: DistilBERT/BERT by default, research variants by config.
 
 Flax linen, because its parameters are a plain nested dict: the checkpoint name table maps onto it one to one,
 and sharding, saving and optax see ordinary pytrees.
 
 Parameter names mirror the PyTorch checkpoint (`transformer.layer.0.attention.q_lin.weight` lives at
-`transformer/layer_0/attention/q_lin/kernel`). Compute runs in `dtype`, parameters are stored in
-`param_dtype`; matmuls accumulate in float32, and softmax and LayerNorm run in float32 whatever `dtype` is.
+`transformer/layer_0/attention/q_lin/kernel`; with `scan_layers` every block's parameters are stacked on a leading
+axis under `transformer/layers`). Compute runs in `dtype`, parameters are stored in `param_dtype`; matmuls
+accumulate in float32, and softmax, norms and activations run in float32 whatever `dtype` is.
 
-Axis letters: B batch, T query tokens, S key tokens, D width, H heads, K head width, F feed-forward width.
+The caller chooses the attention implementation by name (`attention.py`); nothing here looks at the platform.
+`Hook` modules are identities placed where researchers look (per-head context, FFN activations): read them with
+`capture_intermediates`, replace them with `nn.intercept_methods`.
+
+Axis letters: B batch, T query tokens, S key tokens, D width, H heads, K head width, F feed-forward width,
+L layers.
 
 Sequences are described by `segment_ids` [B, T]: 0 marks padding, and tokens attend only to tokens of their own
 segment. A plain padded batch has segment ids equal to its attention mask; a packed row holds several texts
@@ -16,21 +22,16 @@ numbered 1, 2, 3, ... (block-diagonal attention) with positions that restart at 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from distilbert_jax.attention import attend, precision
 from distilbert_jax.config import EncoderConfig
 
 Array = jax.Array
-
-
-def _precision(dtype) -> jax.lax.Precision:
-  # TPU/GPU default to bf16/TF32 passes for float32 matmuls; parity in float32 needs the full-precision path.
-  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
 def activation_fn(name: str):
@@ -44,54 +45,69 @@ def activation_fn(name: str):
   }[name]
 
 
-def attention_bias(segment_ids: Array) -> Array:
-  """[B, T] segment ids -> [B, 1, T, S] additive bias: 0 within a segment, float32 min elsewhere.
+class Hook(nn.Module):
+  """Identity. A named place to read (capture_intermediates) or replace (nn.intercept_methods) an activation."""
 
-  Built once per forward pass, not per layer. Padding queries see nothing and get a uniform row that no
-  output uses.
-  """
-  allowed = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)  # [B, T, S]
-  return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)[:, None].astype(jnp.float32)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return x
 
 
 class Linear(nn.Module):
-  """y = x @ kernel + bias, kernel [in, out] (the transpose of torch's weight), float32 accumulation."""
+  """y = x @ kernel (+ bias), kernel [in, out] (the transpose of torch's weight), float32 accumulation."""
 
   features: int
+  use_bias: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
     y = jnp.einsum(
       "...i,io->...o",
       x.astype(self.dtype),
       kernel.astype(self.dtype),
-      precision=_precision(self.dtype),
+      precision=precision(self.dtype),
       preferred_element_type=jnp.float32,
     )
-    return (y + bias.astype(jnp.float32)).astype(self.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(jnp.float32)
+    return y.astype(self.dtype)
 
 
-class LayerNorm(nn.Module):
-  """LayerNorm computed in float32 (torch names weight/bias are `scale`/`bias` here)."""
+class Norm(nn.Module):
+  """LayerNorm (torch's weight/bias are `scale`/`bias`) or RMSNorm (`scale` only), computed in float32."""
 
-  eps: float
+  config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    d = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (d,), self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
+    cfg, d = self.config, x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (d,), self.param_dtype).astype(jnp.float32)
     x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)  # biased, as torch
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+    if cfg.norm_type == "rmsnorm":
+      y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + cfg.layer_norm_eps) * scale
+    else:
+      mean = x.mean(-1, keepdims=True)
+      var = jnp.square(x - mean).mean(-1, keepdims=True)  # biased, as torch
+      bias = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype).astype(jnp.float32)
+      y = (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps) * scale + bias
+    return y.astype(self.dtype)
+
+
+def rotate(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary position embedding (the rotate-half form of HF's RoPE): x [B, T, H, K], positions [B, T]."""
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [K/2]
+  angles = positions.astype(jnp.float32)[..., None] * freqs  # [B, T, K/2]
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None]  # [B, T, 1, K]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None]
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
 class Embeddings(nn.Module):
@@ -104,63 +120,44 @@ class Embeddings(nn.Module):
     cfg = self.config
     init = nn.initializers.normal(0.02)
     word = self.param("word_embeddings", init, (cfg.vocab_size, cfg.hidden_size), self.param_dtype)
-    pos = self.param("position_embeddings", init, (cfg.max_position_embeddings, cfg.hidden_size), self.param_dtype)
-    x = word[input_ids].astype(jnp.float32) + pos[positions].astype(jnp.float32)  # [B, T, D]
-    x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="LayerNorm")(x)
+    x = word[input_ids].astype(jnp.float32)  # [B, T, D]
+    if cfg.position_embedding == "learned":
+      table = self.param("position_embeddings", init, (cfg.max_position_embeddings, cfg.hidden_size), self.param_dtype)
+      x = x + table[positions].astype(jnp.float32)
+    x = Norm(cfg, self.dtype, self.param_dtype, name="LayerNorm")(x)
     return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 class Attention(nn.Module):
   config: EncoderConfig
+  implementation: str = "dense"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
-    self, x: Array, bias: Array, deterministic: bool, return_weights: bool = False
+    self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[Array, Array | None]:
     cfg = self.config
-    dense = lambda name: Linear(cfg.hidden_size, self.dtype, self.param_dtype, name=name)
+    dense = lambda name: Linear(cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, name=name)
     split_heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, H, K]
-    q = split_heads(dense("q_lin")(x))
-    k = split_heads(dense("k_lin")(x))
-    v = split_heads(dense("v_lin")(x))
-
-    def attention_weights(q, k, bias):  # works with or without the leading B axis
-      logits = jnp.einsum(
-        "...thk,...shk->...hts", q, k, precision=_precision(self.dtype), preferred_element_type=jnp.float32
-      ) / math.sqrt(cfg.head_dim)  # [B, H, T, S]
-      return jax.nn.softmax(logits + bias, axis=-1)  # float32
-
-    def mix(weights, v):
-      return jnp.einsum(
-        "...hts,...shk->...thk",
-        weights.astype(self.dtype),
-        v,
-        precision=_precision(self.dtype),
-        preferred_element_type=jnp.float32,
-      ).astype(self.dtype)  # [B, T, H, K]
-
-    weights = None
-    if not return_weights and jax.default_backend() == "cpu":
-      # XLA:CPU runs the batched [B, H, T, S] form about 3x slower than one example at a time (the whole
-      # [B, H, T, S] tensor leaves the caches); accelerators keep the batched form.
-      rate = 0.0 if deterministic else cfg.attention_dropout
-      keys = jax.random.split(self.make_rng("dropout"), q.shape[0]) if rate else jnp.zeros((q.shape[0], 2), jnp.uint32)
-
-      def one_example(args):
-        q, k, bias, v, key = args
-        weights = attention_weights(q, k, bias)  # [H, T, S]
-        if rate:  # dropout on the attention weights, as nn.Dropout does, with one key per example
-          weights = jnp.where(jax.random.bernoulli(key, 1.0 - rate, weights.shape), weights / (1.0 - rate), 0.0)
-        return mix(weights, v)
-
-      context = jax.lax.map(one_example, (q, k, bias, v, keys))
-    else:
-      weights = attention_weights(q, k, bias)
-      context = mix(nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic), v)
-    out = dense("out_lin")(context.reshape(*context.shape[:-2], cfg.hidden_size))  # [B, T, D]
-    return out, weights
+    q, k, v = (split_heads(dense(name)(x)) for name in ("q_lin", "k_lin", "v_lin"))
+    if cfg.position_embedding == "rotary":
+      q, k = rotate(q, positions, cfg.rope_theta), rotate(k, positions, cfg.rope_theta)
+    rate = 0.0 if deterministic else cfg.attention_dropout
+    context, weights = attend(
+      self.implementation,
+      q,
+      k,
+      v,
+      segment_ids,
+      dtype=self.dtype,
+      dropout_rate=rate,
+      dropout_rng=self.make_rng("dropout") if rate else None,
+      return_weights=return_weights,
+    )  # [B, T, H, K], [B, H, T, S]
+    context = Hook(name="heads")(context)  # per-head outputs: ablate a head here
+    return dense("out_lin")(context.reshape(*context.shape[:-2], cfg.hidden_size)), weights  # [B, T, D]
 
 
 class FeedForward(nn.Module):
@@ -171,66 +168,102 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
-    h = Linear(cfg.intermediate_size, self.dtype, self.param_dtype, name="lin1")(x)  # [B, T, F]
-    h = activation_fn(cfg.activation)(h.astype(jnp.float32)).astype(self.dtype)
-    y = Linear(cfg.hidden_size, self.dtype, self.param_dtype, name="lin2")(h)  # [B, T, D]
+    linear = lambda features, name: Linear(features, cfg.use_bias, self.dtype, self.param_dtype, name=name)
+    act = activation_fn(cfg.activation)
+    h = linear(cfg.intermediate_size, "lin1")(x).astype(jnp.float32)  # [B, T, F]
+    if cfg.ffn == "gated":  # GeGLU (gelu) / SwiGLU (silu)
+      h = act(linear(cfg.intermediate_size, "gate")(x).astype(jnp.float32)) * h
+    else:
+      h = act(h)
+    h = Hook(name="activations")(h.astype(self.dtype))
+    y = linear(cfg.hidden_size, "lin2")(h)  # [B, T, D]
     return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
 
 
 class Block(nn.Module):
-  """Post-LayerNorm transformer block: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+  """One transformer block. post: x = N1(x + attn(x)); x = N2(x + ffn(x)). pre: x = x + attn(N1(x)); x = x + ffn(N2(x)).
+
+  Returns (x, (x, weights)) so that it serves as an `nn.scan` body as it is.
+  """
 
   config: EncoderConfig
+  attention: str = "dense"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
-    self, x: Array, bias: Array, deterministic: bool, return_weights: bool = False
-  ) -> tuple[Array, Array | None]:
+    self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
+  ) -> tuple[Array, tuple[Array, Array | None]]:
     cfg = self.config
-    attn_out, weights = Attention(cfg, self.dtype, self.param_dtype, name="attention")(
-      x, bias, deterministic, return_weights
-    )
-    if cfg.model_type == "bert":  # BERT drops out the attention output; DistilBERT does not.
+    norm1 = Norm(cfg, self.dtype, self.param_dtype, name="sa_layer_norm")
+    norm2 = Norm(cfg, self.dtype, self.param_dtype, name="output_layer_norm")
+    attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, name="attention")
+    ffn = FeedForward(cfg, self.dtype, self.param_dtype, name="ffn")
+    residual = lambda x, y: x.astype(jnp.float32) + y.astype(jnp.float32)
+
+    attn_in = norm1(x) if cfg.norm_position == "pre" else x
+    attn_out, weights = attention(attn_in, segment_ids, positions, deterministic, return_weights)
+    if cfg.attention_output_dropout:
       attn_out = nn.Dropout(cfg.dropout)(attn_out, deterministic=deterministic)
-    x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="sa_layer_norm")(
-      x.astype(jnp.float32) + attn_out.astype(jnp.float32)
-    )
-    ffn_out = FeedForward(cfg, self.dtype, self.param_dtype, name="ffn")(x, deterministic)
-    x = LayerNorm(cfg.layer_norm_eps, self.dtype, self.param_dtype, name="output_layer_norm")(
-      x.astype(jnp.float32) + ffn_out.astype(jnp.float32)
-    )
-    return x, weights
+    if cfg.norm_position == "pre":
+      x = residual(x, attn_out).astype(self.dtype)
+      x = residual(x, ffn(norm2(x), deterministic)).astype(self.dtype)
+    else:
+      x = norm1(residual(x, attn_out))
+      x = norm2(residual(x, ffn(x, deterministic)))
+    return x, (x, weights)
 
 
 class Transformer(nn.Module):
-  """The stack of blocks, named `layer_0`, `layer_1`, ... as in the checkpoint's `transformer.layer.N`."""
+  """The stack of blocks: `layer_0`, `layer_1`, ... as the checkpoint's `transformer.layer.N`, or with
+  `scan_layers` one `layers` block scanned over parameters stacked on a leading L axis (one compiled body)."""
 
   config: EncoderConfig
+  attention: str = "dense"
+  scan_layers: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(
-    self, x: Array, bias: Array, deterministic: bool, return_weights: bool = False
+    self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[list[Array], list[Array | None]]:
-    hidden_states, attentions = [x], []
-    for i in range(self.config.num_layers):
-      x, weights = Block(self.config, self.dtype, self.param_dtype, name=f"layer_{i}")(
-        x, bias, deterministic, return_weights
+    cfg = self.config
+    args = (segment_ids, positions, deterministic, return_weights)
+    if self.scan_layers:
+      scanned = nn.scan(
+        Block,
+        variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * len(args),
+        length=cfg.num_layers,
       )
-      hidden_states.append(x)
-      attentions.append(weights)
+      x, (states, weights) = scanned(cfg, self.attention, self.dtype, self.param_dtype, name="layers")(x, *args)
+      hidden_states = [states[i] for i in range(cfg.num_layers)]
+      attentions = [None if weights is None else weights[i] for i in range(cfg.num_layers)]
+    else:
+      hidden_states, attentions = [], []
+      for i in range(cfg.num_layers):
+        x, (_, weights) = Block(cfg, self.attention, self.dtype, self.param_dtype, name=f"layer_{i}")(x, *args)
+        hidden_states.append(x)
+        attentions.append(weights)
+    if cfg.norm_position == "pre":  # pre-norm stacks end with a norm; it is the last hidden state
+      hidden_states[-1] = Norm(cfg, self.dtype, self.param_dtype, name="final_layer_norm")(hidden_states[-1])
     return hidden_states, attentions
 
 
 class Encoder(nn.Module):
-  """Token ids -> contextual token embeddings [B, T, D] (and, on request, every layer's states and attention)."""
+  """Token ids -> contextual token embeddings [B, T, D] (and, on request, every layer's states and attention).
+
+  `attention` names the implementation (attention.IMPLEMENTATIONS); `scan_layers` stacks the blocks' parameters.
+  """
 
   config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention: str = "dense"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(
@@ -247,12 +280,12 @@ class Encoder(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
     x = Embeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(input_ids, positions, deterministic)
-    hidden_states, attentions = Transformer(cfg, self.dtype, self.param_dtype, name="transformer")(
-      x, attention_bias(segment_ids), deterministic, output_attentions
-    )
+    hidden_states, attentions = Transformer(
+      cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, name="transformer"
+    )(x, segment_ids, positions, deterministic, output_attentions)
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:
-      out["hidden_states"] = tuple(hidden_states)  # embeddings output, then each block's, as transformers
+      out["hidden_states"] = (x, *hidden_states)  # embeddings output, then each block's, as transformers
     if output_attentions:
       out["attentions"] = tuple(attentions)  # [B, H, T, S] per block, float32
     return out

@@ -2,7 +2,8 @@
 
 Our directory (`distilbert_jax.json` marks it) needs no torch:
   distilbert_jax.json   max_seq_length, do_lower_case, pooling, format version
-  config.json           the HF config of the encoder
+  config.json           every EncoderConfig field by our names (model_type "distilbert_jax"; older
+                        directories hold the HF config, which still loads)
   params.safetensors    Flax parameters, keys like `transformer/layer_0/attention/q_lin/kernel`
   tokenizer.json, ...   the tokenizer files, as they came
 """
@@ -152,7 +153,8 @@ def _load_jax_dir(model_dir: Path) -> LoadedModel:
 def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  flat = {"/".join(path): np.asarray(v, np.float32) for path, v in checkpoint.flatten_params(model.params).items()}
+  params = checkpoint.unstack_layers(model.params)  # saved per layer whatever layout computed with them
+  flat = {"/".join(path): np.asarray(v, np.float32) for path, v in checkpoint.flatten_params(params).items()}
   checkpoint.write_safetensors(out_dir / "params.safetensors", flat, metadata={"format": "distilbert-jax"})
   model.config.save(out_dir / "config.json")
   copy_tokenizer_files(model.tokenizer_dir, out_dir)
@@ -172,9 +174,9 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) ->
   """The sentence-transformers layout (model at the root, 1_Pooling, 2_Normalize) that PyTorch loads."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  tensors = checkpoint.flax_to_torch(model.params, model.config)
+  tensors = checkpoint.flax_to_torch(model.params, model.config)  # refuses what the format cannot express
   checkpoint.write_safetensors(out_dir / "model.safetensors", tensors, metadata={"format": "pt"})
-  model.config.save(out_dir / "config.json")
+  model.config.save(out_dir / "config.json", hf=True)
   copy_tokenizer_files(model.tokenizer_dir, out_dir)
   write_json(
     out_dir / "sentence_bert_config.json",

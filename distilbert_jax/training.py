@@ -26,6 +26,7 @@ from distilbert_jax.batching import bucket_for, bucket_lengths
 from distilbert_jax.devices import data_mesh
 from distilbert_jax.encoder import DTYPES
 from distilbert_jax.files import write_atomic
+from distilbert_jax.lora import LINEAR_NAMES, init_adapters, merge, save_adapters
 from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import normalize, pool
 from distilbert_jax.tokenizer import WordPieceTokenizer
@@ -48,6 +49,13 @@ class TrainConfig:
   dtype: str = "float32"
   dropout: bool = True
   seed: int = 0
+  lora_rank: int = 0  # > 0: train low-rank adapters only (lora.py); the base weights stay bitwise unchanged
+  lora_alpha: float | None = None  # adapter scale alpha / rank; default alpha = rank (scale 1)
+  lora_targets: tuple[str, ...] = ("q_lin", "v_lin")
+
+  @property
+  def lora_scale(self) -> float:
+    return (self.lora_alpha if self.lora_alpha is not None else self.lora_rank) / max(1, self.lora_rank)
 
   def __post_init__(self):
     if self.loss not in LOSSES:
@@ -64,6 +72,11 @@ class TrainConfig:
       )
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+    if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+      raise ValueError(f"lora_rank must be 0 (off) or a positive integer, got {self.lora_rank!r}")
+    unknown = sorted(set(self.lora_targets) - set(LINEAR_NAMES))
+    if self.lora_rank and (unknown or not self.lora_targets):
+      raise ValueError(f"lora_targets {unknown or '()'} are not Linear layers; choose from {LINEAR_NAMES}")
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -228,7 +241,14 @@ class Trainer:
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
     self.optimizer = make_optimizer(cfg)
-    self.params = jax.device_put(jax.tree_util.tree_map(jnp.asarray, loaded.params), self.replicated)
+    # `params` are what the optimiser updates: every weight, or with LoRA only the adapters, the base weights
+    # then passed to each step as a frozen argument (never closed over: that would embed 66M constants).
+    self.base = None
+    trainable = loaded.params
+    if cfg.lora_rank:
+      self.base = jax.device_put(jax.tree_util.tree_map(jnp.asarray, loaded.params), self.replicated)
+      trainable = init_adapters(loaded.params, tuple(cfg.lora_targets), cfg.lora_rank, cfg.seed)
+    self.params = jax.device_put(jax.tree_util.tree_map(jnp.asarray, trainable), self.replicated)
     self.opt_state = jax.device_put(self.optimizer.init(self.params), self.replicated)
     self.step_count = 0
     self.rng = jax.random.PRNGKey(cfg.seed)
@@ -241,7 +261,12 @@ class Trainer:
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     return pool(tokens, mask, positions, 1, self.loaded.pooling)[:, 0]  # [N, dim] float32
 
-  def loss_fn(self, params, inputs: dict[str, jax.Array], rng, deterministic: bool) -> jax.Array:
+  def model_params(self, params, base):
+    """The weights the model computes with: `params`, or base + the LoRA adapters in `params`."""
+    return params if base is None else merge(base, params, self.cfg.lora_scale)
+
+  def loss_fn(self, params, inputs: dict[str, jax.Array], rng, deterministic: bool, base=None) -> jax.Array:
+    params = self.model_params(params, base)
     keys = jax.random.split(rng, 3)
     q = self.embed(params, inputs["query_ids"], inputs["query_mask"], keys[0], deterministic)
     p = self.embed(params, inputs["positive_ids"], inputs["positive_mask"], keys[1], deterministic)
@@ -254,8 +279,8 @@ class Trainer:
       return margin_mse_loss(q, p, n, inputs["margin"])
     return multiple_negatives_ranking_loss(q, p, n, negative_valid=inputs.get("negative_valid"))
 
-  def _update_fn(self, params, opt_state, inputs, rng):
-    loss, grads = jax.value_and_grad(self.loss_fn)(params, inputs, rng, not self.cfg.dropout)
+  def _update_fn(self, params, opt_state, inputs, rng, base):
+    loss, grads = jax.value_and_grad(self.loss_fn)(params, inputs, rng, not self.cfg.dropout, base)
     updates, opt_state = self.optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -283,7 +308,7 @@ class Trainer:
     # optimiser state are replicated and their gradients all-reduced.
     inputs = jax.device_put(self.prepare(batch), self.sharded)
     step_rng = jax.random.fold_in(self.rng, self.step_count)
-    self.params, self.opt_state, loss = self._update(self.params, self.opt_state, inputs, step_rng)
+    self.params, self.opt_state, loss = self._update(self.params, self.opt_state, inputs, step_rng, self.base)
     self.step_count += 1
     return float(loss)
 
@@ -303,7 +328,9 @@ class Trainer:
     self.step_count, self.rng = int(state["step"]), jnp.asarray(state["rng"])
 
   def trained_model(self) -> model_dir.LoadedModel:
-    params = jax.tree_util.tree_map(np.asarray, jax.device_get(self.params))
+    """The trained model, LoRA adapters merged into their kernels."""
+    params = jax.device_get(self.model_params(self.params, self.base))
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
     return dataclasses.replace(self.loaded, params=params, source=f"{self.loaded.source} (fine-tuned)")
 
 
@@ -316,7 +343,7 @@ def run_fingerprint(loaded: model_dir.LoadedModel, model: str, train_data: Path,
     "weights_sha256": params_sha256(loaded.params),
     "train_data": str(train_data),
     "train_data_sha256": file_sha256(train_data),
-    "config": dataclasses.asdict(cfg),
+    "config": json.loads(json.dumps(dataclasses.asdict(cfg))),  # as read back from checkpoint.json (tuples: lists)
   }
 
 
@@ -376,6 +403,11 @@ def train(
   if bar is not None:
     bar.close()
   trained = trainer.trained_model()
+  if cfg.lora_rank:  # the adapters on their own (small), beside the merged models
+    base = {"model": str(model), "weights_sha256": fingerprint["weights_sha256"]}
+    save_adapters(
+      out_dir / "adapters", jax.device_get(trainer.params), cfg.lora_rank, cfg.lora_scale * cfg.lora_rank, base
+    )
   model_dir.save_jax_dir(trained, out_dir / "jax")
   model_dir.export_sentence_transformers_dir(trained, out_dir / "sentence-transformers")
   return {

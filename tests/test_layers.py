@@ -10,7 +10,7 @@ import transformers
 
 from distilbert_jax import checkpoint
 from distilbert_jax.config import EncoderConfig
-from distilbert_jax.model import Attention, Block, Embeddings, Encoder, FeedForward, attention_bias
+from distilbert_jax.model import Attention, Block, Embeddings, Encoder, FeedForward
 
 TOL = 1e-5
 B, T = 3, 11
@@ -71,11 +71,11 @@ def test_each_block_and_its_parts(activation):
   ids, mask = _inputs()
   x = model.embeddings(torch.from_numpy(ids))
   torch_mask = _torch_additive_mask(mask)
-  bias = attention_bias(jnp.asarray(mask))
+  seg, positions = jnp.asarray(mask), jnp.broadcast_to(jnp.arange(T), (B, T))
   for i in range(cfg.num_layers):
     layer, p = model.transformer.layer[i], params["transformer"][f"layer_{i}"]
     attn_out, weights = Attention(cfg).apply(
-      {"params": p["attention"]}, jnp.asarray(x.detach().numpy()), bias, True, return_weights=True
+      {"params": p["attention"]}, jnp.asarray(x.detach().numpy()), seg, positions, True, return_weights=True
     )
     torch_attn, torch_weights = layer.attention(x, attention_mask=torch_mask)
     _close(attn_out, torch_attn, f"layer {i} attention output", mask)
@@ -91,9 +91,12 @@ def test_each_block_and_its_parts(activation):
       layer.ffn(ffn_in),
       f"layer {i} feed-forward",
     )
-    block_out, _ = Block(cfg).apply({"params": p}, jnp.asarray(x.detach().numpy()), bias, True)
-    attn_fast, _ = Attention(cfg).apply({"params": p["attention"]}, jnp.asarray(x.detach().numpy()), bias, True)
-    _close(attn_fast, torch_attn, f"layer {i} attention output, one example at a time (the CPU path)", mask)
+    block_out, _ = Block(cfg).apply({"params": p}, jnp.asarray(x.detach().numpy()), seg, positions, True)
+    for implementation in ("per_example", "xla", "splash_interpret"):
+      attn_other, _ = Attention(cfg, implementation).apply(
+        {"params": p["attention"]}, jnp.asarray(x.detach().numpy()), seg, positions, True
+      )
+      _close(attn_other, torch_attn, f"layer {i} attention output, attention={implementation}", mask)
     x = layer(x, attention_mask=torch_mask)
     _close(block_out, x, f"layer {i} block", mask)
 

@@ -252,3 +252,50 @@ def test_resume_with_another_model_or_data_is_refused(tiny_checkpoint, tmp_path)
   summary = train(str(other), data, tmp_path / "out", cfg, show_progress=False, overwrite=True)
   assert summary["steps"] == 1
   assert json.loads((tmp_path / "out" / "checkpoint.json").read_text())["model"] == str(other)
+
+
+def test_lora_trains_adapters_only_saves_them_alone_and_exports_merged_with_parity(tiny_checkpoint, tmp_path):
+  from distilbert_jax import lora
+  from distilbert_jax.cli import main
+
+  data = tmp_path / "train.jsonl"
+  data.write_text(
+    "".join(
+      json.dumps({"query": q, "positive": p, "negative": n, "margin": m}) + "\n"
+      for q, p, n, m in zip(QUERIES, POSITIVES, NEGATIVES, MARGINS)
+    )
+  )
+  base = model_dir.load(tiny_checkpoint)
+  before = jax.tree_util.tree_map(np.array, base.params)
+  cfg = TrainConfig(
+    steps=6, batch_size=4, lr=5e-3, warmup_steps=0, lora_rank=4, lora_targets=("q_lin", "v_lin", "lin1")
+  )
+  trainer = Trainer(base, cfg, with_negatives=True)
+  for batch in [_examples("margin-mse")] * 6:
+    trainer.step(batch)
+  # Only adapters were optimised: the base weights are bitwise what was loaded.
+  assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, jax.device_get(trainer.base), before))
+  assert set(trainer.params) == {
+    f"transformer/layer_{i}/{m}" for i in range(2) for m in ("attention/q_lin", "attention/v_lin", "ffn/lin1")
+  }
+  assert any(np.abs(np.asarray(ab["b"])).max() > 0 for ab in trainer.params.values())  # they learned something
+
+  out = tmp_path / "run"
+  main([
+    "train", "--model", str(tiny_checkpoint), "--train-data", str(data), "--loss", "margin-mse", "--steps", "6",
+    "--batch-size", "4", "--lr", "5e-3", "--warmup-steps", "0", "--lora-rank", "4", "--out", str(out), "--quiet",
+  ])  # fmt: skip
+  adapters, settings = lora.load_adapters(out / "adapters")
+  size = (out / "adapters" / lora.ADAPTERS_FILE).stat().st_size
+  assert settings["rank"] == 4 and size < 0.2 * (out / "sentence-transformers" / "model.safetensors").stat().st_size
+  merged = lora.merge(model_dir.load(tiny_checkpoint).params, adapters, settings["alpha"] / settings["rank"])
+  ours = model_dir.load(out / "jax")
+  for path, value in checkpoint.flatten_params(merged).items():
+    np.testing.assert_allclose(checkpoint.flatten_params(ours.params)[path], value, atol=1e-6, err_msg=str(path))
+  texts = QUERIES + POSITIVES
+  theirs = sentence_transformers.SentenceTransformer(str(out / "sentence-transformers"), device="cpu")
+  np.testing.assert_allclose(
+    SentenceTransformer(out / "jax").encode(texts), theirs.encode(texts, convert_to_numpy=True), atol=1e-5, rtol=1e-5
+  )
+  with pytest.raises(ValueError, match=r"lora_targets \['qkv'\] are not Linear layers"):
+    TrainConfig(lora_rank=2, lora_targets=("qkv",))
