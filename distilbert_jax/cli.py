@@ -417,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     "--lora-rank", type=non_negative_int, default=0, help="train rank-R LoRA adapters only (0: every weight)"
   )
   p.add_argument("--lora-alpha", type=float, help="adapter scale alpha/rank (default alpha = rank)")
-  p.add_argument("--lora-targets", default="q_lin,v_lin", help="Linear layers to adapt (q_lin,k_lin,v_lin,out_lin,lin1,lin2)")
+  p.add_argument(
+    "--lora-targets", default="q_lin,v_lin", help="Linear layers to adapt: q_lin,k_lin,v_lin,out_lin,lin1,lin2,gate"
+  )
   p.add_argument(
     "--overwrite",
     action="store_true",
