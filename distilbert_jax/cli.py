@@ -293,6 +293,38 @@ def cmd_train(args) -> None:
   )
 
 
+def cmd_distill(args) -> None:
+  from distilbert_jax.distill import distill
+  from distilbert_jax.surgery import parse_int_list
+  from distilbert_jax.training import TrainConfig
+
+  cfg = TrainConfig(
+    loss="embedding-mse",  # replaced by what the data holds
+    steps=args.steps,
+    batch_size=args.batch_size,
+    lr=args.lr,
+    warmup_steps=args.warmup_steps,
+    dtype=args.dtype,
+    seed=args.seed,
+  )
+  summary = distill(
+    args.teacher,
+    parse_int_list(args.student_layers, "--student-layers"),
+    args.train_data,
+    args.out,
+    cfg,
+    checkpoint_every=args.checkpoint_every,
+    show_progress=not args.quiet,
+    overwrite=args.overwrite,
+  )
+  print(
+    f"distilled {summary['steps']} steps ({summary['loss']}, {summary['examples']} examples, "
+    f"{summary['seconds_per_step']:.2f} s/step), last loss {summary['last_loss']}; student in {summary['out']}/jax "
+    f"and {summary['out']}/sentence-transformers",
+    file=sys.stderr,
+  )
+
+
 def cmd_prune(args) -> None:
   from distilbert_jax import model_dir, surgery
   from distilbert_jax.hub import resolve_model_dir
@@ -427,6 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_train)
+
+  p = sub.add_parser("distill", help="a student of some of the teacher's layers, trained to reproduce the teacher")
+  p.add_argument("--teacher", required=True, help="hub id or local model directory")
+  p.add_argument("--student-layers", required=True, help="teacher layers the student starts from, e.g. 0,2,4")
+  p.add_argument(
+    "--train-data",
+    required=True,
+    help="text lines or JSONL with 'text' (MSE to the teacher's embeddings); JSONL query/positive/negative "
+    "(MarginMSE with the teacher's margins)",
+  )
+  p.add_argument("--steps", type=positive_int, required=True)
+  p.add_argument("--out", required=True, help="checkpoint (resumed when present), jax/, sentence-transformers/")
+  p.add_argument("--batch-size", type=positive_int, default=32)
+  p.add_argument("--lr", type=float, default=1e-4)
+  p.add_argument("--warmup-steps", type=non_negative_int, default=10)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--checkpoint-every", type=positive_int, default=100)
+  p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(func=cmd_distill)
 
   p = sub.add_parser("prune", help="surgery: keep some layers, silence heads; writes a loadable model directory")
   p.add_argument("model", help="hub id or local model directory")

@@ -31,7 +31,7 @@ from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import normalize, pool
 from distilbert_jax.tokenizer import WordPieceTokenizer
 
-LOSSES = ("margin-mse", "mnrl")
+LOSSES = ("margin-mse", "mnrl", "embedding-mse")  # embedding-mse: distillation to a teacher's embeddings
 MNRL_SCALE = 20.0  # sentence-transformers' default (temperature 0.05)
 
 
@@ -147,10 +147,11 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 @dataclasses.dataclass
 class Example:
-  query: str
-  positive: str
+  query: str  # embedding-mse: the text
+  positive: str | None = None
   negative: str | None = None
   margin: float | None = None
+  target: np.ndarray | None = None  # embedding-mse: the teacher's embedding of `query`
 
 
 def read_train_data(path: str | Path, loss: str) -> list[Example]:
@@ -269,6 +270,8 @@ class Trainer:
     params = self.model_params(params, base)
     keys = jax.random.split(rng, 3)
     q = self.embed(params, inputs["query_ids"], inputs["query_mask"], keys[0], deterministic)
+    if self.cfg.loss == "embedding-mse":
+      return jnp.mean(jnp.square(q - inputs["target"]))  # MSELoss to the teacher, as sentence-transformers' recipe
     p = self.embed(params, inputs["positive_ids"], inputs["positive_mask"], keys[1], deterministic)
     n = (
       self.embed(params, inputs["negative_ids"], inputs["negative_mask"], keys[2], deterministic)
@@ -293,6 +296,9 @@ class Trainer:
     if with_negatives is None:
       with_negatives = self.cfg.loss == "margin-mse" or any(e.negative is not None for e in batch)
     fields = ["query", "positive"] + (["negative"] if with_negatives else [])
+    if self.cfg.loss == "embedding-mse":
+      fields, with_negatives = ["query"], False
+      inputs["target"] = np.stack([e.target for e in batch]).astype(np.float32)
     for field in fields:
       texts = [getattr(e, field) or "" for e in batch]  # a row without a negative: a placeholder, masked below
       ids, mask = tokenize_padded(self.tokenizer, texts, self.loaded.max_seq_length)
@@ -359,8 +365,6 @@ def train(
   """The `train` command: resumes from OUT/checkpoint.msgpack when it was written by the same run (model,
   weights, data, hyper-parameters; else refused unless `overwrite`); writes OUT/jax and
   OUT/sentence-transformers at the end."""
-  import time
-
   from distilbert_jax.hub import resolve_model_dir
 
   if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
@@ -370,9 +374,36 @@ def train(
   examples = read_train_data(train_data, cfg.loss)
   check_can_learn(examples, cfg, train_data)
   loaded = model_dir.load(resolve_model_dir(model))
+  return run_training(
+    loaded,
+    examples,
+    out_dir,
+    cfg,
+    run_fingerprint(loaded, model, train_data, cfg),
+    checkpoint_every=checkpoint_every,
+    show_progress=show_progress,
+    overwrite=overwrite,
+  )
+
+
+def run_training(
+  loaded: model_dir.LoadedModel,
+  examples: Sequence[Example],
+  out_dir: Path,
+  cfg: TrainConfig,
+  fingerprint: dict,
+  checkpoint_every: int = 100,
+  show_progress: bool = True,
+  overwrite: bool = False,
+) -> dict[str, Any]:
+  """The loop train and distill share: resume when OUT/checkpoint.json has the same fingerprint, else refuse
+  unless `overwrite`; checkpoints every `checkpoint_every` steps; OUT/jax and OUT/sentence-transformers at the
+  end (OUT/adapters too with LoRA)."""
+  import time
+
+  model = fingerprint["model"]
   trainer = Trainer(loaded, cfg, with_negatives=any(e.negative is not None for e in examples))
   checkpoint, run_file = out_dir / "checkpoint.msgpack", out_dir / "checkpoint.json"
-  fingerprint = run_fingerprint(loaded, model, train_data, cfg)
   if checkpoint.exists() and not overwrite:
     previous = json.loads(run_file.read_text()) if run_file.exists() else {}
     changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])

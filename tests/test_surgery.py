@@ -54,3 +54,62 @@ def test_prune_refusals_name_the_input(four_layers, tmp_path):
       main(["prune", str(four_layers), *argv, "--out", str(tmp_path / "x")])
     assert message in str(e.value) or __import__("re").search(message, str(e.value)), (argv, str(e.value))
   assert not (tmp_path / "x").exists()  # nothing written on a refusal
+
+
+CORPUS = [
+  "the protein binds the receptor strongly",
+  "vitamin d lowers cancer risk in adults",
+  "a placebo controlled trial in mice",
+  "cells change gene expression under stress",
+  "stock markets fell on monday",
+  "the weather is sunny and warm today",
+  "a recipe for bread with flour and water",
+  "football results from the weekend games",
+]
+
+
+def test_distill_texts_moves_the_student_towards_the_teacher_and_exports(four_layers, tmp_path):
+  import json
+
+  import sentence_transformers
+
+  from distilbert_jax import model_dir, surgery
+
+  data = tmp_path / "texts.jsonl"
+  data.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(CORPUS)))
+  teacher = SentenceTransformer(four_layers).encode(CORPUS)
+  start = SentenceTransformer(surgery.keep_layers(model_dir.load(four_layers), [0, 2])).encode(CORPUS)
+  argv = ["distill", "--teacher", str(four_layers), "--student-layers", "0,2", "--train-data", str(data)]
+  main([*argv, "--steps", "30", "--batch-size", "8", "--lr", "1e-3", "--out", str(tmp_path / "s"), "--quiet"])
+  student = SentenceTransformer(tmp_path / "s" / "jax")
+  assert student.config.num_layers == 2
+  after = student.encode(CORPUS)
+  mse = lambda x: float(np.mean((x - teacher) ** 2))
+  assert mse(after) < 0.5 * mse(start), (mse(start), mse(after))  # 30 steps on 8 texts: at least halved
+  theirs = sentence_transformers.SentenceTransformer(str(tmp_path / "s" / "sentence-transformers"), device="cpu")
+  np.testing.assert_allclose(theirs.encode(CORPUS, convert_to_numpy=True), after, atol=1e-5, rtol=1e-5)
+
+
+def test_distill_triples_uses_the_teachers_margins(four_layers, tmp_path):
+  import json
+
+  from distilbert_jax import model_dir
+  from distilbert_jax.distill import read_distill_data, teacher_examples
+
+  rows = [{"query": CORPUS[i], "positive": CORPUS[i + 1], "negative": CORPUS[7 - i]} for i in range(4)]
+  data = tmp_path / "triples.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  kind, examples = read_distill_data(data)
+  assert kind == "triples"
+  teacher = model_dir.load(four_layers)
+  with_margins = teacher_examples(teacher, kind, examples, 4)
+  emb = lambda t: SentenceTransformer(teacher).encode([t])[0]
+  r = rows[1]
+  want = emb(r["query"]) @ emb(r["positive"]) - emb(r["query"]) @ emb(r["negative"])
+  assert abs(with_margins[1].margin - want) <= 1e-4 * max(1.0, abs(want))
+  argv = ["distill", "--teacher", str(four_layers), "--student-layers", "1", "--train-data", str(data)]
+  main([*argv, "--steps", "2", "--batch-size", "4", "--out", str(tmp_path / "m"), "--quiet"])
+  assert SentenceTransformer(tmp_path / "m" / "jax").config.num_layers == 1
+  (tmp_path / "bad.jsonl").write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
+  with pytest.raises(ValueError, match="bad.jsonl: row 1 has no negative"):
+    read_distill_data(tmp_path / "bad.jsonl")
