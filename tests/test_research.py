@@ -232,3 +232,18 @@ def test_intervene_replaces_a_head_inside_the_packed_sharded_encode(tiny_checkpo
   np.testing.assert_allclose(ablated, by_hand.encode(TEXTS), atol=TOL, rtol=TOL)
   np.testing.assert_array_equal(model.encode(TEXTS), base)  # the intervention ends with the block
   _ = nn  # flax's interceptor API is what `intervene` takes
+
+
+def test_head_ablation_example_runs_on_a_tiny_config(tiny_checkpoint, scifact, tmp_path):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("head_ablation", "examples/head_ablation.py")
+  example = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(example)
+  result = example.run(tiny_checkpoint, scifact, max_docs=20, out_dir=tmp_path)
+  cfg = model_dir.load(tiny_checkpoint).config
+  delta = np.asarray(result["ndcg@10_change"])
+  assert delta.shape == (cfg.num_layers, cfg.num_heads) and np.isfinite(delta).all()
+  assert np.abs(delta).max() > 0  # silencing a head changes the ranking somewhere
+  assert (tmp_path / "head_ablation.png").stat().st_size > 1000
+  assert json.loads((tmp_path / "head_ablation.json").read_text())["ndcg@10"] == result["ndcg@10"]
