@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One prepared check for a machine with an accelerator, a few minutes: our encode vs sentence-transformers' on the
-# same device, float32 and bfloat16, parity and MFU (benchmarks/gpu_check.py).
+# One prepared check for a machine with an accelerator, under 10 minutes: our encode (per dtype and attention
+# implementation, cold and warm compile cache) vs sentence-transformers' float32 and best half-precision
+# configuration on the same device, MFU over real and computed tokens, device busy fraction, parity
+# (benchmarks/gpu_check.py). Results also in benchmarks/results/gpu_check.json.
 #   bash benchmarks/gpu_check.sh                      # makes .venv-accel (jax[cuda12] on NVIDIA, jax[tpu] else)
 #   PYTHON=python3 bash benchmarks/gpu_check.sh       # a Python that already has jax, flax, torch, transformers,
 #                                                     # sentence-transformers (an offline accelerator image)
@@ -19,4 +21,4 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
-timeout "${GPU_CHECK_TIMEOUT:-400}" "$PY" benchmarks/gpu_check.py "$@"
+timeout "${GPU_CHECK_TIMEOUT:-540}" "$PY" benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json "$@"
