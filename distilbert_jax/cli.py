@@ -216,6 +216,20 @@ def cmd_encode_corpus(args) -> None:
   )
 
 
+def cmd_tokenize_corpus(args) -> None:
+  from distilbert_jax.token_corpus import tokenize_corpus
+
+  fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
+  summary = tokenize_corpus(
+    args.input, _model_name(args), args.out, fields, args.on_error, args.shard_size, workers=args.workers
+  )
+  print(
+    f"{summary['rows']} texts, {summary['tokens']} tokens at {summary['out']} in {summary['seconds']:.1f}s "
+    f"({summary['tokens_per_s']:,.0f} tokens/s, {args.workers} workers)",
+    file=sys.stderr,
+  )
+
+
 def cmd_eval(args) -> None:
   from distilbert_jax import retrieval
   from distilbert_jax.scoring import semantic_search
@@ -387,7 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_search)
 
   p = sub.add_parser("encode-corpus", help="encode a large corpus to shards: streaming, resumable, safe on bad input")
-  p.add_argument("input", help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, or plain text lines (id = line number)")
+  p.add_argument(
+    "input",
+    help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, plain text lines (id = line number), or a tokenize-corpus "
+    "directory",
+  )
   p.add_argument("--out", required=True, help="output directory (shards, ids, manifest.json, rejects.jsonl)")
   p.add_argument("--shard-size", type=positive_int, default=10_000)
   p.add_argument(
@@ -417,6 +435,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true")
   _add_model_args(p)
   p.set_defaults(func=cmd_encode_corpus)
+
+  p = sub.add_parser(
+    "tokenize-corpus", help="tokenise a corpus once into token-id shards that encode-corpus reads on any host"
+  )
+  p.add_argument("input", help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, or plain text lines")
+  p.add_argument("--out", required=True, help="token directory (encode-corpus takes it as its input)")
+  p.add_argument("--shard-size", type=positive_int, default=100_000)
+  p.add_argument("--workers", type=positive_int, default=1, help="tokenising processes")
+  p.add_argument("--on-error", choices=("stop", "skip"), default="stop")
+  p.add_argument("--id-field", default="_id")
+  p.add_argument("--title-field", default="title")
+  p.add_argument("--text-field", default="text")
+  _add_model_args(p)
+  p.set_defaults(func=cmd_tokenize_corpus)
 
   p = sub.add_parser("eval", help="retrieval metrics (nDCG@10, MRR@10, Recall@100) on a BEIR directory")
   p.add_argument("beir_dir")

@@ -36,6 +36,7 @@ import numpy as np
 
 from distilbert_jax.checks import positive_int
 from distilbert_jax.files import npy_bytes, write_atomic
+from distilbert_jax.token_corpus import TOKEN_MANIFEST, is_token_dir, read_token_manifest, read_token_records
 from distilbert_jax.tokenizer import TOKENIZER_FILES
 
 MANIFEST_FORMAT = "distilbert-jax-embeddings"
@@ -69,6 +70,7 @@ class Record:
   id: str | None = None
   text: str | None = None
   error: str | None = None
+  tokens: np.ndarray | None = None  # from a pre-tokenised corpus (token_corpus.py) instead of text
 
 
 def open_input(path: Path):
@@ -186,12 +188,16 @@ def job_lock(out_dir: Path, process_index: int) -> Iterator[None]:
 
 def tokenizer_sha256(encoder: Any) -> str:
   """What decides token ids: the tokenizer files, lower-casing and the truncation length."""
+  return tokenizer_files_sha256(encoder._loaded.tokenizer_dir, encoder.tokenizer.do_lower_case, encoder.max_seq_length)
+
+
+def tokenizer_files_sha256(tokenizer_dir: Path, do_lower_case: bool, max_seq_length: int) -> str:
   digest = hashlib.sha256()
   for name in sorted(TOKENIZER_FILES):
-    path = Path(encoder._loaded.tokenizer_dir) / name
+    path = Path(tokenizer_dir) / name
     if path.exists():
       digest.update(name.encode() + b"\0" + path.read_bytes())
-  digest.update(f"lower={encoder.tokenizer.do_lower_case} max={encoder.max_seq_length}".encode())
+  digest.update(f"lower={do_lower_case} max={max_seq_length}".encode())
   return digest.hexdigest()
 
 
@@ -226,8 +232,8 @@ def run_job(
     raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
   shard_size, batch_size = positive_int(shard_size, "shard_size"), positive_int(batch_size, "batch_size")
   input_path, out_dir = Path(input_path), Path(out_dir)
-  if not input_path.is_file():
-    raise JobError(f"{input_path}: no such input file")
+  if not input_path.is_file() and not is_token_dir(input_path):
+    raise JobError(f"{input_path}: no such input file (or tokenize-corpus directory)")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = positive_int(jax.process_count() if process_count is None else process_count, "process_count")
   if not isinstance(process_index, int) or not 0 <= process_index < process_count:
@@ -284,12 +290,30 @@ def _run_locked(
   from distilbert_jax.encoder import SentenceTransformer
   from distilbert_jax.quantization import quantization_ranges, quantize_embeddings
 
-  fmt = detect_format(input_path, fields or {})
   encoder = SentenceTransformer(model, dtype=dtype, truncate_dim=storage.truncate_dim)
   renormalize = storage.truncate_dim is not None and encoder.similarity_fn_name == "cosine"
+  if is_token_dir(input_path):  # pre-tokenised: the model's tokenizer must be the one that made the ids
+    tokens_manifest = read_token_manifest(input_path)
+    fmt = InputFormat("tokens")
+    if tokens_manifest["tokenizer_sha256"] != tokenizer_sha256(encoder):
+      raise JobError(
+        f"{input_path / TOKEN_MANIFEST} was tokenised by {tokens_manifest['model']} (tokenizer_sha256 "
+        f"{tokens_manifest['tokenizer_sha256'][:12]}), not by {model}'s tokenizer ({tokenizer_sha256(encoder)[:12]}); "
+        "re-run tokenize-corpus with this model"
+      )
+    input_info = {"name": input_path.name, "bytes": tokens_manifest["input"]["bytes"]}
+    input_info["sha256"] = file_sha256(input_path / TOKEN_MANIFEST)
+    all_records = lambda: read_token_records(input_path)
+  else:
+    fmt = detect_format(input_path, fields or {})
+    input_info = {"name": input_path.name, "bytes": input_path.stat().st_size, "sha256": file_sha256(input_path)}
+    all_records = lambda: read_records(input_path, fmt)
 
-  def embed(texts: list[str]) -> np.ndarray:
-    return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=renormalize)
+  def embed(records: list[Record]) -> np.ndarray:
+    kwargs = dict(batch_size=batch_size, normalize_embeddings=renormalize)
+    if records and records[0].tokens is not None:
+      return encoder.encode_tokenized([r.tokens for r in records], **kwargs)
+    return encoder.encode([r.text for r in records], **kwargs)
 
   settings = {
     "format": MANIFEST_FORMAT,
@@ -302,12 +326,7 @@ def _run_locked(
     "pooling": {"modes": list(encoder.pooling.modes), "normalize": encoder.pooling.normalize},
     "max_seq_length": encoder.max_seq_length,
     "embedding_dim": encoder.embedding_dim,
-    "input": {
-      "name": input_path.name,
-      "bytes": input_path.stat().st_size,
-      "sha256": file_sha256(input_path),
-      "format": dataclasses.asdict(fmt),
-    },
+    "input": {**input_info, "format": dataclasses.asdict(fmt)},
     "shard_size": shard_size,
     "on_error": on_error,
     "process_count": process_count,
@@ -334,10 +353,7 @@ def _run_locked(
   if storage.precision in ("int8", "uint8") and "ranges" not in manifest:
     # Every process computes the same ranges from the same first records, so the shards of a multi-host job
     # share one code book; a resume reads them from the manifest.
-    sample = [
-      r.text
-      for r in itertools.islice((r for r in read_records(input_path, fmt) if r.error is None), storage.calibration_size)
-    ]
+    sample = list(itertools.islice((r for r in all_records() if r.error is None), storage.calibration_size))
     manifest["ranges"] = quantization_ranges(embed(sample), storage.precision).tolist() if sample else None
   done_shards = {s["index"] for s in manifest["shards"]}
   rejects = list(manifest["rejects"])
@@ -352,7 +368,7 @@ def _run_locked(
   progress = _JobProgress(input_path, show_progress)
   start = time.perf_counter()
   encoded = tokens = 0
-  records = read_records(input_path, fmt)
+  records = all_records()
   shard_index = 0
   seen_reject_lines = {r["line"] for r in rejects}
   while True:
@@ -376,7 +392,7 @@ def _run_locked(
       break
     mine = shard_index % process_count == process_index
     if mine and shard_index not in done_shards:
-      embeddings = embed([r.text for r in batch])
+      embeddings = embed(batch)
       if storage.precision != "float32":
         embeddings = quantize_embeddings(embeddings, storage.precision, ranges=_ranges(manifest))
       name = shard_name(shard_index)
@@ -442,8 +458,11 @@ class _JobProgress:
     if enabled:
       from tqdm.auto import tqdm
 
-      with open_input(path) as f:
-        total = sum(1 for _ in f)
+      if is_token_dir(path):
+        total = read_token_manifest(path)["shards"][-1]["last_line"] if read_token_manifest(path)["shards"] else 0
+      else:
+        with open_input(path) as f:
+          total = sum(1 for _ in f)
       self.bar = tqdm(total=total, unit="line", desc="encode-corpus", dynamic_ncols=True, file=sys.stderr)
     self.start = time.perf_counter()
 

@@ -407,11 +407,36 @@ class SentenceTransformer:
       return torch.from_numpy(np.asarray(array))
     return jnp.asarray(array)
 
+  def encode_tokenized(
+    self,
+    token_ids: Sequence[np.ndarray],
+    batch_size: int = 32,
+    normalize_embeddings: bool = False,
+    truncate_dim: int | None = None,
+    packing: bool | str = "auto",
+    show_progress_bar: bool | None = None,
+  ) -> np.ndarray:
+    """[N, dim] float32 embeddings of texts already tokenised by this model's tokenizer ([CLS] ... [SEP], at most
+    max_seq_length ids each, as `tokenizer.encode_batch` and `tokenize-corpus` give them)."""
+    token_ids = [np.asarray(t, np.int32) for t in token_ids]
+    for i, t in enumerate(token_ids):
+      if t.ndim != 1 or not 0 < len(t) <= self.max_seq_length:
+        raise ValueError(f"token_ids[{i}] has shape {t.shape}; expected 1..{self.max_seq_length} ids")
+      if t.min() < 0 or t.max() >= self.config.vocab_size:
+        raise ValueError(f"token_ids[{i}] holds ids outside 0..{self.config.vocab_size - 1}")
+    batch_size = positive_int(batch_size, "batch_size")
+    truncate_dim = self._check_truncate_dim(truncate_dim) if truncate_dim is not None else self.truncate_dim
+    result = self._encode_sentences(token_ids, batch_size, packing, show_progress_bar, tokenized=True)
+    if truncate_dim is not None:
+      result = np.ascontiguousarray(result[:, :truncate_dim])
+    return np.asarray(normalize(jnp.asarray(result))) if normalize_embeddings else result
+
   def _encode_sentences(
-    self, texts: list[str], batch_size: int, packing: bool | str, show_progress_bar: bool | None
+    self, texts: list, batch_size: int, packing: bool | str, show_progress_bar: bool | None, tokenized: bool = False
   ) -> np.ndarray:
     result = np.zeros((len(texts), self.embedding_dim), np.float32)
-    for indices, batch, out in self._run(texts, batch_size, packing, ("sentence_embedding",), show_progress_bar):
+    outputs = ("sentence_embedding",)
+    for indices, batch, out in self._run(texts, batch_size, packing, outputs, show_progress_bar, tokenized):
       filled = batch.text_index >= 0  # filler rows and empty slots never reach the output
       result[indices[batch.text_index[filled]]] = out["sentence_embedding"][filled]
     return result
@@ -511,8 +536,10 @@ class SentenceTransformer:
     packing: bool | str,
     outputs: tuple[str, ...],
     show_progress_bar: bool | None,
+    tokenized: bool = False,
   ) -> Iterator[tuple[np.ndarray, Batch, dict[str, np.ndarray]]]:
-    """(chunk's input indices, batch, device outputs as numpy) for every batch, in completion order."""
+    """(chunk's input indices, batch, device outputs as numpy) for every batch, in completion order. `tokenized`:
+    `texts` are token id arrays already."""
     stats = self.last_encode_stats = {
       "texts": len(texts),
       "real_tokens": 0,
@@ -524,6 +551,8 @@ class SentenceTransformer:
     chunks = [np.arange(s, min(s + CHUNK_TEXTS, len(texts))) for s in range(0, len(texts), CHUNK_TEXTS)]
 
     def tokenize(indices):
+      if tokenized:
+        return indices, [texts[i] for i in indices]
       return indices, self.tokenizer.encode_batch([texts[i] for i in indices])
 
     def fetched(item):

@@ -225,3 +225,34 @@ def test_tokenizer_change_is_a_different_job(tiny_checkpoint, tmp_path):
   (model / "sentence_bert_config.json").write_text(json.dumps({**config, "do_lower_case": True}))
   with pytest.raises(JobError, match="tokenizer_sha256"):
     run_job(corpus, str(model), tmp_path / "out", shard_size=20, show_progress=False)
+
+
+def test_pre_tokenised_corpus_encodes_to_the_same_shards_and_refuses_another_tokenizer(tiny_checkpoint, tmp_path):
+  import shutil
+
+  from distilbert_jax.cli import main
+
+  corpus = _corpus(tmp_path / "c.jsonl.gz", 70)
+  from_text = run_job(corpus, str(tiny_checkpoint), tmp_path / "text", shard_size=20, show_progress=False)
+  main(["tokenize-corpus", str(corpus), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "tok"),
+        "--shard-size", "30", "--workers", "2"])  # fmt: skip
+  from_ids = run_job(tmp_path / "tok", str(tiny_checkpoint), tmp_path / "ids", shard_size=20, show_progress=False)
+  assert from_text["rows"] == from_ids["rows"] == 70
+  a_ids, a = load_embeddings(tmp_path / "text")
+  b_ids, b = load_embeddings(tmp_path / "ids")
+  assert a_ids == b_ids
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same ids, the same executables
+  # A model with another tokenizer setting must not encode these ids.
+  model = tmp_path / "model"
+  shutil.copytree(tiny_checkpoint, model)
+  config = json.loads((model / "sentence_bert_config.json").read_text())
+  (model / "sentence_bert_config.json").write_text(json.dumps({**config, "do_lower_case": not config["do_lower_case"]}))
+  with pytest.raises(JobError, match="was tokenised by .* re-run tokenize-corpus with this model"):
+    run_job(tmp_path / "tok", str(model), tmp_path / "other", shard_size=20, show_progress=False)
+  # A changed token shard is named, not encoded.
+  shard = tmp_path / "tok" / "tokens-000001.npy"
+  data = bytearray(shard.read_bytes())
+  data[-1] ^= 1
+  shard.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="tokens-000001.npy: sha256 differs"):
+    run_job(tmp_path / "tok", str(tiny_checkpoint), tmp_path / "ids2", shard_size=20, show_progress=False)

@@ -1,0 +1,176 @@
+"""Pre-tokenised corpora: tokenise once (`tokenize-corpus`), encode from token ids on many hosts.
+
+A token directory holds, per shard of records, the token ids of every text flattened into one int32 array
+(`tokens-NNNNNN.npy`), where each text starts (`tokens-NNNNNN.offsets.npy`, int64, rows + 1) and the ids
+(`tokens-NNNNNN.ids.json`), and `tokens.json`: the tokenizer hash (files, lower-casing, max_seq_length), the input
+file's hash, and per shard its rows, first and last input line and sha256. `encode-corpus TOKEN_DIR` encodes from
+it and refuses a model whose tokenizer hash differs (naming both), so every host encodes the same token ids
+without tokenising again. Tokenisation runs in `workers` processes (the Rust tokenizer's own threads stop scaling
+at a few cores).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distilbert_jax.checks import positive_int
+from distilbert_jax.files import npy_bytes, write_atomic
+
+TOKEN_MANIFEST = "tokens.json"
+TOKEN_FORMAT = "distilbert-jax-tokens"
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_dir: str, max_seq_length: int, do_lower_case: bool) -> None:
+  global _worker_tokenizer
+  from distilbert_jax.tokenizer import WordPieceTokenizer
+
+  _worker_tokenizer = WordPieceTokenizer.from_dir(tokenizer_dir, max_seq_length, do_lower_case)
+
+
+def _tokenize(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  ids = _worker_tokenizer.encode_batch(texts)
+  offsets = np.zeros(len(ids) + 1, np.int64)
+  np.cumsum([len(t) for t in ids], out=offsets[1:])
+  return (np.concatenate(ids) if ids else np.zeros(0, np.int32)).astype(np.int32), offsets
+
+
+def is_token_dir(path: Path) -> bool:
+  return path.is_dir() and (path / TOKEN_MANIFEST).exists()
+
+
+def tokenize_corpus(
+  input_path: str | Path,
+  model: str,
+  out_dir: str | Path,
+  fields: dict[str, str] | None = None,
+  on_error: str = "stop",
+  shard_size: int = 100_000,
+  workers: int = 1,
+) -> dict[str, Any]:
+  """Tokenises INPUT (any encode-corpus input format) into OUT_DIR; returns a summary with tokens/s."""
+  from distilbert_jax import model_dir
+  from distilbert_jax.corpus_job import JobError, detect_format, file_sha256, read_records, tokenizer_files_sha256
+  from distilbert_jax.hub import resolve_model_dir
+
+  if on_error not in ("stop", "skip"):
+    raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
+  shard_size, workers = positive_int(shard_size, "shard_size"), positive_int(workers, "workers")
+  input_path, out_dir = Path(input_path), Path(out_dir)
+  if not input_path.is_file():
+    raise JobError(f"{input_path}: no such input file")
+  loaded = model_dir.load(resolve_model_dir(model))
+  fmt = detect_format(input_path, fields or {})
+  out_dir.mkdir(parents=True, exist_ok=True)
+  manifest = {
+    "format": TOKEN_FORMAT,
+    "model": str(model),
+    "tokenizer_sha256": tokenizer_files_sha256(loaded.tokenizer_dir, loaded.do_lower_case, loaded.max_seq_length),
+    "max_seq_length": loaded.max_seq_length,
+    "input": {"name": input_path.name, "bytes": input_path.stat().st_size, "sha256": file_sha256(input_path)},
+    "shard_size": shard_size,
+    "shards": [],
+    "rejects": [],
+    "complete": False,
+  }
+  start, tokens, rows = time.perf_counter(), 0, 0
+
+  def shards_of_records() -> Iterator[list]:
+    batch = []
+    for record in read_records(input_path, fmt):
+      if record.error is not None:
+        if on_error == "stop":
+          raise JobError(f"{input_path}:{record.line}: {record.error} (use --on-error skip to record it and go on)")
+        manifest["rejects"].append({"file": input_path.name, "line": record.line, "reason": record.error})
+        continue
+      batch.append(record)
+      if len(batch) == shard_size:
+        yield batch
+        batch = []
+    if batch:
+      yield batch
+
+  init = (str(loaded.tokenizer_dir), loaded.max_seq_length, loaded.do_lower_case)
+  # spawn, not fork: forking a process that runs JAX threads can deadlock.
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, init) as pool:
+    # Split each shard across the workers; keep one shard in flight while the next is read.
+    def submit(batch):
+      step = -(-len(batch) // workers)
+      parts = [pool.submit(_tokenize, [r.text for r in batch[i : i + step]]) for i in range(0, len(batch), step)]
+      return batch, parts
+
+    pending = None
+    for index, batch in enumerate([*shards_of_records(), None]):
+      if pending is not None:
+        done_batch, parts = pending
+        results = [p.result() for p in parts]
+        flat = np.concatenate([t for t, _ in results])
+        offsets, base = [np.zeros(1, np.int64)], 0
+        for t, o in results:
+          offsets.append(o[1:] + base)
+          base += len(t)
+        name = f"tokens-{index - 1:06d}"
+        token_bytes, offset_bytes = npy_bytes(flat), npy_bytes(np.concatenate(offsets))
+        write_atomic(out_dir / f"{name}.npy", token_bytes)
+        write_atomic(out_dir / f"{name}.offsets.npy", offset_bytes)
+        rows_json = {"ids": [r.id for r in done_batch], "lines": [r.line for r in done_batch]}
+        write_atomic(out_dir / f"{name}.ids.json", json.dumps(rows_json).encode())
+        manifest["shards"].append(
+          {
+            "file": f"{name}.npy",
+            "offsets": f"{name}.offsets.npy",
+            "ids": f"{name}.ids.json",
+            "rows": len(done_batch),
+            "tokens": int(len(flat)),
+            "first_line": done_batch[0].line,
+            "last_line": done_batch[-1].line,
+            "sha256": hashlib.sha256(token_bytes + offset_bytes).hexdigest(),
+          }
+        )
+        tokens, rows = tokens + len(flat), rows + len(done_batch)
+      pending = submit(batch) if batch is not None else None
+  manifest.update(complete=True, rows=rows, tokens=tokens)
+  write_atomic(out_dir / TOKEN_MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # last: marks it done
+  elapsed = time.perf_counter() - start
+  return {"out": str(out_dir), "rows": rows, "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+
+
+def read_token_manifest(token_dir: Path) -> dict[str, Any]:
+  path = token_dir / TOKEN_MANIFEST
+  manifest = json.loads(path.read_text())
+  if manifest.get("format") != TOKEN_FORMAT or not manifest.get("complete"):
+    raise ValueError(f"{path}: not a complete token directory (re-run tokenize-corpus)")
+  return manifest
+
+
+def read_token_records(token_dir: Path) -> Iterator[Any]:
+  """Records (line, id, tokens) in input order, each shard's sha256 checked before use."""
+  from distilbert_jax.corpus_job import Record
+
+  manifest = read_token_manifest(token_dir)
+  for shard in manifest["shards"]:
+    token_bytes = (token_dir / shard["file"]).read_bytes()
+    offset_bytes = (token_dir / shard["offsets"]).read_bytes()
+    if hashlib.sha256(token_bytes + offset_bytes).hexdigest() != shard["sha256"]:
+      raise ValueError(f"{token_dir / shard['file']}: sha256 differs from {TOKEN_MANIFEST} (changed or corrupt)")
+    flat = np.load(token_dir / shard["file"])
+    offsets = np.load(token_dir / shard["offsets"])
+    rows = json.loads((token_dir / shard["ids"]).read_text())
+    ids, lines = rows["ids"], rows["lines"]
+    if not len(ids) == len(lines) == len(offsets) - 1 == shard["rows"]:
+      raise ValueError(
+        f"{token_dir / shard['ids']}: {len(ids)} ids, {len(offsets) - 1} offsets; {TOKEN_MANIFEST} says {shard['rows']}"
+      )
+    for i, (doc_id, line) in enumerate(zip(ids, lines)):
+      yield Record(line, doc_id, None, tokens=flat[offsets[i] : offsets[i + 1]])
