@@ -79,7 +79,8 @@ def main() -> None:
           flush=True,
         )
   device = jax.devices()[0].device_kind
-  Path(args.out).write_text(json.dumps({"device": device, "docs": args.docs, "rows": rows}, indent=1) + "\n")
+  result = {"device": device, "docs": args.docs, "rows": rows}
+  Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
   print(f"\ndevice: {device}; scan/loop ratios (compile time, tokens/s):")
   for layers in sorted({r["layers"] for r in rows}):
     for dtype in args.dtypes.split(","):
@@ -90,6 +91,7 @@ def main() -> None:
         f"  {layers:>3} layers {dtype:<8} compile {scan['compile_s'] / loop['compile_s']:.2f}x  "
         f"throughput {scan['tokens_per_s'] / loop['tokens_per_s']:.2f}x"
       )
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -75,9 +75,9 @@ def main() -> None:
   base_speed = rows["teacher (6 layers)"][1]
   for name, (ndcg, speed) in rows.items():
     print(f"{name:<28} {ndcg:8.4f} {speed:8.1f} {speed / base_speed:16.2f}x")
-  Path(args.out).write_text(
-    json.dumps({"steps": args.steps, "batch_size": args.batch_size, "train_s": train_s, "rows": rows}, indent=1) + "\n"
-  )
+  result = {"steps": args.steps, "batch_size": args.batch_size, "layers": layers, "train_s": train_s, "rows": rows}
+  Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":

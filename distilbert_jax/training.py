@@ -22,6 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax import model_dir
+from distilbert_jax.attention import default_attention
 from distilbert_jax.batching import bucket_for, bucket_lengths
 from distilbert_jax.devices import data_mesh
 from distilbert_jax.encoder import DTYPES
@@ -237,8 +238,12 @@ class Trainer:
     self.loaded, self.cfg = loaded, cfg
     self.with_negatives = with_negatives
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
-    self.module = Encoder(loaded.config, dtype=DTYPES[cfg.dtype], param_dtype=jnp.float32)
     self.mesh = data_mesh(devices)
+    # The platform picks the attention implementation here, at the edge (as the encoder does).
+    platform = self.mesh.devices.flat[0].platform
+    self.module = Encoder(
+      loaded.config, dtype=DTYPES[cfg.dtype], param_dtype=jnp.float32, attention=default_attention(platform)
+    )
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
     self.optimizer = make_optimizer(cfg)

@@ -129,6 +129,7 @@ def main() -> None:
   print(
     f"most harmful to remove: layer {layer} head {head} ({delta[layer, head]:+.4f}); plot: {args.out}/head_ablation.png"
   )
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":
