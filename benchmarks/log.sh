@@ -8,7 +8,7 @@ name=$1; shift
 out="benchmarks/results/$name.txt"
 machine="$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | xargs || uname -m)"
 if command -v nvidia-smi >/dev/null 2>&1; then machine="$machine; $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"; fi
-dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo "+changes" || true)
+dirty=$(git status --porcelain --untracked-files=no -- . ":!benchmarks/results" | grep -q . && echo "+changes" || true)  # results aside
 {
   echo "# command: $*"
   echo "# machine: $machine"
