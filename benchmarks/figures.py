@@ -160,6 +160,21 @@ def ablation_section() -> list[str]:
   ]
 
 
+def log_section(title: str, name: str, what: str) -> list[str]:
+  """A log without a JSON result: its provenance and its lines as printed."""
+  log = RESULTS / f"{name}.txt"
+  if not log.exists() or not log.read_text().startswith("# command:"):
+    return [f"**{title}**", "", f"not measured (no `benchmarks/results/{name}.txt` from benchmarks/log.sh)", ""]
+  header, body = {}, []
+  for line in log.read_text().splitlines():
+    if line.startswith("# ") and ":" in line:
+      key, _, value = line[2:].partition(":")
+      header[key.strip()] = value.strip()
+    elif line.strip() and not line.startswith("{"):
+      body.append(line)
+  return [f"**{title}** ({what}; {provenance(header, log)}):", "", "```", *body, "```", ""]
+
+
 def plot(plots: list) -> None:
   import matplotlib
 
@@ -187,6 +202,8 @@ def main() -> None:
     "",
   ]
   lines += throughput_section(plots) + accelerator_section() + compile_section(plots)
+  lines += log_section("Host feed", "host_feed", "tokenising and planning the SciFact abstracts, no model")
+  lines += log_section("Compile cache", "compile_cache", "a fresh process's warm-up, cold then warm cache")
   lines += distill_section() + ablation_section() + [END]
   block = "\n".join(lines)
   readme = README.read_text()

@@ -23,3 +23,13 @@ def test_usage_example_runs_as_written(tmp_path):
 def test_ci_runs_the_readme_test_command():
   test_command = re.search(r"```bash\n(.*?)```", README.read_text(), re.S).group(1).strip().splitlines()[-1]
   assert test_command in (README.parent / ".ci" / "run").read_text()
+
+
+def test_readme_figures_are_what_the_benchmark_logs_say():
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  root = Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, "benchmarks/figures.py", "--check"], cwd=root, capture_output=True, text=True)
+  assert out.returncode == 0, out.stdout + out.stderr
