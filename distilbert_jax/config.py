@@ -47,6 +47,7 @@ class EncoderConfig:
   checkpoint_type: str = "distilbert"
   # Architecture variants (research); the defaults are DistilBERT/BERT.
   norm_position: str = "post"
+  embedding_norm: bool = True  # a norm after the embedding sum (BERT; XLM-RoBERTa-XL's pre-norm stack has none)
   norm_type: str = "layernorm"
   position_embedding: str = "learned"
   rope_theta: float = 10000.0  # rotary only
@@ -210,6 +211,7 @@ FIELDS = (
   # sinusoidal_pos_embds needs nothing: that table is stored in the checkpoint like a learned one.
   Field("position_embedding", None, "position_embedding_type", hf_values={"learned": "absolute"}),
   Field("norm_position", None, None),
+  Field("embedding_norm", None, None),
   Field("norm_type", None, None),
   Field("rope_theta", None, None),
   Field("ffn", None, None),

@@ -124,8 +124,9 @@ class Embeddings(nn.Module):
     if cfg.position_embedding == "learned":
       table = self.param("position_embeddings", init, (cfg.max_position_embeddings, cfg.hidden_size), self.param_dtype)
       x = x + table[positions].astype(jnp.float32)
-    x = Norm(cfg, self.dtype, self.param_dtype, name="LayerNorm")(x)
-    return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    if cfg.embedding_norm:
+      x = Norm(cfg, self.dtype, self.param_dtype, name="LayerNorm")(x)
+    return nn.Dropout(cfg.dropout)(x.astype(self.dtype), deterministic=deterministic)
 
 
 class Attention(nn.Module):

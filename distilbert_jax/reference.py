@@ -61,7 +61,8 @@ def token_embeddings(params: dict, config: EncoderConfig, ids: np.ndarray) -> np
   x = p["embeddings"]["word_embeddings"][ids]
   if config.position_embedding == "learned":
     x = x + p["embeddings"]["position_embeddings"][:t]
-  x = _norm(x, p["embeddings"]["LayerNorm"], config)
+  if config.embedding_norm:
+    x = _norm(x, p["embeddings"]["LayerNorm"], config)
   heads, width = config.num_heads, config.head_dim
   act = _ACTIVATIONS[config.activation]
 

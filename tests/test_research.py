@@ -65,6 +65,7 @@ def _tiny(**variant) -> EncoderConfig:
 VARIANTS = {
   "distilbert": {},
   "pre_layernorm": {"norm_position": "pre"},
+  "pre_no_embedding_norm": {"norm_position": "pre", "embedding_norm": False},
   "rmsnorm": {"norm_type": "rmsnorm"},
   "rotary": {"position_embedding": "rotary"},
   "no_positions": {"position_embedding": "none"},
@@ -103,6 +104,56 @@ def test_each_variant_matches_the_float64_oracle(variant):
     want = reference.token_embeddings(params, cfg, ids[start : start + n])
     np.testing.assert_allclose(np.asarray(got[start : start + n]), want, atol=TOL, rtol=TOL, err_msg=variant)
     start += n
+
+
+def test_pre_norm_variant_matches_pytorch_xlm_roberta_xl():
+  """transformers' XLM-RoBERTa-XL is a pre-LayerNorm BERT with a final norm and no embedding norm: our
+  norm_position="pre", embedding_norm=False, with its weights mapped by hand (positions start after padding_idx)."""
+  import torch
+  import transformers
+
+  hf = transformers.XLMRobertaXLConfig(
+    vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+    max_position_embeddings=40, pad_token_id=1, attn_implementation="eager",
+  )  # fmt: skip
+  torch.manual_seed(0)
+  theirs = transformers.XLMRobertaXLModel(hf, add_pooling_layer=False).eval()
+  with torch.no_grad():
+    for p in theirs.parameters():
+      p.copy_(torch.randn_like(p) * 0.2)
+  t = {k: v.numpy() for k, v in theirs.state_dict().items()}
+  first = hf.pad_token_id + 1  # RoBERTa numbers real tokens from padding_idx + 1
+  lin = lambda name: {"kernel": t[f"{name}.weight"].T, "bias": t[f"{name}.bias"]}
+  norm = lambda name: {"scale": t[f"{name}.weight"], "bias": t[f"{name}.bias"]}
+  params = {
+    "embeddings": {
+      "word_embeddings": t["embeddings.word_embeddings.weight"],
+      "position_embeddings": t["embeddings.position_embeddings.weight"][first:]
+      + t["embeddings.token_type_embeddings.weight"][0],
+    },
+    "transformer": {"final_layer_norm": norm("encoder.LayerNorm")},
+  }
+  for i in range(2):
+    e = f"encoder.layer.{i}"
+    params["transformer"][f"layer_{i}"] = {
+      "attention": {
+        "q_lin": lin(f"{e}.attention.self.query"),
+        "k_lin": lin(f"{e}.attention.self.key"),
+        "v_lin": lin(f"{e}.attention.self.value"),
+        "out_lin": lin(f"{e}.attention.output.dense"),
+      },
+      "sa_layer_norm": norm(f"{e}.attention.self_attn_layer_norm"),
+      "ffn": {"lin1": lin(f"{e}.intermediate.dense"), "lin2": lin(f"{e}.output.dense")},
+      "output_layer_norm": norm(f"{e}.LayerNorm"),
+    }
+  cfg = _tiny(norm_position="pre", embedding_norm=False, layer_norm_eps=hf.layer_norm_eps).replace(
+    max_position_embeddings=40 - first
+  )
+  ids = np.random.default_rng(3).integers(2, 60, size=(1, 17))
+  want = theirs(torch.from_numpy(ids)).last_hidden_state[0].detach().numpy()
+  got = Encoder(cfg).apply({"params": params}, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)))["token_embeddings"]
+  np.testing.assert_allclose(np.asarray(got[0]), want, atol=TOL, rtol=TOL)
+  np.testing.assert_allclose(reference.token_embeddings(params, cfg, ids[0]), want, atol=TOL, rtol=TOL)
 
 
 @pytest.mark.parametrize("variant", ["distilbert", "modern"])
