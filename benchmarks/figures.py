@@ -145,7 +145,12 @@ def ablation_section() -> list[str]:
   out = ["**Head ablation**"]
   path = RESULTS / "head_ablation.json"
   if not path.exists():
-    return out + ["", "not measured (no `benchmarks/results/head_ablation.json`)", ""]
+    return out + [
+      "",
+      "not measured at full scale (no `benchmarks/results/head_ablation.json`); `examples/head_ablation.py` is run on "
+      "a tiny config by `tests/test_research.py`",
+      "",
+    ]
   data = json.loads(path.read_text())
   import numpy as np
 
