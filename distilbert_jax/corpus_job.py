@@ -459,7 +459,8 @@ class _JobProgress:
       from tqdm.auto import tqdm
 
       if is_token_dir(path):
-        total = read_token_manifest(path)["shards"][-1]["last_line"] if read_token_manifest(path)["shards"] else 0
+        shards = read_token_manifest(path)["shards"]
+        total = shards[-1]["last_line"] if shards else 0
       else:
         with open_input(path) as f:
           total = sum(1 for _ in f)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from distilbert_jax import model_dir, surgery
-from distilbert_jax.corpus_job import InputFormat, detect_format, file_sha256, open_input, params_sha256, read_texts
-from distilbert_jax.training import Example, TrainConfig, read_train_data, run_training
+from distilbert_jax.corpus_job import InputFormat, detect_format, open_input, read_texts
+from distilbert_jax.training import Example, TrainConfig, read_train_data, run_fingerprint, run_training
 
 TEACHER_BATCH = 64
 
@@ -82,14 +82,8 @@ def distill(
   kind, data = read_distill_data(train_data)
   cfg = dataclasses.replace(cfg, loss="embedding-mse" if kind == "texts" else "margin-mse")
   examples = teacher_examples(loaded, kind, data, TEACHER_BATCH)
-  fingerprint = {
-    "model": str(teacher),
-    "weights_sha256": params_sha256(loaded.params),
-    "student_layers": list(student_layers),
-    "train_data": str(train_data),
-    "train_data_sha256": file_sha256(train_data),
-    "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
-  }
+  # train's fingerprint (teacher, its weights, the data, every setting) plus the layers the student keeps.
+  fingerprint = {**run_fingerprint(loaded, teacher, train_data, cfg), "student_layers": list(student_layers)}
   summary = run_training(
     student, examples, out_dir, cfg, fingerprint, checkpoint_every, show_progress=show_progress, overwrite=overwrite
   )

@@ -23,11 +23,16 @@ DEFAULT_TARGETS = ("q_lin", "v_lin")
 ADAPTERS_FILE, ADAPTERS_CONFIG = "adapters.safetensors", "adapters.json"
 
 
-def kernel_paths(params: dict, targets: tuple[str, ...]) -> list[str]:
-  """Paths ("transformer/layer_0/attention/q_lin") of every kernel whose module is named in `targets`."""
+def check_targets(targets: tuple[str, ...]) -> tuple[str, ...]:
   unknown = sorted(set(targets) - set(LINEAR_NAMES))
   if unknown or not targets:
-    raise ValueError(f"lora targets {unknown or '()'} are not Linear layers of the model; choose from {LINEAR_NAMES}")
+    raise ValueError(f"lora_targets {unknown or '()'} are not Linear layers; choose from {LINEAR_NAMES}")
+  return targets
+
+
+def kernel_paths(params: dict, targets: tuple[str, ...]) -> list[str]:
+  """Paths ("transformer/layer_0/attention/q_lin") of every kernel whose module is named in `targets`."""
+  check_targets(targets)
   found = [
     "/".join(path[:-1])
     for path in checkpoint.flatten_params(checkpoint.unstack_layers(params))

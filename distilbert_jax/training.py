@@ -24,10 +24,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from distilbert_jax import model_dir
 from distilbert_jax.attention import default_attention
 from distilbert_jax.batching import bucket_for, bucket_lengths
+from distilbert_jax.checks import positive_int
 from distilbert_jax.devices import data_mesh
 from distilbert_jax.encoder import DTYPES
 from distilbert_jax.files import write_atomic
-from distilbert_jax.lora import LINEAR_NAMES, init_adapters, merge, save_adapters
+from distilbert_jax.lora import check_targets, init_adapters, merge, save_adapters
 from distilbert_jax.model import Encoder
 from distilbert_jax.pooling import normalize, pool
 from distilbert_jax.tokenizer import WordPieceTokenizer
@@ -75,9 +76,8 @@ class TrainConfig:
       raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
     if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
       raise ValueError(f"lora_rank must be 0 (off) or a positive integer, got {self.lora_rank!r}")
-    unknown = sorted(set(self.lora_targets) - set(LINEAR_NAMES))
-    if self.lora_rank and (unknown or not self.lora_targets):
-      raise ValueError(f"lora_targets {unknown or '()'} are not Linear layers; choose from {LINEAR_NAMES}")
+    if self.lora_rank:
+      check_targets(tuple(self.lora_targets))
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -372,8 +372,7 @@ def train(
   OUT/sentence-transformers at the end."""
   from distilbert_jax.hub import resolve_model_dir
 
-  if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
-    raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+  positive_int(checkpoint_every, "checkpoint_every")  # before any data is read or model loaded
   out_dir, train_data = Path(out_dir), Path(train_data)
   out_dir.mkdir(parents=True, exist_ok=True)
   examples = read_train_data(train_data, cfg.loss)
@@ -406,6 +405,7 @@ def run_training(
   end (OUT/adapters too with LoRA)."""
   import time
 
+  checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
   model = fingerprint["model"]
   trainer = Trainer(loaded, cfg, with_negatives=any(e.negative is not None for e in examples))
   checkpoint, run_file = out_dir / "checkpoint.msgpack", out_dir / "checkpoint.json"
