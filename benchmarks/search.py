@@ -5,8 +5,10 @@ as the reference, for float32 / int8 / binary corpora (with and without rescorin
 
 Data: unit vectors around 2,000 random centres (768-d, like normalised sentence embeddings: neighbours are
 meaningful, unlike isotropic noise); queries are corpus rows plus noise. Every variant searches the same data in
-this process, each the fastest of two timed passes after a warm-up; the JAX float32 path is also split into scoring
-(the GEMM) and selection (top-k) time. Writes
+this process, timed as the median of `--passes` passes after a warm-up. The reference and our default float32 engine
+are timed in alternating pairs (which goes first alternates too), and their ratio is the median of the per-pair
+ratios: this VM drifts by 10-15% over minutes, and a pair sees the same drift. The cost of the NaN/inf check ours
+adds, and the JAX float32 path's split into scoring (the GEMM) and selection (top-k), are printed too. Writes
 benchmarks/results/search.txt and search.png (queries/s against recall@10).
 """
 
@@ -40,16 +42,32 @@ def recall_at_k(found: list, truth: np.ndarray) -> float:
   return float(np.mean([len({h["corpus_id"] for h in hits} & set(row)) / len(row) for hits, row in zip(found, truth)]))
 
 
-def timed(fn, passes: int = 2):
-  """(result, seconds of the fastest of `passes` timed runs) after one warm-up run (compiles): this VM's speed
-  drifts by 10-15% between runs of the same search, and the faster pass is the one least disturbed."""
+def timed(fn, passes: int = 3):
+  """(result, median seconds of `passes` timed runs) after one warm-up run (compiles)."""
   fn()
-  best = float("inf")
+  times = []
   for _ in range(passes):
     start = time.perf_counter()
     out = fn()
-    best = min(best, time.perf_counter() - start)
-  return out, best
+    times.append(time.perf_counter() - start)
+  return out, float(np.median(times))
+
+
+def paired(reference, ours, rounds: int):
+  """(our result, reference seconds, our seconds, median of per-round reference/ours ratios): the two alternate,
+  and which of them goes first alternates from round to round, so drift of the machine cancels in each ratio."""
+  reference(), ours()
+  times = {"reference": [], "ours": []}
+  out = None
+  for r in range(rounds):
+    order = [("reference", reference), ("ours", ours)]
+    for name, fn in order if r % 2 == 0 else order[::-1]:
+      start = time.perf_counter()
+      result = fn()
+      times[name].append(time.perf_counter() - start)
+      out = result if name == "ours" else out
+  ratios = np.array(times["reference"]) / np.array(times["ours"])
+  return out, float(np.median(times["reference"])), float(np.median(times["ours"])), float(np.median(ratios))
 
 
 def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
@@ -59,7 +77,7 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
   import jax.numpy as jnp
 
   from distilbert_jax import quantization
-  from distilbert_jax.scoring import chunk_scores, semantic_search
+  from distilbert_jax.scoring import check_finite, chunk_scores, semantic_search
 
   k = args.top_k
   corpus, queries = make_data(n, args.queries, args.dim)
@@ -71,12 +89,22 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
   }
   index = faiss.IndexFlatIP(args.dim)
   index.add(corpus)
-  (_, truth), faiss_s = timed(lambda: index.search(queries, k))
+  _, truth = index.search(queries, k)
+  default = lambda: semantic_search(queries, corpus, top_k=k, score_function="dot")
+  found, faiss_s, ours_s, ratio = paired(lambda: index.search(queries, k), default, args.pairs)
+  _, check_s = timed(lambda: check_finite(corpus, "corpus"), args.passes)
   say(f"\n## {n:,} x {args.dim} corpus ({corpus.nbytes / 2**30:.2f} GiB float32)")
   say(f"{'variant':<34} {'queries/s':>10} {'vs faiss':>9} {'recall@10':>10}")
   say(f"{'faiss IndexFlatIP (reference)':<34} {args.queries / faiss_s:10.1f} {1.0:8.2f}x {1.0:10.4f}")
+  name = "ours float32 (auto: faiss engine)"
+  recall = recall_at_k(found, truth)
+  say(f"{name:<34} {args.queries / ours_s:10.1f} {ratio:8.2f}x {recall:10.4f}")
+  say(
+    f"  median of {args.pairs} alternating pairs; ours adds the NaN/inf check of the corpus, {check_s * 1e3:.0f} ms a "
+    f"search ({check_s / ours_s:.1%} of ours), and result building"
+  )
+  rows = [("faiss IndexFlatIP (reference)", args.queries / faiss_s, 1.0), (name, args.queries / ours_s, recall)]
   variants = {
-    "ours float32 (auto: faiss engine)": lambda: semantic_search(queries, corpus, top_k=k, score_function="dot"),
     "ours float32 (jax engine)": lambda: semantic_search(queries, corpus, top_k=k, score_function="dot", backend="jax"),
   }
   for precision in ("int8", "binary"):
@@ -84,9 +112,8 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
       variants[f"ours {precision}{' rescored x4' if rescore else ''}"] = lambda p=precision, r=rescore: (
         quantization.semantic_search(queries, codes[p], p, top_k=k, rescore=r, rescore_multiplier=4, ranges=ranges)
       )
-  rows = [("faiss IndexFlatIP (reference)", args.queries / faiss_s, 1.0)]
   for name, fn in variants.items():
-    found, seconds = timed(fn)
+    found, seconds = timed(fn, args.passes)
     recall = recall_at_k(found, truth)
     rows.append((name, args.queries / seconds, recall))
     say(f"{name:<34} {args.queries / seconds:10.1f} {faiss_s / seconds:8.2f}x {recall:10.4f}")
@@ -95,8 +122,8 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
   c = jnp.asarray(corpus[: min(n, 500_000)])
   score = jax.jit(lambda q, c: chunk_scores("dot", q, c))
   select = jax.jit(lambda q, c: jax.lax.top_k(chunk_scores("dot", q, c), k))
-  _, score_s = timed(lambda: score(q, c).block_until_ready())
-  _, both_s = timed(lambda: jax.block_until_ready(select(q, c)))
+  _, score_s = timed(lambda: score(q, c).block_until_ready(), args.passes)
+  _, both_s = timed(lambda: jax.block_until_ready(select(q, c)), args.passes)
   say(
     f"jax float32, 100 queries x {c.shape[0]:,} rows: scoring {score_s * 1e3:.0f} ms, selection "
     f"{(both_s - score_s) * 1e3:.0f} ms ({(both_s - score_s) / both_s:.0%} of {both_s * 1e3:.0f} ms); "
@@ -111,6 +138,8 @@ def main() -> None:
   parser.add_argument("--queries", type=int, default=1000)
   parser.add_argument("--dim", type=int, default=768)
   parser.add_argument("--top-k", type=int, default=10)
+  parser.add_argument("--passes", type=int, default=3, help="timed passes per variant (median)")
+  parser.add_argument("--pairs", type=int, default=6, help="alternating reference/ours pairs (median ratio)")
   args = parser.parse_args()
 
   import faiss
