@@ -348,8 +348,8 @@ def top_k_search(
   devices = list(devices) if devices is not None else jax.local_devices()
   on_cpu = all(d.platform == "cpu" for d in devices)
   if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES:
-    # A handful of queries is one pass over the corpus, bound by memory: faiss' scan is faster there (3x for one
-    # query); from CPU_JAX_MIN_QUERIES on, the blocked JAX engine is (1.1x at 1,000, 2.6x at 100; README).
+    # A handful of queries is one pass over the corpus, bound by memory: faiss' scan is faster there; from
+    # CPU_JAX_MIN_QUERIES on, the blocked JAX engine is (benchmarks/search_crossover.py; README "Search").
     try:
       import faiss  # noqa: F401
 
@@ -382,8 +382,8 @@ def top_k_search(
   )
 
 
-CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer queries go to faiss (measured crossover: 10 even, 20 1.5x JAX)
-CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU: 1.3x faiss at 8,192-16,384, 1.2x at 4,096
+CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer go to faiss (search_crossover.py: JAX 0.79x at 8, 1.27x at 16)
+CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (on this VM 4,096 was slower, 16,384 no faster)
 CPU_CHUNK_BLOCKS = 8  # blocks per corpus chunk on CPU: 65,536 rows, 192 MiB at 768-d float32
 
 
