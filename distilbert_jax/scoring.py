@@ -560,7 +560,9 @@ def _host_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, blo
       rows = min(size, n_corpus - int(p0))
       part = read(int(p0), rows)
       if rows < size or part.ctypes.data % HOST_ALIGNMENT or not part.flags.c_contiguous:
-        buffer = staging.setdefault(size, aligned_empty((size, dim), dtype))
+        if size not in staging:
+          staging[size] = aligned_empty((size, dim), dtype)
+        buffer = staging[size]
         buffer[:rows], buffer[rows:] = part, 0
         part = buffer
       yield jax.device_put(part, device), jax.device_put(np.arange(size) < rows, device), int(p0)
