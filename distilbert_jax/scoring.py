@@ -500,7 +500,7 @@ def _sharded_top_k(
   shard = -(-min(corpus_chunk_size, n_corpus) // n_dev)  # rows per device of one fixed corpus chunk shape
   block = shard if block_rows is None else min(block_rows, shard)
   chunk = -(-shard // block) * block * n_dev  # whole blocks per device; rows past the corpus are masked
-  q_chunk = min(query_chunk_size, n_queries)
+  q_chunk = min(query_chunk_size, query_bucket(n_queries))
   step = _chunk_search_fn(mesh, k, kind, recall_target, block)
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
@@ -526,6 +526,16 @@ def _sharded_top_k(
       best_values[q0 : q0 + q_chunk] = np.asarray(values)[: len(q)]
       best_ids[q0 : q0 + q_chunk] = np.asarray(ids)[: len(q)]
   return best_values, best_ids
+
+
+def query_bucket(n: int) -> int:
+  """n rounded up to 4, 5, 6 or 7 times a power of two (at least 8): the query rows of a compiled search step.
+  A step's shape is its query count, and a CPU step takes thousands of queries, so searches of 500, 501 and 502
+  queries would each compile (0.3-0.5 s); buckets share one compilation for at most 25% padded rows."""
+  if n <= 8:
+    return 8
+  shift = n.bit_length() - 3
+  return -(-n >> shift) << shift  # ceil(n / 2**shift), one of 4..8, times 2**shift
 
 
 def _device_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):

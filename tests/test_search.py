@@ -102,3 +102,23 @@ def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, bl
     values, ids = scoring.top_k_search(queries, corpus, "dot", 7, query_chunk_size, corpus_chunk_size, backend="jax")
     np.testing.assert_array_equal(ids, want, err_msg=f"{query_chunk_size=} {corpus_chunk_size=}")
     np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
+
+
+def test_searches_of_similar_query_counts_share_one_compiled_step():
+  """A CPU step takes thousands of queries, so its shape would follow every query count: 490..511 queries must
+  not compile eight times, and the padded query rows change no result."""
+  import jax
+
+  from distilbert_jax import scoring
+  from distilbert_jax.devices import data_mesh
+
+  rng = np.random.default_rng(2)
+  corpus = rng.integers(-3, 4, size=(3000, 16)).astype(np.float32)
+  queries = rng.integers(-3, 4, size=(520, 16)).astype(np.float32)
+  scores = queries.astype(np.int64) @ corpus.astype(np.int64).T
+  for n in range(490, 512, 3):
+    _, ids = scoring.top_k_search(queries[:n], corpus, "dot", 5, backend="jax")
+    want = np.lexsort((np.broadcast_to(np.arange(len(corpus)), (n, len(corpus))), -scores[:n]), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, want)
+  step = scoring._chunk_search_fn(data_mesh(jax.local_devices()), 5, "dot", None, len(corpus))
+  assert step._cache_size() == 1, step._cache_size()
