@@ -382,7 +382,7 @@ def top_k_search(
   )
 
 
-CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer go to faiss (search_crossover.py: JAX 0.79x at 8, 1.27x at 16)
+CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer go to faiss (search_crossover.py: JAX 0.74x at 8, 1.11x at 16)
 CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (on this VM 4,096 was slower, 16,384 no faster)
 CPU_CHUNK_BLOCKS = 8  # blocks per corpus chunk on CPU: 65,536 rows, 192 MiB at 768-d float32
 
