@@ -11,8 +11,8 @@ CACHE = Path(os.environ.get("BENCH_CACHE", ROOT / ".benchmarks" / "checkpoints")
 
 
 def scifact_documents(n: int | None = 1000) -> list[str]:
-  from distilbert_jax.corpus_job import read_texts
-  from distilbert_jax.retrieval import find_beir_file
+  from distilbert_jax.data.beir import find_beir_file
+  from distilbert_jax.jobs.encode_corpus import read_texts
 
   docs = []
   for _, text in read_texts(find_beir_file(SCIFACT, "corpus")):
@@ -26,7 +26,7 @@ def msmarco_random_checkpoint() -> Path:
   """The full msmarco-distilbert-dot-v5 config with seeded random weights, built once and cached."""
   path = CACHE / "msmarco-distilbert-dot-v5-random-seed0"
   if not (path / "modules.json").exists():
-    from conversion.make_reference_checkpoint import make_reference_checkpoint
+    from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
     make_reference_checkpoint(path, seed=0)
   return path

@@ -25,12 +25,12 @@ CHILD = """
 import json, sys, tempfile, time
 import jax, numpy as np
 from benchmarks.common import scifact_documents
-from conversion.make_reference_checkpoint import reference_tokenizer_dir
+from distilbert_jax.testing.make_reference_checkpoint import reference_tokenizer_dir
 from distilbert_jax import SentenceTransformer
-from distilbert_jax.config import EncoderConfig
-from distilbert_jax.model import Encoder
-from distilbert_jax.model_dir import LoadedModel
-from distilbert_jax.pooling import PoolingConfig
+from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.transformer import Encoder
+from distilbert_jax.checkpoint.model_dir import LoadedModel
+from distilbert_jax.model.pooling import PoolingConfig
 layers, scan, dtype, n = int(sys.argv[1]), sys.argv[2] == "scan", sys.argv[3], int(sys.argv[4])
 cfg = EncoderConfig(num_layers=layers)
 params = jax.tree_util.tree_map(np.asarray, Encoder(cfg).init_params(jax.random.PRNGKey(0)))

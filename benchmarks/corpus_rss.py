@@ -25,7 +25,7 @@ def main():
   parser.add_argument("--lines", default="50000,200000,1000000")
   parser.add_argument("--long-line-mb", type=float, default=10.0, help="one case: 1,000 lines and one this long")
   args = parser.parse_args()
-  from conversion.make_reference_checkpoint import make_reference_checkpoint
+  from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)

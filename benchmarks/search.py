@@ -76,8 +76,8 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
   import jax
   import jax.numpy as jnp
 
-  from distilbert_jax import quantization
-  from distilbert_jax.scoring import check_finite, chunk_scores, semantic_search
+  from distilbert_jax.search import quantization
+  from distilbert_jax.search.similarity import check_finite, chunk_scores, semantic_search
 
   k = args.top_k
   corpus, queries = make_data(n, args.queries, args.dim)
@@ -121,7 +121,7 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
     say(f"{name:<34} {args.queries / seconds:10.1f} {faiss_s / seconds:8.2f}x {recall:10.4f}")
   # Where the JAX engine's time goes: the GEMM of one [queries, block] score block, times the blocks in the corpus,
   # against the whole search (the rest: top-k selection, merging, staging copies).
-  from distilbert_jax.scoring import CPU_SCORE_BLOCK
+  from distilbert_jax.search.similarity import CPU_SCORE_BLOCK
 
   q = jnp.asarray(queries)
   c = jnp.asarray(corpus[:CPU_SCORE_BLOCK])

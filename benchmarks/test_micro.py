@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.common import msmarco_random_checkpoint
 from distilbert_jax import SentenceTransformer, semantic_search
-from distilbert_jax.batching import Batch
+from distilbert_jax.encode.batching import Batch
 
 
 def _batch(rows=32, width=256):

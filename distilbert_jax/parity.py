@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distilbert_jax import model_dir, reference
-from distilbert_jax.encoder import SentenceTransformer
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.encode.sentence_transformer import SentenceTransformer
+from distilbert_jax.model import reference
 
 # Varied texts: short, longer than 512 tokens, punctuation, accents, CJK, emoji, empty and whitespace-only.
 SAMPLE_TEXTS = [

@@ -1,8 +1,8 @@
 """sentence_transformers.util's search and similarity functions, under the same names and signatures."""
 
-from distilbert_jax.pooling import normalize as normalize_embeddings
-from distilbert_jax.quantization import quantize_embeddings
-from distilbert_jax.scoring import (
+from distilbert_jax.model.pooling import normalize as normalize_embeddings
+from distilbert_jax.search.quantization import quantize_embeddings
+from distilbert_jax.search.similarity import (
   community_detection,
   cos_sim,
   dot_score,

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def ndcg_at_10(model, queries: np.ndarray, corpus: np.ndarray, data) -> float:
-  from distilbert_jax import retrieval
+  from distilbert_jax.data import beir as retrieval
 
   scores = np.asarray(model.similarity(queries, corpus))
   top = np.argsort(-scores, axis=1)[:, :10]
@@ -49,7 +49,10 @@ def run(model_path, beir_dir, max_docs: int | None, out_dir: Path, batch_size: i
   import jax
   from jax.sharding import NamedSharding, PartitionSpec
 
-  from distilbert_jax import SentenceTransformer, model_dir, retrieval, surgery
+  from distilbert_jax import SentenceTransformer
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.data import beir as retrieval
+  from distilbert_jax.train import surgery
 
   data = retrieval.load_beir(beir_dir, split="test", max_docs=max_docs)
   loaded = model_dir.load(model_path)

@@ -10,7 +10,7 @@ import sentence_transformers
 from safetensors.numpy import load_file, save_file
 
 from distilbert_jax import SentenceTransformer
-from distilbert_jax.checkpoint import CheckpointError
+from distilbert_jax.checkpoint.names import CheckpointError
 from tests.conftest import TEXTS
 
 

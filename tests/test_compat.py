@@ -11,7 +11,7 @@ import sentence_transformers
 import torch
 
 import distilbert_jax
-from conversion.make_reference_checkpoint import make_reference_checkpoint
+from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 from tests.conftest import TEXTS
 
 PROMPTS = {"query": "query: ", "passage": "passage: ", "classify": "topic of: "}

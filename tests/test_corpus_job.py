@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conversion.make_reference_checkpoint import make_reference_checkpoint
 from distilbert_jax import SentenceTransformer, load_embeddings, semantic_search
-from distilbert_jax.corpus_job import JobError, run_job
+from distilbert_jax.jobs.encode_corpus import JobError, run_job
+from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "protein binds receptor cells mice vitamin risk cancer trial placebo dose gene expression".split()
@@ -230,7 +230,7 @@ def test_tokenizer_change_is_a_different_job(tiny_checkpoint, tmp_path):
 def test_pre_tokenised_corpus_encodes_to_the_same_shards_and_refuses_another_tokenizer(tiny_checkpoint, tmp_path):
   import shutil
 
-  from distilbert_jax.cli import main
+  from distilbert_jax.cli.main import main
 
   corpus = _corpus(tmp_path / "c.jsonl.gz", 70)
   from_text = run_job(corpus, str(tiny_checkpoint), tmp_path / "text", shard_size=20, show_progress=False)

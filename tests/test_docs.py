@@ -7,7 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
-from distilbert_jax.cli import main
+from distilbert_jax.cli.main import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "research.md"
 

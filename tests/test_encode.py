@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distilbert_jax import SentenceTransformer
-from distilbert_jax.batching import MAX_SHAPES, plan_batches
-from distilbert_jax.encoder import _forward, cpu_rows_per_step
+from distilbert_jax.encode.batching import MAX_SHAPES, plan_batches
+from distilbert_jax.encode.sentence_transformer import _forward, cpu_rows_per_step
 from tests.conftest import TEXTS
 
 WORDS = [
@@ -118,9 +118,9 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
 
 
 def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm, scifact):
-  from distilbert_jax.corpus_job import read_texts
-  from distilbert_jax.retrieval import find_beir_file
-  from distilbert_jax.tokenizer import WordPieceTokenizer
+  from distilbert_jax.data.beir import find_beir_file
+  from distilbert_jax.jobs.encode_corpus import read_texts
+  from distilbert_jax.model.tokenizer import WordPieceTokenizer
 
   docs = [text for _, text in itertools.islice(read_texts(find_beir_file(scifact, "corpus")), 1000)]
   token_ids = WordPieceTokenizer.from_dir(minilm, max_seq_length=512).encode_batch(docs)

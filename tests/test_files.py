@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from distilbert_jax import files
+from distilbert_jax.core import files
 
 
 def test_disk_full_names_the_file_and_keeps_the_old_content(tmp_path, monkeypatch):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import transformers
 
-from distilbert_jax import checkpoint
-from distilbert_jax.config import EncoderConfig
-from distilbert_jax.model import Attention, Block, Embeddings, Encoder, FeedForward
+from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.transformer import Attention, Block, Embeddings, Encoder, FeedForward
 
 TOL = 1e-5
 B, T = 3, 11

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from distilbert_jax import SentenceTransformer
-from distilbert_jax.distributed import merge_slices, process_slice
+from distilbert_jax.encode.distributed import merge_slices, process_slice
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ROOT = Path(__file__).resolve().parents[1]

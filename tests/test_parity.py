@@ -8,7 +8,8 @@ import sentence_transformers
 import torch
 from transformers import AutoTokenizer
 
-from distilbert_jax import SentenceTransformer, reference
+from distilbert_jax import SentenceTransformer
+from distilbert_jax.model import reference
 from tests.conftest import TEXTS, assert_close_relative
 
 TOL = 1e-5  # max abs difference, relative to the largest value when that exceeds 1

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from sentence_transformers.util import quantize_embeddings as theirs
 
-from distilbert_jax import load_embeddings, quantization
-from distilbert_jax.corpus_job import run_job
-from distilbert_jax.scoring import top_k_search
+from distilbert_jax import load_embeddings
+from distilbert_jax.jobs.encode_corpus import run_job
+from distilbert_jax.search import quantization
+from distilbert_jax.search.similarity import top_k_search
 
 PRECISIONS = ("int8", "uint8", "binary", "ubinary")
 CLI = (sys.executable, "-m", "distilbert_jax.cli")
@@ -197,7 +198,7 @@ def test_corpus_job_truncated_and_searched(tiny_checkpoint, tmp_path):
 
 
 def test_quantized_corpus_of_unnormalised_cosine_model_refuses_cosine(tmp_path):
-  from conversion.make_reference_checkpoint import make_reference_checkpoint
+  from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
   model = make_reference_checkpoint(
     tmp_path / "cos",

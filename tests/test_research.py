@@ -11,10 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distilbert_jax import SentenceTransformer, checkpoint, model_dir, reference
-from distilbert_jax.attention import IMPLEMENTATIONS, attend
-from distilbert_jax.config import EncoderConfig
-from distilbert_jax.model import Encoder
+from distilbert_jax import SentenceTransformer
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.model import reference
+from distilbert_jax.model.attention import IMPLEMENTATIONS, attend
+from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.transformer import Encoder
 
 TOL = 1e-5  # float32 against dense / against the float64 oracle
 

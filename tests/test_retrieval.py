@@ -10,7 +10,8 @@ import sentence_transformers
 import torch
 from sentence_transformers import util
 
-from distilbert_jax import SentenceTransformer, retrieval, semantic_search
+from distilbert_jax import SentenceTransformer, semantic_search
+from distilbert_jax.data import beir as retrieval
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conversion.make_reference_checkpoint import make_reference_checkpoint
 from distilbert_jax import SentenceTransformer
-from distilbert_jax.cli import main
+from distilbert_jax.cli.main import main
+from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
 TEXTS = ["a short one", "a somewhat longer text about retrieval of scientific claims", "x", "mid length text here"]
 
@@ -73,7 +73,8 @@ def test_distill_texts_moves_the_student_towards_the_teacher_and_exports(four_la
 
   import sentence_transformers
 
-  from distilbert_jax import model_dir, surgery
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.train import surgery
 
   data = tmp_path / "texts.jsonl"
   data.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(CORPUS)))
@@ -93,8 +94,8 @@ def test_distill_texts_moves_the_student_towards_the_teacher_and_exports(four_la
 def test_distill_triples_uses_the_teachers_margins(four_layers, tmp_path):
   import json
 
-  from distilbert_jax import model_dir
-  from distilbert_jax.distill import read_distill_data, teacher_examples
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.train.distill import read_distill_data, teacher_examples
 
   rows = [{"query": CORPUS[i], "positive": CORPUS[i + 1], "negative": CORPUS[7 - i]} for i in range(4)]
   data = tmp_path / "triples.jsonl"

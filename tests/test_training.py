@@ -15,8 +15,10 @@ import torch
 from sentence_transformers.sentence_transformer import losses
 from transformers import get_linear_schedule_with_warmup
 
-from distilbert_jax import SentenceTransformer, checkpoint, model_dir
-from distilbert_jax.training import Example, TrainConfig, Trainer, batches, read_train_data
+from distilbert_jax import SentenceTransformer
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.train.trainer import Example, TrainConfig, Trainer, batches, read_train_data
 
 QUERIES = ["what binds the receptor", "vitamin d and cancer risk", "mice trial placebo", "gene expression in cells"]
 POSITIVES = [
@@ -202,7 +204,7 @@ def test_train_command_and_bad_lines(tiny_checkpoint, tmp_path):
 def test_mnrl_rows_with_and_without_negatives_in_one_batch(tiny_checkpoint):
   import jax.numpy as jnp
 
-  from distilbert_jax.training import multiple_negatives_ranking_loss
+  from distilbert_jax.train.trainer import multiple_negatives_ranking_loss
 
   trainer = Trainer(model_dir.load(tiny_checkpoint), TrainConfig(loss="mnrl", batch_size=4, dropout=False))
   has_negative = [False, True, False, True]  # the first row has none: the others' must still count
@@ -218,7 +220,7 @@ def test_mnrl_rows_with_and_without_negatives_in_one_batch(tiny_checkpoint):
 
 
 def test_a_batch_that_cannot_learn_is_refused(tiny_checkpoint, tmp_path):
-  from distilbert_jax.training import train
+  from distilbert_jax.train.trainer import train
 
   data = tmp_path / "pairs.jsonl"
   data.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
@@ -229,8 +231,8 @@ def test_a_batch_that_cannot_learn_is_refused(tiny_checkpoint, tmp_path):
 
 
 def test_resume_with_another_model_or_data_is_refused(tiny_checkpoint, tmp_path):
-  from conversion.make_reference_checkpoint import make_reference_checkpoint
-  from distilbert_jax.training import train
+  from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
+  from distilbert_jax.train.trainer import train
 
   data = tmp_path / "pairs.jsonl"
   data.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
@@ -255,8 +257,8 @@ def test_resume_with_another_model_or_data_is_refused(tiny_checkpoint, tmp_path)
 
 
 def test_lora_trains_adapters_only_saves_them_alone_and_exports_merged_with_parity(tiny_checkpoint, tmp_path):
-  from distilbert_jax import lora
-  from distilbert_jax.cli import main
+  from distilbert_jax.cli.main import main
+  from distilbert_jax.train import lora
 
   data = tmp_path / "train.jsonl"
   data.write_text(

@@ -10,7 +10,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
 
 from distilbert_jax import SentenceTransformer  # noqa: E402
-from distilbert_jax.distributed import encode_across_processes  # noqa: E402
+from distilbert_jax.encode.distributed import encode_across_processes  # noqa: E402
 
 texts = [f"passage {i}: " + "protein binds receptor " * (i % 9) for i in range(23)]
 np.save(out_file, encode_across_processes(SentenceTransformer.from_pretrained(model_path), texts, batch_size=4))

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax import checkpoint
-from distilbert_jax.files import write_json
+from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.core.files import write_json
 
 LINEAR_NAMES = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2", "gate")
 DEFAULT_TARGETS = ("q_lin", "v_lin")

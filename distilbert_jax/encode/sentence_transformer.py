@@ -25,19 +25,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from distilbert_jax import model_dir
-from distilbert_jax.attention import check_attention, default_attention
-from distilbert_jax.batching import Batch, plan_batches
-from distilbert_jax.checkpoint import stack_layers
-from distilbert_jax.checks import positive_int
-from distilbert_jax.config import EncoderConfig
-from distilbert_jax.devices import data_mesh, enable_compilation_cache, resolve_devices
-from distilbert_jax.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
-from distilbert_jax.model import Encoder
-from distilbert_jax.pooling import PoolingConfig, normalize, pool
-from distilbert_jax.quantization import check_precision, quantize_embeddings
-from distilbert_jax.scoring import SIMILARITY_FUNCTIONS
-from distilbert_jax.tokenizer import WordPieceTokenizer
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.checkpoint.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
+from distilbert_jax.checkpoint.names import stack_layers
+from distilbert_jax.core.checks import positive_int
+from distilbert_jax.core.devices import data_mesh, enable_compilation_cache, resolve_devices
+from distilbert_jax.encode.batching import Batch, plan_batches
+from distilbert_jax.model.attention import check_attention, default_attention
+from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.pooling import PoolingConfig, normalize, pool
+from distilbert_jax.model.tokenizer import WordPieceTokenizer
+from distilbert_jax.model.transformer import Encoder
+from distilbert_jax.search.quantization import check_precision, quantize_embeddings
+from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
 
 logger = logging.getLogger(__name__)
 

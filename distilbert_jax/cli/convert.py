@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-  from distilbert_jax import model_dir
-  from distilbert_jax.hub import resolve_model_dir
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.checkpoint.hub import resolve_model_dir
 
   loaded = model_dir.load(resolve_model_dir(args.source))
   if args.to == "jax":
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
-    prog="python -m conversion.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    prog="python -m distilbert_jax.cli.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   add_arguments(parser)
   run(parser.parse_args(argv))

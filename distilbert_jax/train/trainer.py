@@ -21,17 +21,17 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from distilbert_jax import model_dir
-from distilbert_jax.attention import default_attention
-from distilbert_jax.batching import bucket_for, bucket_lengths
-from distilbert_jax.checks import positive_int
-from distilbert_jax.devices import data_mesh
-from distilbert_jax.encoder import DTYPES
-from distilbert_jax.files import write_atomic
-from distilbert_jax.lora import check_targets, init_adapters, merge, save_adapters
-from distilbert_jax.model import Encoder
-from distilbert_jax.pooling import normalize, pool
-from distilbert_jax.tokenizer import WordPieceTokenizer
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.core.checks import positive_int
+from distilbert_jax.core.devices import data_mesh
+from distilbert_jax.core.files import write_atomic
+from distilbert_jax.encode.batching import bucket_for, bucket_lengths
+from distilbert_jax.encode.sentence_transformer import DTYPES
+from distilbert_jax.model.attention import default_attention
+from distilbert_jax.model.pooling import normalize, pool
+from distilbert_jax.model.tokenizer import WordPieceTokenizer
+from distilbert_jax.model.transformer import Encoder
+from distilbert_jax.train.lora import check_targets, init_adapters, merge, save_adapters
 
 LOSSES = ("margin-mse", "mnrl", "embedding-mse")  # embedding-mse: distillation to a teacher's embeddings
 MNRL_SCALE = 20.0  # sentence-transformers' default (temperature 0.05)
@@ -347,7 +347,7 @@ class Trainer:
 
 def run_fingerprint(loaded: model_dir.LoadedModel, model: str, train_data: Path, cfg: TrainConfig) -> dict:
   """What a checkpoint continues: the starting weights, the data and every hyper-parameter."""
-  from distilbert_jax.corpus_job import file_sha256, params_sha256
+  from distilbert_jax.jobs.encode_corpus import file_sha256, params_sha256
 
   return {
     "model": str(model),
@@ -370,7 +370,7 @@ def train(
   """The `train` command: resumes from OUT/checkpoint.msgpack when it was written by the same run (model,
   weights, data, hyper-parameters; else refused unless `overwrite`); writes OUT/jax and
   OUT/sentence-transformers at the end."""
-  from distilbert_jax.hub import resolve_model_dir
+  from distilbert_jax.checkpoint.hub import resolve_model_dir
 
   positive_int(checkpoint_every, "checkpoint_every")  # before any data is read or model loaded
   out_dir, train_data = Path(out_dir), Path(train_data)

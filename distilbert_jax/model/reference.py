@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from distilbert_jax.config import EncoderConfig
-from distilbert_jax.pooling import PoolingConfig
+from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.pooling import PoolingConfig
 
 
 def _gelu(x, approximate):

@@ -14,9 +14,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distilbert_jax.config import EncoderConfig
-from distilbert_jax.files import write_atomic
-from distilbert_jax.model import Encoder
+from distilbert_jax.core.files import write_atomic
+from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.transformer import Encoder
 
 FlaxPath = tuple[str, ...]
 

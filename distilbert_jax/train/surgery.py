@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distilbert_jax import checkpoint
-from distilbert_jax.model_dir import LoadedModel
+from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.checkpoint.model_dir import LoadedModel
 
 # Why --prune-heads is refused: removing a head shrinks q/k/v to (H - p) * K columns, but a DistilBERT/BERT config
 # has one num_heads for all layers and derives the head width as hidden_size / num_heads, and transformers 5 no

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from distilbert_jax import checkpoint
-from distilbert_jax.config import EncoderConfig
-from distilbert_jax.files import write_json
-from distilbert_jax.pooling import PoolingConfig, read_sentence_transformers_modules
-from distilbert_jax.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
+from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.core.files import write_json
+from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.pooling import PoolingConfig, read_sentence_transformers_modules
+from distilbert_jax.model.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
 
 JAX_MARKER = "distilbert_jax.json"
 FORMAT_VERSION = 1
@@ -61,7 +61,7 @@ def load(model_dir: str | Path) -> LoadedModel:
 
 def check_limits(model: LoadedModel) -> None:
   """What the embedding gathers would otherwise clamp silently: positions past the table, ids past the vocabulary."""
-  from distilbert_jax.tokenizer import WordPieceTokenizer
+  from distilbert_jax.model.tokenizer import WordPieceTokenizer
 
   config_file = Path(model.tokenizer_dir) / "config.json"
   if not 1 <= model.max_seq_length <= model.config.max_position_embeddings:

@@ -17,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from distilbert_jax.files import write_atomic
+from distilbert_jax.core.files import write_atomic
 
 # Files that make up a tokenizer, copied as they are when a model directory is saved or exported.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")

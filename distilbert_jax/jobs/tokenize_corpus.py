@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from distilbert_jax.checks import positive_int
-from distilbert_jax.files import npy_bytes, write_atomic
+from distilbert_jax.core.checks import positive_int
+from distilbert_jax.core.files import npy_bytes, write_atomic
 
 TOKEN_MANIFEST = "tokens.json"
 TOKEN_FORMAT = "distilbert-jax-tokens"
@@ -33,7 +33,7 @@ _worker_tokenizer = None
 
 def _init_worker(tokenizer_dir: str, max_seq_length: int, do_lower_case: bool) -> None:
   global _worker_tokenizer
-  from distilbert_jax.tokenizer import WordPieceTokenizer
+  from distilbert_jax.model.tokenizer import WordPieceTokenizer
 
   _worker_tokenizer = WordPieceTokenizer.from_dir(tokenizer_dir, max_seq_length, do_lower_case)
 
@@ -59,9 +59,15 @@ def tokenize_corpus(
   workers: int = 1,
 ) -> dict[str, Any]:
   """Tokenises INPUT (any encode-corpus input format) into OUT_DIR; returns a summary with tokens/s."""
-  from distilbert_jax import model_dir
-  from distilbert_jax.corpus_job import JobError, detect_format, file_sha256, read_records, tokenizer_files_sha256
-  from distilbert_jax.hub import resolve_model_dir
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.checkpoint.hub import resolve_model_dir
+  from distilbert_jax.jobs.encode_corpus import (
+    JobError,
+    detect_format,
+    file_sha256,
+    read_records,
+    tokenizer_files_sha256,
+  )
 
   if on_error not in ("stop", "skip"):
     raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
@@ -156,7 +162,7 @@ def read_token_manifest(token_dir: Path) -> dict[str, Any]:
 
 def read_token_records(token_dir: Path) -> Iterator[Any]:
   """Records (line, id, tokens) in input order, each shard's sha256 checked before use."""
-  from distilbert_jax.corpus_job import Record
+  from distilbert_jax.jobs.encode_corpus import Record
 
   manifest = read_token_manifest(token_dir)
   for shard in manifest["shards"]:

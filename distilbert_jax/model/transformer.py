@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from distilbert_jax.attention import attend, precision
-from distilbert_jax.config import EncoderConfig
+from distilbert_jax.model.attention import attend, precision
+from distilbert_jax.model.config import EncoderConfig
 
 Array = jax.Array
 

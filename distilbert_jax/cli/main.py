@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from distilbert_jax.hub import DEFAULT_MODEL, EMBEDDED_MODEL
-from distilbert_jax.quantization import PRECISIONS
+from distilbert_jax.checkpoint.hub import DEFAULT_MODEL, EMBEDDED_MODEL
+from distilbert_jax.search.quantization import PRECISIONS
 
 
 def positive_int(text: str) -> int:
@@ -44,20 +44,20 @@ def _model_name(args) -> str:
   """--model as given (never replaced), else the default model or, offline, the embedded one."""
   if args.model:
     return args.model
-  from distilbert_jax.hub import default_model
+  from distilbert_jax.checkpoint.hub import default_model
 
   return default_model(lambda line: print(line, file=sys.stderr))
 
 
 def _load_encoder(args, model: str | None = None, truncate_dim: int | None = None):
-  from distilbert_jax.encoder import SentenceTransformer
+  from distilbert_jax.encode.sentence_transformer import SentenceTransformer
 
   return SentenceTransformer(model or _model_name(args), dtype=args.dtype, truncate_dim=truncate_dim)
 
 
 def _score_function(args, encoder):
   """--score, else the model's own similarity function (msmarco-distilbert-dot-v5: dot)."""
-  from distilbert_jax.scoring import SIMILARITY_FUNCTIONS
+  from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
 
   return SIMILARITY_FUNCTIONS[args.score or encoder.similarity_fn_name][0]
 
@@ -65,7 +65,7 @@ def _score_function(args, encoder):
 def _read_lines(path: str) -> list[str]:
   """Texts one per line from a file, or standard input for '-', split as encode-corpus splits them (at \\n
   only: a lone \\r inside a line stays in its text); a bad line raises naming file and line."""
-  from distilbert_jax.corpus_job import InputFormat, read_lines, read_records
+  from distilbert_jax.jobs.encode_corpus import InputFormat, read_lines, read_records
 
   lines = (
     read_lines(sys.stdin.buffer, InputFormat("lines"), keep_empty=True)
@@ -83,8 +83,8 @@ def _read_lines(path: str) -> list[str]:
 def _read_corpus(path: str) -> tuple[list[str], list[str]]:
   """(ids, texts) from a BEIR directory, a corpus.jsonl[.gz], a TSV of id<TAB>text, or plain lines, read as
   encode-corpus reads them; a bad line raises naming file and line."""
-  from distilbert_jax.corpus_job import read_texts
-  from distilbert_jax.retrieval import find_beir_file
+  from distilbert_jax.data.beir import find_beir_file
+  from distilbert_jax.jobs.encode_corpus import read_texts
 
   p = Path(path)
   pairs = list(read_texts(find_beir_file(p, "corpus") if p.is_dir() else p))
@@ -92,7 +92,7 @@ def _read_corpus(path: str) -> tuple[list[str], list[str]]:
 
 
 def cmd_encode(args) -> None:
-  from distilbert_jax.files import npy_bytes, npy_path, write_atomic
+  from distilbert_jax.core.files import npy_bytes, npy_path, write_atomic
 
   texts = _read_lines(args.input)
   encoder = _load_encoder(args)
@@ -107,8 +107,8 @@ def cmd_encode(args) -> None:
 def cmd_search(args) -> None:
   import numpy as np
 
-  from distilbert_jax.files import npy_bytes, npy_path, write_atomic
-  from distilbert_jax.scoring import semantic_search
+  from distilbert_jax.core.files import npy_bytes, npy_path, write_atomic
+  from distilbert_jax.search.similarity import semantic_search
 
   queries = list(args.query or []) + (_read_lines(args.queries) if args.queries else [])
   if not queries:
@@ -144,9 +144,9 @@ def cmd_search(args) -> None:
 def _search_corpus_job(args, queries: list[str], ids: list[str], texts: list[str]) -> None:
   """Search an encode-corpus directory as it was written: its model (another is refused), its truncation and
   renormalisation, its precision (quantized corpora: candidates by codes, rescored with the float queries)."""
-  from distilbert_jax import quantization
-  from distilbert_jax.corpus_job import check_same_model, load_embeddings, read_manifests
-  from distilbert_jax.scoring import semantic_search
+  from distilbert_jax.jobs.encode_corpus import check_same_model, load_embeddings, read_manifests
+  from distilbert_jax.search import quantization
+  from distilbert_jax.search.similarity import semantic_search
 
   manifest = read_manifests(args.embeddings)[0]
   if args.truncate_dim is not None and args.truncate_dim != manifest.get("truncate_dim"):
@@ -188,7 +188,7 @@ def _print_hits(queries: list[str], results: list, ids: list[str], texts: list[s
 
 
 def cmd_encode_corpus(args) -> None:
-  from distilbert_jax.corpus_job import run_job
+  from distilbert_jax.jobs.encode_corpus import run_job
 
   fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
   summary = run_job(
@@ -217,7 +217,7 @@ def cmd_encode_corpus(args) -> None:
 
 
 def cmd_tokenize_corpus(args) -> None:
-  from distilbert_jax.token_corpus import tokenize_corpus
+  from distilbert_jax.jobs.tokenize_corpus import tokenize_corpus
 
   fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
   summary = tokenize_corpus(
@@ -231,8 +231,8 @@ def cmd_tokenize_corpus(args) -> None:
 
 
 def cmd_eval(args) -> None:
-  from distilbert_jax import retrieval
-  from distilbert_jax.scoring import semantic_search
+  from distilbert_jax.data import beir as retrieval
+  from distilbert_jax.search.similarity import semantic_search
 
   data = retrieval.load_beir(args.beir_dir, split=args.split, max_docs=args.max_docs)
   encoder = _load_encoder(args)
@@ -275,7 +275,7 @@ def cmd_parity(args) -> None:
 
 
 def cmd_train(args) -> None:
-  from distilbert_jax.training import TrainConfig, train
+  from distilbert_jax.train.trainer import TrainConfig, train
 
   cfg = TrainConfig(
     loss=args.loss,
@@ -308,9 +308,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_distill(args) -> None:
-  from distilbert_jax.distill import distill
-  from distilbert_jax.surgery import parse_int_list
-  from distilbert_jax.training import TrainConfig
+  from distilbert_jax.train.distill import distill
+  from distilbert_jax.train.surgery import parse_int_list
+  from distilbert_jax.train.trainer import TrainConfig
 
   cfg = TrainConfig(
     loss="embedding-mse",  # replaced by what the data holds
@@ -340,8 +340,9 @@ def cmd_distill(args) -> None:
 
 
 def cmd_prune(args) -> None:
-  from distilbert_jax import model_dir, surgery
-  from distilbert_jax.hub import resolve_model_dir
+  from distilbert_jax.checkpoint import model_dir
+  from distilbert_jax.checkpoint.hub import resolve_model_dir
+  from distilbert_jax.train import surgery
 
   if args.prune_heads:
     raise ValueError(f"--prune-heads {args.prune_heads}: {surgery.PRUNE_HEADS_REFUSAL}")
@@ -365,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   sub = parser.add_subparsers(dest="command", required=True)
 
-  from conversion import convert
+  from distilbert_jax.cli import convert
 
   p = sub.add_parser(
     "convert",

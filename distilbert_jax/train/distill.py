@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from distilbert_jax import model_dir, surgery
-from distilbert_jax.corpus_job import InputFormat, detect_format, open_input, read_texts
-from distilbert_jax.training import Example, TrainConfig, read_train_data, run_fingerprint, run_training
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.jobs.encode_corpus import InputFormat, detect_format, open_input, read_texts
+from distilbert_jax.train import surgery
+from distilbert_jax.train.trainer import Example, TrainConfig, read_train_data, run_fingerprint, run_training
 
 TEACHER_BATCH = 64
 
@@ -73,7 +74,7 @@ def distill(
   """The `distill` command. `cfg.loss` is set from the data (embedding-mse or margin-mse)."""
   import dataclasses
 
-  from distilbert_jax.hub import resolve_model_dir
+  from distilbert_jax.checkpoint.hub import resolve_model_dir
 
   out_dir, train_data = Path(out_dir), Path(train_data)
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from distilbert_jax.checks import positive_int
-from distilbert_jax.devices import data_mesh
-from distilbert_jax.pooling import normalize
+from distilbert_jax.core.checks import positive_int
+from distilbert_jax.core.devices import data_mesh
+from distilbert_jax.model.pooling import normalize
 
 HIGHEST = jax.lax.Precision.HIGHEST
 logger = logging.getLogger(__name__)

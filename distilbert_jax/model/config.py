@@ -159,7 +159,7 @@ class EncoderConfig:
 
   def save(self, path: str | Path, hf: bool = False) -> None:
     """Writes our field dict (`hf=True`: the HF config of `checkpoint_type`, refusing what it cannot express)."""
-    from distilbert_jax.files import write_json
+    from distilbert_jax.core.files import write_json
 
     write_json(path, self.to_hf_dict() if hf else self.to_dict())
 

@@ -1,0 +1,3 @@
+from distilbert_jax.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Test fixtures that users may run too: seeded random checkpoints at real configs, offline."""

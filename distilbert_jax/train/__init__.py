@@ -1,0 +1,1 @@
+"""Training: config, losses, optimiser, the trainer, LoRA, surgery, distillation."""
