@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
-    prog="python -m distilbert_jax.cli.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    prog="python -m distilbert_jax.cli.convert",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   add_arguments(parser)
   run(parser.parse_args(argv))
