@@ -12,7 +12,7 @@ CACHE = Path(os.environ.get("BENCH_CACHE", ROOT / ".benchmarks" / "checkpoints")
 
 def scifact_documents(n: int | None = 1000) -> list[str]:
   from distilbert_jax.data.beir import find_beir_file
-  from distilbert_jax.jobs.encode_corpus import read_texts
+  from distilbert_jax.data.records import read_texts
 
   docs = []
   for _, text in read_texts(find_beir_file(SCIFACT, "corpus")):

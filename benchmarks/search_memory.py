@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import sys, time
 import numpy as np
-from distilbert_jax.search.similarity import semantic_search
+from distilbert_jax.search.semantic_search import semantic_search
 corpus = np.load(sys.argv[1], mmap_mode="r")
 queries = np.random.default_rng(1).normal(size=(int(sys.argv[4]), corpus.shape[1])).astype(np.float32)
 start = time.perf_counter()

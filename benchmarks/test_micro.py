@@ -29,8 +29,8 @@ def _batch(rows=32, width=256):
 def test_forward_32x256(benchmark, dtype):
   model = SentenceTransformer.from_pretrained(msmarco_random_checkpoint(), dtype=dtype)
   batch = _batch()
-  jax.block_until_ready(model._dispatch(batch, ("sentence_embedding",)))
-  benchmark(lambda: jax.block_until_ready(model._dispatch(batch, ("sentence_embedding",))))
+  jax.block_until_ready(model.runner.dispatch(batch, ("sentence_embedding",)))
+  benchmark(lambda: jax.block_until_ready(model.runner.dispatch(batch, ("sentence_embedding",))))
 
 
 def test_semantic_search_10k(benchmark):

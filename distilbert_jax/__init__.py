@@ -5,12 +5,13 @@
 
 from distilbert_jax import util
 from distilbert_jax.encode.sentence_transformer import SentenceTransformer
-from distilbert_jax.jobs.encode_corpus import load_embeddings
+from distilbert_jax.jobs.embeddings import load_embeddings
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig
 from distilbert_jax.model.transformer import Encoder
 from distilbert_jax.search.quantization import quantize_embeddings
-from distilbert_jax.search.similarity import cos_sim, dot_score, semantic_search
+from distilbert_jax.search.semantic_search import semantic_search
+from distilbert_jax.search.similarity import cos_sim, dot_score
 
 __all__ = [
   "EncoderConfig",

@@ -76,7 +76,7 @@ def parity_report(
   """{"jax_vs_oracle": {...}, "torch_vs_oracle": {...}, "jax_vs_torch": {...}} (torch rows only with torch)."""
   encoder = SentenceTransformer.from_pretrained(model_path)
   ours = encoder.encode(list(texts))
-  params64 = reference.to_float64(encoder._loaded.params)
+  params64 = reference.to_float64(encoder.loaded.params)
   token_ids = encoder.tokenizer.encode_batch(list(texts))
   oracle = np.stack([reference.sentence_embedding(params64, encoder.config, encoder.pooling, ids) for ids in token_ids])
   distinct = np.array(sorted({tuple(t): i for i, t in reversed(list(enumerate(token_ids)))}.values()))

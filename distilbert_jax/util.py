@@ -1,9 +1,10 @@
 """sentence_transformers.util's search and similarity functions, under the same names and signatures."""
 
 from distilbert_jax.model.pooling import normalize as normalize_embeddings
+from distilbert_jax.search.mining import community_detection, paraphrase_mining, paraphrase_mining_embeddings
 from distilbert_jax.search.quantization import quantize_embeddings
+from distilbert_jax.search.semantic_search import semantic_search
 from distilbert_jax.search.similarity import (
-  community_detection,
   cos_sim,
   dot_score,
   euclidean_sim,
@@ -12,9 +13,6 @@ from distilbert_jax.search.similarity import (
   pairwise_dot_score,
   pairwise_euclidean_sim,
   pairwise_manhattan_sim,
-  paraphrase_mining,
-  paraphrase_mining_embeddings,
-  semantic_search,
 )
 
 pytorch_cos_sim = cos_sim  # sentence-transformers' old name

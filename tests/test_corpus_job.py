@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from distilbert_jax import SentenceTransformer, load_embeddings, semantic_search
-from distilbert_jax.jobs.encode_corpus import JobError, run_job
+from distilbert_jax.jobs.encode_corpus import run_job
+from distilbert_jax.jobs.outdir import JobError
 from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.encode.batching import MAX_SHAPES, plan_batches
-from distilbert_jax.encode.sentence_transformer import _forward, cpu_rows_per_step
+from distilbert_jax.model.forward import embed_rows, rows_per_step
 from tests.conftest import TEXTS
 
 WORDS = [
@@ -119,7 +119,7 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
 
 def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm, scifact):
   from distilbert_jax.data.beir import find_beir_file
-  from distilbert_jax.jobs.encode_corpus import read_texts
+  from distilbert_jax.data.records import read_texts
   from distilbert_jax.model.tokenizer import WordPieceTokenizer
 
   docs = [text for _, text in itertools.islice(read_texts(find_beir_file(scifact, "corpus")), 1000)]
@@ -150,28 +150,33 @@ def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
   after_first = len(COMPILES)
   second = encoder.encode(texts, batch_size=16)
   # Compiled here, or loaded from the persistent compilation cache of an earlier run: at most 16 either way.
-  assert 0 < encoder._sharded_forward._cache_size() <= 16 and after_first - start <= 16, after_first - start
+  assert 0 < encoder.runner.forward._cache_size() <= 16 and after_first - start <= 16, after_first - start
   assert len(COMPILES) == after_first, "the second call compiled again"
   for seed in range(2, 6):  # other inputs reuse the same bounded set of shapes
     more = encoder.encode(_random_texts(300, seed=seed, max_words=200), batch_size=16)
-  assert encoder._sharded_forward._cache_size() <= 16
+  assert encoder.runner.forward._cache_size() <= 16
   np.testing.assert_array_equal(first, second)
   assert more.shape == (300, 32)
 
 
 def test_cpu_steps_of_a_few_rows_equal_one_whole_batch(tiny):
-  assert [cpu_rows_per_step(32, length) for length in (32, 128, 352, 512)] == [16, 4, 2, 1]
-  assert cpu_rows_per_step(7, 128) == 1 and cpu_rows_per_step(4, 64) == 4
+  assert [rows_per_step(32, length, 768) for length in (32, 128, 352, 512)] == [16, 4, 2, 1]
+  assert rows_per_step(7, 128, 768) == 1 and rows_per_step(4, 64, 768) == 4 and rows_per_step(4, 64, None) == 4
   rng = np.random.default_rng(0)
   ids = rng.integers(1, tiny.config.vocab_size, (32, 128)).astype(np.int32)
   segments = (np.arange(128)[None] < rng.integers(1, 129, (32, 1))).astype(np.int32)
   positions = np.broadcast_to(np.arange(128), ids.shape)
-  run = lambda on_cpu: jax.jit(
+  run = lambda step_tokens: jax.jit(
     functools.partial(
-      _forward, tiny.module, tiny.pooling, on_cpu, num_segments=1, outputs=("sentence_embedding", "token_embeddings")
+      embed_rows,
+      tiny.module,
+      tiny.pooling,
+      num_segments=1,
+      outputs=("sentence_embedding", "token_embeddings"),
+      step_tokens=step_tokens,
     )
   )(tiny.params, ids, segments, positions)
-  stepped, whole = run(True), run(False)
+  stepped, whole = run(768), run(None)
   for output in ("sentence_embedding", "token_embeddings"):
     np.testing.assert_allclose(stepped[output], whole[output], atol=1e-5, rtol=1e-5, err_msg=output)
 

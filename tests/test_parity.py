@@ -43,7 +43,7 @@ def test_full_size_msmarco_config_matches_sentence_transformers(full_checkpoint)
 
   # Against exact arithmetic: how far is each float32 implementation from the float64 oracle?
   ids = ours.tokenizer.encode_batch(TEXTS)
-  oracle = np.stack([reference.sentence_embedding(ours._loaded.params, ours.config, ours.pooling, t) for t in ids])
+  oracle = np.stack([reference.sentence_embedding(ours.loaded.params, ours.config, ours.pooling, t) for t in ids])
   jax_err = float(np.abs(got - oracle).max())
   torch_err = float(np.abs(expected - oracle).max())
   print(f"max abs error vs float64 oracle: JAX float32 {jax_err:.3g}, torch float32 {torch_err:.3g}")

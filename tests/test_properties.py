@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distilbert_jax.cli.main import build_parser
+from distilbert_jax.data.records import InputFormat, read_lines
 from distilbert_jax.encode.batching import MAX_SHAPES, plan_batches
-from distilbert_jax.jobs.encode_corpus import InputFormat, JobError, read_lines, run_job
+from distilbert_jax.jobs.encode_corpus import run_job
+from distilbert_jax.jobs.outdir import JobError
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), min_size=0, max_size=30)
 

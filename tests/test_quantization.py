@@ -15,7 +15,7 @@ from sentence_transformers.util import quantize_embeddings as theirs
 from distilbert_jax import load_embeddings
 from distilbert_jax.jobs.encode_corpus import run_job
 from distilbert_jax.search import quantization
-from distilbert_jax.search.similarity import top_k_search
+from distilbert_jax.search.engines import top_k_search
 
 PRECISIONS = ("int8", "uint8", "binary", "ubinary")
 CLI = (sys.executable, "-m", "distilbert_jax.cli")
@@ -69,7 +69,7 @@ def test_quantized_search_equals_numpy_brute_force(precision, corpus_chunk_size)
   ranges = quantization.quantization_ranges(corpus, "int8")
   c_codes = quantization.quantize_embeddings(corpus, precision, ranges=ranges)
   q_codes = quantization.quantize_embeddings(queries, precision, ranges=ranges)
-  hits = quantization.semantic_search(
+  hits = quantization.quantized_semantic_search(
     queries,
     c_codes,
     precision,
@@ -88,7 +88,9 @@ def test_rescoring_reranks_the_candidates_with_float_queries(precision):
   ranges = quantization.quantization_ranges(corpus, "int8")
   c_codes = quantization.quantize_embeddings(corpus, precision, ranges=ranges)
   q_codes = quantization.quantize_embeddings(queries, precision, ranges=ranges)
-  hits = quantization.semantic_search(queries, c_codes, precision, top_k=5, rescore_multiplier=4, ranges=ranges)
+  hits = quantization.quantized_semantic_search(
+    queries, c_codes, precision, top_k=5, rescore_multiplier=4, ranges=ranges
+  )
   coarse = _brute_force(q_codes, c_codes, precision)
   restored = quantization.dequantize(c_codes, precision, ranges, corpus.shape[1])
   for q, got in enumerate(hits):
@@ -114,7 +116,7 @@ def test_bad_precision_and_mismatched_codes_are_refused():
   with pytest.raises(ValueError, match="precision 'int4' is not one of"):
     quantization.quantize_embeddings(_embeddings(5), "int4")
   with pytest.raises(ValueError, match="corpus_embeddings have dtype float32, not the codes of corpus_precision"):
-    quantization.semantic_search(_embeddings(2), _embeddings(5), "int8")
+    quantization.quantized_semantic_search(_embeddings(2), _embeddings(5), "int8")
   with pytest.raises(ValueError, match="cannot compute int8 quantization ranges from a single embedding"):
     quantization.quantize_embeddings(_embeddings(1), "int8")
 
@@ -163,7 +165,7 @@ def test_corpus_job_written_quantized_and_searched(tiny_checkpoint, tmp_path, pr
   )
   assert cli.returncode == 0, cli.stderr[-2000:]
   ranked = [line.split()[2] for line in cli.stdout.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
-  want = quantization.semantic_search(
+  want = quantization.quantized_semantic_search(
     model.encode([texts[3]]), np.asarray(codes), precision, top_k=3, ranges=codes.ranges
   )[0]
   assert ranked == [f"[{ids[h['corpus_id']]}]" for h in want]

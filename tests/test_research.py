@@ -277,12 +277,12 @@ def test_intervene_replaces_a_head_inside_the_packed_sharded_encode(tiny_checkpo
     ablated = model.encode(TEXTS)
   assert not np.allclose(ablated, base, atol=1e-4)
   # The same ablation by hand: zero the rows of out_lin that read head 1, an exact equivalent.
-  params = jax.tree_util.tree_map(np.array, model._loaded.params)
+  params = jax.tree_util.tree_map(np.array, model.loaded.params)
   k = model.config.head_dim
   params["transformer"]["layer_0"]["attention"]["out_lin"]["kernel"][k : 2 * k] = 0
   import dataclasses
 
-  by_hand = SentenceTransformer(dataclasses.replace(model._loaded, params=params), attention="dense")
+  by_hand = SentenceTransformer(dataclasses.replace(model.loaded, params=params), attention="dense")
   np.testing.assert_allclose(ablated, by_hand.encode(TEXTS), atol=TOL, rtol=TOL)
   np.testing.assert_array_equal(model.encode(TEXTS), base)  # the intervention ends with the block
   _ = nn  # flax's interceptor API is what `intervene` takes

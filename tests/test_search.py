@@ -77,7 +77,7 @@ def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, bl
   """Integer-valued embeddings: every score is exact in float32 and many tie, so the expected top-k (score
   descending, then corpus id ascending) is known to the letter. Small blocks make full chunks, a tail of whole
   blocks and a padded last block; the corpus is used in place (aligned), staged (unaligned) or read from a map."""
-  from distilbert_jax.search import similarity as scoring
+  from distilbert_jax.search import engines as scoring
 
   if block is not None:
     monkeypatch.setattr(scoring, "CPU_SCORE_BLOCK", block)
@@ -110,7 +110,7 @@ def test_searches_of_similar_query_counts_share_one_compiled_step():
   import jax
 
   from distilbert_jax.core.devices import data_mesh
-  from distilbert_jax.search import similarity as scoring
+  from distilbert_jax.search import engines as scoring
 
   rng = np.random.default_rng(2)
   corpus = rng.integers(-3, 4, size=(3000, 16)).astype(np.float32)

@@ -18,7 +18,9 @@ from transformers import get_linear_schedule_with_warmup
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint import names as checkpoint
-from distilbert_jax.train.trainer import Example, TrainConfig, Trainer, batches, read_train_data
+from distilbert_jax.train.config import TrainConfig
+from distilbert_jax.train.data import Example, batches, read_train_data
+from distilbert_jax.train.trainer import Trainer
 
 QUERIES = ["what binds the receptor", "vitamin d and cancer risk", "mice trial placebo", "gene expression in cells"]
 POSITIVES = [
@@ -204,15 +206,15 @@ def test_train_command_and_bad_lines(tiny_checkpoint, tmp_path):
 def test_mnrl_rows_with_and_without_negatives_in_one_batch(tiny_checkpoint):
   import jax.numpy as jnp
 
-  from distilbert_jax.train.trainer import multiple_negatives_ranking_loss
+  from distilbert_jax.train.losses import multiple_negatives_ranking_loss
 
   trainer = Trainer(model_dir.load(tiny_checkpoint), TrainConfig(loss="mnrl", batch_size=4, dropout=False))
   has_negative = [False, True, False, True]  # the first row has none: the others' must still count
   batch = [Example(q, p, n if keep else None) for q, p, n, keep in zip(QUERIES, POSITIVES, NEGATIVES, has_negative)]
   inputs = trainer.prepare(batch)
   loss = float(trainer.loss_fn(trainer.params, inputs, jax.random.PRNGKey(0), True))
-  embed = lambda field: trainer.embed(trainer.params, inputs[f"{field}_ids"], inputs[f"{field}_mask"], None, True)
-  q, p, n = embed("query"), embed("positive"), embed("negative")
+  embedded = trainer.embed_fields(trainer.params, inputs, None, True)
+  q, p, n = embedded["query"], embedded["positive"], embedded["negative"]
   expected = float(multiple_negatives_ranking_loss(q, p, n[jnp.array([1, 3])]))  # only the negatives given
   assert abs(loss - expected) <= 1e-5 * max(1.0, abs(expected)), (loss, expected)
   without = float(multiple_negatives_ranking_loss(q, p))

@@ -23,6 +23,7 @@ from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig, read_sentence_transformers_modules
 from distilbert_jax.model.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
 
+LAYOUTS = ("jax", "sentence-transformers")  # what save/convert/prune write: ours, or for PyTorch
 JAX_MARKER = "distilbert_jax.json"
 FORMAT_VERSION = 1
 ST_CONFIG = "config_sentence_transformers.json"

@@ -8,6 +8,7 @@ every shape; anything else raises one `CheckpointError` that lists all missing, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -276,3 +277,11 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
   from safetensors.numpy import save
 
   write_atomic(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata))
+
+
+def params_sha256(params: dict) -> str:
+  digest = hashlib.sha256()
+  for path, value in sorted(flatten_params(params).items()):
+    digest.update("/".join(path).encode())
+    digest.update(np.ascontiguousarray(np.asarray(value, np.float32)).tobytes())
+  return digest.hexdigest()

@@ -8,22 +8,34 @@ from __future__ import annotations
 
 import argparse
 
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.checkpoint.hub import resolve_model_dir
+from distilbert_jax.checkpoint.model_dir import LAYOUTS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("source", help="sentence-transformers/HF directory, distilbert-jax directory, or hub id")
   parser.add_argument("out", help="output directory")
   parser.add_argument(
     "--to",
-    choices=("jax", "sentence-transformers"),
+    choices=LAYOUTS,
     default="jax",
     help="jax: our torch-free directory (default); sentence-transformers: for PyTorch",
   )
 
 
-def run(args: argparse.Namespace) -> None:
-  from distilbert_jax.checkpoint import model_dir
-  from distilbert_jax.checkpoint.hub import resolve_model_dir
+def add_convert(sub) -> None:
+  p = sub.add_parser(
+    "convert",
+    help="convert a checkpoint (sentence-transformers <-> distilbert-jax)",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  add_arguments(p)
+  p.set_defaults(func=run)
 
+
+def run(args: argparse.Namespace) -> None:
   loaded = model_dir.load(resolve_model_dir(args.source))
   if args.to == "jax":
     out = model_dir.save_jax_dir(loaded, args.out)

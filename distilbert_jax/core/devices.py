@@ -54,29 +54,10 @@ def data_mesh(devices: Sequence[Any] | None = None) -> Mesh:
   return Mesh(np.array(list(devices) if devices is not None else jax.local_devices()), ("data",))
 
 
-COMPILATION_CACHE_ENV = "DISTILBERT_JAX_COMPILATION_CACHE"  # a directory, or "off"
-
-
-def enable_compilation_cache(setting: bool | str | None = None) -> str | None:
-  """JAX's persistent compilation cache, so a fresh process with the same shapes loads its executables instead of
-  compiling them again. `setting`: True/None (default: $DISTILBERT_JAX_COMPILATION_CACHE, else
-  ~/.cache/distilbert_jax/jax), a directory, or False/"off". A cache directory the caller already configured in
-  JAX is left as it is. Returns the directory in use, or None when off."""
-  import os
-  from pathlib import Path
-
-  if setting is None or setting is True:
-    setting = os.environ.get(COMPILATION_CACHE_ENV, True)
-  if setting is False or str(setting).lower() in ("off", "0", "false", "no"):
-    return None
-  if jax.config.jax_compilation_cache_dir:
-    return jax.config.jax_compilation_cache_dir
-  if setting is True:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    setting = base / "distilbert_jax" / "jax"
-  Path(setting).mkdir(parents=True, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", str(setting))
-  # Every executable is worth keeping: on CPU most compile in under JAX's default 1 s threshold, yet a warm-up
-  # of many shapes adds up to minutes.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  return str(setting)
+def platform_of(devices: Sequence[Any]) -> str:
+  """The one platform of `devices` ("cpu", "gpu", "tpu"): the one place a platform is read. Callers turn it into
+  plain choices (attention implementation, step sizes, search engine) before any compute is built."""
+  platforms = sorted({d.platform for d in devices})
+  if len(platforms) != 1:
+    raise ValueError(f"devices of several platforms {platforms}: give devices of one platform")
+  return platforms[0]

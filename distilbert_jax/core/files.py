@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import uuid
@@ -48,3 +49,11 @@ def npy_path(path: str | Path) -> Path:
   """The name np.save would write: `.npy` appended unless present, so what is reported is what is written."""
   path = Path(path)
   return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def file_sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()

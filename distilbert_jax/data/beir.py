@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from distilbert_jax.jobs.encode_corpus import read_texts
+from distilbert_jax.data.records import read_texts
 
 
 @dataclasses.dataclass

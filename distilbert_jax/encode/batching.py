@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from distilbert_jax.core.shapes import count_bucket
+
 BUCKET_STEP = 32
 MAX_SEGMENTS = 32  # texts per packed row; fixes the pooling output shape
 
@@ -165,21 +167,47 @@ def plan_batches(
     layout = _layout(lengths, buckets, rows_per_batch, small_rows, bool(packing))
   segments = MAX_SEGMENTS if packing else 1
   for width, height, chunk in layout:
-    batch = Batch(
-      input_ids=np.full((height, width), pad_token_id, np.int32),
-      segment_ids=np.zeros((height, width), np.int32),
-      positions=np.zeros((height, width), np.int32),
-      text_index=np.full((height, segments), -1, np.int64),
-      text_start=np.zeros((height, segments), np.int32),
-    )
-    for r, texts in enumerate(chunk):
-      offset = 0
-      for slot, i in enumerate(texts):
-        n = len(token_ids[i])
-        batch.input_ids[r, offset : offset + n] = token_ids[i]
-        batch.segment_ids[r, offset : offset + n] = slot + 1
-        batch.positions[r, offset : offset + n] = np.arange(n)
-        batch.text_index[r, slot] = i
-        batch.text_start[r, slot] = offset
-        offset += n
-    yield batch
+    yield filled_batch(token_ids, chunk, height, width, segments, pad_token_id)
+
+
+def filled_batch(
+  token_ids: Sequence[np.ndarray], rows: list[list[int]], height: int, width: int, segments: int, pad_token_id: int
+) -> Batch:
+  """A [height, width] batch holding rows[r] (text indices) in row r, one segment per text; rows past
+  len(rows) are padding."""
+  batch = Batch(
+    input_ids=np.full((height, width), pad_token_id, np.int32),
+    segment_ids=np.zeros((height, width), np.int32),
+    positions=np.zeros((height, width), np.int32),
+    text_index=np.full((height, segments), -1, np.int64),
+    text_start=np.zeros((height, segments), np.int32),
+  )
+  for r, texts in enumerate(rows):
+    offset = 0
+    for slot, i in enumerate(texts):
+      n = len(token_ids[i])
+      batch.input_ids[r, offset : offset + n] = token_ids[i]
+      batch.segment_ids[r, offset : offset + n] = slot + 1
+      batch.positions[r, offset : offset + n] = np.arange(n)
+      batch.text_index[r, slot] = i
+      batch.text_start[r, slot] = offset
+      offset += n
+  return batch
+
+
+def pack_batch(
+  token_ids: Sequence[np.ndarray], max_seq_length: int, pad_token_id: int = 0, row_multiple: int = 1, packed=True
+) -> tuple[Batch, np.ndarray]:
+  """Every text in one batch (a training step's): rows of the longest text's bucket, texts packed best-fit
+  decreasing (`packed`), the row count rounded up by `count_bucket` and to a multiple of `row_multiple` (filler rows
+  are padding). Returns the batch and `slots` [N]: text i's pooled output is at flat index r * S + s."""
+  lengths = np.fromiter((len(t) for t in token_ids), np.int64, len(token_ids))
+  width = bucket_for(int(lengths.max()), bucket_lengths(max_seq_length))
+  rows = pack_rows(lengths, width, MAX_SEGMENTS) if packed else [[i] for i in range(len(lengths))]
+  height = -(-count_bucket(len(rows)) // row_multiple) * row_multiple
+  segments = MAX_SEGMENTS if packed else 1
+  batch = filled_batch(token_ids, rows, height, width, segments, pad_token_id)
+  filled = batch.text_index >= 0
+  slots = np.zeros(len(lengths), np.int32)
+  slots[batch.text_index[filled]] = np.flatnonzero(filled.reshape(-1))  # text i -> r * segments + s
+  return batch, slots

@@ -1,49 +1,41 @@
 """SentenceTransformer: sentence-transformers' model API on a jit-compiled Flax encoder, data-parallel over devices.
 
 A sentence-transformers script runs after changing its import to `from distilbert_jax import SentenceTransformer,
-util`; README "Drop-in" lists each call and how ours differs. Texts are tokenised in chunks on a background thread,
-packed into fixed-shape batches (see `batching`), and each batch is sharded over the `data` axis of a device mesh
-with the parameters replicated. JAX dispatch is asynchronous, so the host prepares batch i+1 while the devices
-compute batch i.
+util`; README "Drop-in" lists each call and how ours differs. This class is the facade: settings, prompts, the
+`encode` arguments and their results, saving. Computing is the runner's (`encode.runner`): planning, dispatch and
+the compiled forward. This is also the edge where the devices' platform becomes plain choices.
+
+This module is over 400 lines because it carries sentence-transformers' whole model API in one class, as theirs.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import logging
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
-from distilbert_jax.checkpoint.names import stack_layers
 from distilbert_jax.core.checks import positive_int
-from distilbert_jax.core.devices import data_mesh, enable_compilation_cache, resolve_devices
-from distilbert_jax.encode.batching import Batch, plan_batches
+from distilbert_jax.core.compilation_cache import enable_compilation_cache
+from distilbert_jax.core.devices import platform_of, resolve_devices
+from distilbert_jax.encode.runner import DTYPES, STEP_TOKENS_BY_PLATFORM, EncodeRunner
 from distilbert_jax.model.attention import check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
-from distilbert_jax.model.pooling import PoolingConfig, normalize, pool
+from distilbert_jax.model.pooling import PoolingConfig, normalize
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
-from distilbert_jax.model.transformer import Encoder
 from distilbert_jax.search.quantization import check_precision, quantize_embeddings
 from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
-CPU_STEP_TOKENS = 768  # tokens per step on CPU; 512-2048 measured alike on SciFact shapes, a whole batch 1.3x slower
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", "hidden_states", "attentions", None)
 TENSOR_TYPES = ("jax", "torch")
 
@@ -99,8 +91,9 @@ class SentenceTransformer:
     attention: str | None = None,
     scan_layers: bool = False,
   ):
-    # First: JAX reads the cache setting at its first compilation and ignores later changes.
-    self.compilation_cache = enable_compilation_cache(compilation_cache)
+    # First: JAX reads the cache setting at its first compilation and ignores later changes. Off unless asked
+    # for (True or a directory): a library does not change the process's JAX settings unannounced.
+    self.compilation_cache = enable_compilation_cache(compilation_cache) if compilation_cache else None
     if model_name_or_path is None:
       raise ValueError(
         "model_name_or_path is required: a model directory or a hub id such as "
@@ -123,7 +116,7 @@ class SentenceTransformer:
     self.source = loaded.source
     self.dtype = dtype
     self.tensor_type = tensor_type
-    self._loaded = loaded
+    self.loaded = loaded
     self.model_card_data = ModelCardData()
     # Prompts as sentence-transformers merges them: "query" and "document" always exist ("" unless set), the
     # caller's prompts win over the saved ones, and a default prompt name must name one of them.
@@ -143,49 +136,26 @@ class SentenceTransformer:
     self.truncate_dim = self._check_truncate_dim(truncate_dim if truncate_dim is not None else loaded.truncate_dim)
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
     self.devices = resolve_devices(device, devices)
-    self.mesh = data_mesh(self.devices)
-    self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-    compute = DTYPES[dtype]
-    # The platform picks the attention implementation here, at the edge; the model computes what it is told.
-    self.attention = check_attention(attention or default_attention(self.devices[0].platform))
+    # The edge: the platform becomes plain choices here (attention implementation, tokens per device step);
+    # the runner and the model compute what they are told.
+    platform = platform_of(self.devices)
+    self.attention = check_attention(attention or default_attention(platform))
     self.scan_layers = bool(scan_layers)
-    self.module = Encoder(
-      self.config, dtype=compute, param_dtype=jnp.float32, attention=self.attention, scan_layers=self.scan_layers
+    self.runner = EncodeRunner(
+      loaded,
+      self.tokenizer,
+      self.devices,
+      dtype=dtype,
+      attention=self.attention,
+      scan_layers=self.scan_layers,
+      step_tokens=STEP_TOKENS_BY_PLATFORM.get(platform),
     )
-    params = stack_layers(loaded.params, self.config.num_layers) if self.scan_layers else loaded.params
 
-    # Matrices are stored in the compute dtype (half the memory in bf16); vectors (biases, LayerNorm) stay float32
-    # (a stacked layer axis makes vectors 2-D: those are the layers' vectors, kept float32 too).
-    def cast(path, p):
-      stacked = self.scan_layers and path[0].key == "transformer" and path[1].key == "layers"
-      return np.asarray(p, compute if np.ndim(p) - stacked >= 2 else np.float32)
-
-    self.params = jax.device_put(
-      jax.tree_util.tree_map_with_path(cast, params), NamedSharding(self.mesh, PartitionSpec())
-    )
-    self._interceptor = None
-    self.last_encode_stats: dict[str, int] = {}  # real vs computed tokens of the last encode call
-    on_cpu = self.devices[0].platform == "cpu"
-    rows, replicated = PartitionSpec("data"), PartitionSpec()
-
-    def sharded_forward(params, input_ids, segment_ids, positions, *, num_segments, outputs, interceptor):
-      # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
-      per_device = functools.partial(
-        _forward,
-        self.module,
-        self.pooling,
-        on_cpu,
-        num_segments=num_segments,
-        outputs=outputs,
-        interceptor=interceptor,
-      )
-      # check_vma off: Pallas kernels (splash attention) give outputs without varying-axis types, and with rows
-      # in and rows out and no collectives there is nothing for the check to catch here.
-      return jax.shard_map(
-        per_device, mesh=self.mesh, in_specs=(replicated, rows, rows, rows), out_specs=rows, check_vma=False
-      )(params, input_ids, segment_ids, positions)
-
-    self._sharded_forward = jax.jit(sharded_forward, static_argnames=("num_segments", "outputs", "interceptor"))
+  # The runner's state, under the names scripts and tests use.
+  module = property(lambda self: self.runner.module)
+  params = property(lambda self: self.runner.params)
+  mesh = property(lambda self: self.runner.mesh)
+  last_encode_stats = property(lambda self: self.runner.last_stats)
 
   @classmethod
   def from_pretrained(
@@ -275,7 +245,7 @@ class SentenceTransformer:
     """The loaded model with this object's current settings (max_seq_length, prompts, similarity, truncation)."""
     prompts = {name: text for name, text in self.prompts.items() if text or name not in ("query", "document")}
     return dataclasses.replace(
-      self._loaded,
+      self.loaded,
       max_seq_length=self.max_seq_length,
       prompts=prompts or None,
       default_prompt_name=self.default_prompt_name,
@@ -436,7 +406,7 @@ class SentenceTransformer:
   ) -> np.ndarray:
     result = np.zeros((len(texts), self.embedding_dim), np.float32)
     outputs = ("sentence_embedding",)
-    for indices, batch, out in self._run(texts, batch_size, packing, outputs, show_progress_bar, tokenized):
+    for indices, batch, out in self.runner.run(texts, batch_size, packing, outputs, show_progress_bar, tokenized):
       filled = batch.text_index >= 0  # filler rows and empty slots never reach the output
       result[indices[batch.text_index[filled]]] = out["sentence_embedding"][filled]
     return result
@@ -459,7 +429,7 @@ class SentenceTransformer:
       None: ("sentence_embedding", "token_embeddings"),
     }[output_value]
     items: list[Any] = [None] * len(texts)
-    for indices, batch, out in self._run(texts, batch_size, packing, outputs, show_progress_bar):
+    for indices, batch, out in self.runner.run(texts, batch_size, packing, outputs, show_progress_bar):
       for r, s in zip(*np.nonzero(batch.text_index >= 0)):
         start, n = batch.text_start[r, s], int((batch.segment_ids[r] == s + 1).sum())
         span = slice(start, start + n)
@@ -484,176 +454,15 @@ class SentenceTransformer:
     """Runs encode() under a Flax method interceptor (`nn.intercept_methods`): read or replace any sub-module's
     output, e.g. zero one head at `Hook` "heads". The interceptor is part of the compiled step's key: keep one
     function object per intervention to reuse its compilation."""
-    previous, self._interceptor = self._interceptor, interceptor
+    previous, self.runner.interceptor = self.runner.interceptor, interceptor
     try:
       yield self
     finally:
-      self._interceptor = previous
+      self.runner.interceptor = previous
 
   def warmup(
     self, sentences: Sequence[str], batch_size: int = 32, packing: bool | str = "auto", execute: bool = True
   ) -> int:
     """Compiles every batch shape `encode(sentences, ...)` will use, running one batch of each (`execute=False`:
     compile only, filling the persistent compilation cache); returns how many shapes that was."""
-    shapes = {}
-    texts = list(sentences)
-    for start in range(0, len(texts), CHUNK_TEXTS):  # chunked as encode chunks them
-      for batch in self._plan(self.tokenizer.encode_batch(texts[start : start + CHUNK_TEXTS]), batch_size, packing):
-        shapes.setdefault(batch.input_ids.shape, batch)
-    for batch in shapes.values():
-      if execute:
-        jax.block_until_ready(self._dispatch(batch, ("sentence_embedding",)))
-      else:
-        arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
-        lowered = self._sharded_forward.lower(
-          self.params,
-          *arrays,
-          num_segments=batch.text_index.shape[1],
-          outputs=("sentence_embedding",),
-          interceptor=self._interceptor,
-        )
-        lowered.compile()
-    return len(shapes)
-
-  def _plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool | str) -> Iterator[Batch]:
-    """Batches whose row counts are multiples of the device count (a full one, and a small one for tails)."""
-    n_dev = len(self.devices)
-    rows = -(-batch_size // n_dev) * n_dev
-    small_rows = -(-max(1, rows // 8) // n_dev) * n_dev
-    return plan_batches(token_ids, rows, self.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows)
-
-  def _dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
-    """Starts the batch on the devices (rows sharded over `data`) and returns without waiting."""
-    arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self._batch_sharding)
-    return self._sharded_forward(
-      self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs, interceptor=self._interceptor
-    )
-
-  def _run(
-    self,
-    texts: list[str],
-    batch_size: int,
-    packing: bool | str,
-    outputs: tuple[str, ...],
-    show_progress_bar: bool | None,
-    tokenized: bool = False,
-  ) -> Iterator[tuple[np.ndarray, Batch, dict[str, np.ndarray]]]:
-    """(chunk's input indices, batch, device outputs as numpy) for every batch, in completion order. `tokenized`:
-    `texts` are token id arrays already."""
-    stats = self.last_encode_stats = {
-      "texts": len(texts),
-      "real_tokens": 0,
-      "computed_tokens": 0,
-      "batches": 0,
-      "rows": 0,
-    }
-    progress = _Progress(len(texts), enabled=show_progress_bar)
-    chunks = [np.arange(s, min(s + CHUNK_TEXTS, len(texts))) for s in range(0, len(texts), CHUNK_TEXTS)]
-
-    def tokenize(indices):
-      if tokenized:
-        return indices, [texts[i] for i in indices]
-      return indices, self.tokenizer.encode_batch([texts[i] for i in indices])
-
-    def fetched(item):
-      progress.update(item[1])
-      return item[0], item[1], {name: np.asarray(value) for name, value in item[2].items()}
-
-    pending: list[tuple[np.ndarray, Batch, Any]] = []
-    with concurrent.futures.ThreadPoolExecutor(1) as pool_:
-      futures = [pool_.submit(tokenize, c) for c in chunks[:1]]
-      for k in range(len(chunks)):
-        indices, token_ids = futures[k].result()
-        if k + 1 < len(chunks):  # tokenise the next chunk while this one computes
-          futures.append(pool_.submit(tokenize, chunks[k + 1]))
-        for batch in self._plan(token_ids, batch_size, packing):
-          stats["real_tokens"] += batch.real_tokens
-          stats["computed_tokens"] += batch.input_ids.size
-          stats["batches"] += 1
-          stats["rows"] += batch.input_ids.shape[0]
-          pending.append((indices, batch, self._dispatch(batch, outputs)))
-          if len(pending) > 2:  # keep two batches in flight
-            yield fetched(pending.pop(0))
-      for item in pending:
-        yield fetched(item)
-    progress.close()
-
-
-def _forward(
-  module: Encoder,
-  pooling: PoolingConfig,
-  on_cpu: bool,
-  params,
-  input_ids,
-  segment_ids,
-  positions,
-  *,
-  num_segments: int,
-  outputs: tuple[str, ...],
-  interceptor=None,
-) -> dict[str, jax.Array]:
-  """One device's rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim], "token_embeddings"
-  [R, L, D], "hidden_states" [R, layers+1, L, D] (float32), "attentions" [R, layers, H, L, L]. `interceptor`: a
-  Flax method interceptor (nn.intercept_methods) the model runs under, to read or replace activations."""
-
-  def encode_rows(input_ids, segment_ids, positions):
-    with nn.intercept_methods(interceptor) if interceptor is not None else contextlib.nullcontext():
-      encoded = module.apply(
-        {"params": params},
-        input_ids,
-        segment_ids,
-        positions,
-        output_hidden_states="hidden_states" in outputs,
-        output_attentions="attentions" in outputs,
-      )
-    tokens = encoded["token_embeddings"]
-    out = {}
-    if "token_embeddings" in outputs:
-      out["token_embeddings"] = tokens.astype(jnp.float32)  # [r, L, D]
-    if "sentence_embedding" in outputs:
-      out["sentence_embedding"] = pool(tokens, segment_ids, positions, num_segments, pooling)  # [r, S, dim]
-    if "hidden_states" in outputs:
-      out["hidden_states"] = jnp.stack([h.astype(jnp.float32) for h in encoded["hidden_states"]], 1)
-    if "attentions" in outputs:
-      out["attentions"] = jnp.stack(encoded["attentions"], 1)  # [r, layers, H, L, L]
-    return out
-
-  rows, length = input_ids.shape
-  step = cpu_rows_per_step(rows, length) if on_cpu else rows
-  if step == rows:
-    return encode_rows(input_ids, segment_ids, positions)
-  # On CPU a whole batch's activations ([R, L, F] alone is 140 MB at R=32, L=352) stream through memory
-  # between every matmul; a few rows at a time stay in cache, which measured 1.3-1.4x faster end to end.
-  steps = lambda a: a.reshape(rows // step, step, *a.shape[1:])
-  out = jax.lax.map(lambda a: encode_rows(*a), (steps(input_ids), steps(segment_ids), steps(positions)))
-  return {name: value.reshape(rows, *value.shape[2:]) for name, value in out.items()}
-
-
-def cpu_rows_per_step(rows: int, length: int) -> int:
-  """How many rows of a batch a CPU device computes at once: the largest divisor of `rows` whose rows hold at
-  most CPU_STEP_TOKENS tokens (at least one row), so that activations between matmuls stay in cache."""
-  return max([d for d in range(1, rows + 1) if rows % d == 0 and d * length <= CPU_STEP_TOKENS], default=1)
-
-
-class _Progress:
-  """A tqdm bar with docs/s and tokens/s, shown for long inputs unless disabled."""
-
-  def __init__(self, total: int, enabled: bool | None):
-    self.bar = None
-    if enabled or (enabled is None and total >= 10_000):
-      from tqdm.auto import tqdm
-
-      self.bar = tqdm(total=total, unit="doc", desc="encode", dynamic_ncols=True)
-    self.tokens, self.start = 0, time.perf_counter()
-
-  def update(self, batch: Batch) -> None:
-    if self.bar is None:
-      return
-    self.tokens += batch.real_tokens
-    elapsed = max(time.perf_counter() - self.start, 1e-9)
-    self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
-    self.bar.update(int((batch.text_index >= 0).sum()))
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
+    return self.runner.warmup(list(sentences), positive_int(batch_size, "batch_size"), packing, execute)

@@ -22,8 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.checkpoint.hub import resolve_model_dir
 from distilbert_jax.core.checks import positive_int
-from distilbert_jax.core.files import npy_bytes, write_atomic
+from distilbert_jax.core.files import file_sha256, npy_bytes, write_atomic
+from distilbert_jax.data.records import Record, check_on_error, detect_format, read_records
+from distilbert_jax.jobs.identity import tokenizer_files_sha256
+from distilbert_jax.jobs.outdir import JobError
+from distilbert_jax.model.tokenizer import WordPieceTokenizer
 
 TOKEN_MANIFEST = "tokens.json"
 TOKEN_FORMAT = "distilbert-jax-tokens"
@@ -33,8 +39,6 @@ _worker_tokenizer = None
 
 def _init_worker(tokenizer_dir: str, max_seq_length: int, do_lower_case: bool) -> None:
   global _worker_tokenizer
-  from distilbert_jax.model.tokenizer import WordPieceTokenizer
-
   _worker_tokenizer = WordPieceTokenizer.from_dir(tokenizer_dir, max_seq_length, do_lower_case)
 
 
@@ -59,18 +63,7 @@ def tokenize_corpus(
   workers: int = 1,
 ) -> dict[str, Any]:
   """Tokenises INPUT (any encode-corpus input format) into OUT_DIR; returns a summary with tokens/s."""
-  from distilbert_jax.checkpoint import model_dir
-  from distilbert_jax.checkpoint.hub import resolve_model_dir
-  from distilbert_jax.jobs.encode_corpus import (
-    JobError,
-    detect_format,
-    file_sha256,
-    read_records,
-    tokenizer_files_sha256,
-  )
-
-  if on_error not in ("stop", "skip"):
-    raise ValueError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
+  check_on_error(on_error)
   shard_size, workers = positive_int(shard_size, "shard_size"), positive_int(workers, "workers")
   input_path, out_dir = Path(input_path), Path(out_dir)
   if not input_path.is_file():
@@ -162,8 +155,6 @@ def read_token_manifest(token_dir: Path) -> dict[str, Any]:
 
 def read_token_records(token_dir: Path) -> Iterator[Any]:
   """Records (line, id, tokens) in input order, each shard's sha256 checked before use."""
-  from distilbert_jax.jobs.encode_corpus import Record
-
   manifest = read_token_manifest(token_dir)
   for shard in manifest["shards"]:
     token_bytes = (token_dir / shard["file"]).read_bytes()

@@ -11,6 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from distilbert_jax.core.checks import positive_int
+from distilbert_jax.search.engines import top_k_search
+from distilbert_jax.search.rows import as_numpy, as_rows
+from distilbert_jax.search.semantic_search import hits
+
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
 
@@ -39,7 +44,6 @@ def quantize_embeddings(
   embeddings: Any, precision: str, ranges: np.ndarray | None = None, calibration_embeddings: np.ndarray | None = None
 ) -> np.ndarray:
   """sentence_transformers.util.quantize_embeddings: [N, D] float -> [N, D] int8/uint8 or [N, D/8] packed bits."""
-  from distilbert_jax.search.similarity import as_numpy
 
   check_precision(precision)
   embeddings = as_numpy(embeddings)
@@ -86,7 +90,7 @@ def _take_rows(corpus, rows: np.ndarray) -> np.ndarray:
   return taken[inverse.reshape(rows.shape)]
 
 
-def semantic_search(
+def quantized_semantic_search(
   query_embeddings,
   corpus_embeddings,
   corpus_precision: str = "float32",
@@ -109,9 +113,6 @@ def semantic_search(
   dequantized codes. float32 corpora are searched by dot product. Scores are dot products (after rescoring), or
   integer dot products / minus Hamming distances without it.
   """
-  from distilbert_jax.core.checks import positive_int
-  from distilbert_jax.search.similarity import _rows, hits, top_k_search
-
   check_precision(corpus_precision)
   top_k = positive_int(top_k, "top_k")
   rescore_multiplier = positive_int(rescore_multiplier, "rescore_multiplier")
@@ -124,7 +125,7 @@ def semantic_search(
   query_is_float = np.asarray(query_embeddings).dtype.kind == "f"
   if corpus_precision == "float32":
     values, ids = top_k_search(
-      _rows(query_embeddings, "query_embeddings"),
+      as_rows(query_embeddings, "query_embeddings"),
       corpus,
       "dot",
       top_k,
@@ -134,7 +135,7 @@ def semantic_search(
       recall_target=recall_target,
     )
     return hits(values, ids)
-  floats = _rows(query_embeddings, "query_embeddings") if query_is_float else None
+  floats = as_rows(query_embeddings, "query_embeddings") if query_is_float else None
   if floats is not None:
     if corpus_precision in ("int8", "uint8") and ranges is None:
       ranges = quantization_ranges(floats, corpus_precision, calibration_embeddings)

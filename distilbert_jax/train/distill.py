@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from distilbert_jax.checkpoint import model_dir
-from distilbert_jax.jobs.encode_corpus import InputFormat, detect_format, open_input, read_texts
+from distilbert_jax.data.records import InputFormat, detect_format, open_input, read_texts
 from distilbert_jax.train import surgery
-from distilbert_jax.train.trainer import Example, TrainConfig, read_train_data, run_fingerprint, run_training
+from distilbert_jax.train.config import TrainConfig
+from distilbert_jax.train.data import Example, read_train_data
+from distilbert_jax.train.trainer import run_fingerprint, run_training
 
 TEACHER_BATCH = 64
 

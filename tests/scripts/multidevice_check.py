@@ -37,7 +37,9 @@ for corpus_size, chunk in ((37, 10), (35, 500), (33, 7)):
 # One fine-tuning step, batch sharded over 4 devices vs on one device (dropout off: same arithmetic).
 from distilbert_jax.checkpoint import model_dir  # noqa: E402
 from distilbert_jax.checkpoint.names import flatten_params  # noqa: E402
-from distilbert_jax.train.trainer import Example, TrainConfig, Trainer  # noqa: E402
+from distilbert_jax.train.config import TrainConfig  # noqa: E402
+from distilbert_jax.train.data import Example  # noqa: E402
+from distilbert_jax.train.trainer import Trainer  # noqa: E402
 
 examples = [Example(texts[i], texts[i + 1]) for i in range(0, 16, 2)]
 updated = []

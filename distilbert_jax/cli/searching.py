@@ -1,0 +1,158 @@
+"""`search` and `eval`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from distilbert_jax.cli.common import (
+  SCORES,
+  add_model_args,
+  count_arg,
+  load_encoder,
+  read_corpus,
+  read_text_lines,
+  score_function,
+)
+from distilbert_jax.core.files import npy_bytes, npy_path, write_atomic
+from distilbert_jax.data import beir as retrieval
+from distilbert_jax.jobs.embeddings import check_same_model, load_embeddings, read_manifests
+from distilbert_jax.search import quantization
+from distilbert_jax.search.semantic_search import semantic_search
+
+
+def cmd_search(args) -> None:
+
+  queries = list(args.query or []) + (read_text_lines(args.queries) if args.queries else [])
+  if not queries:
+    sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
+  embeddings_dir = args.embeddings and Path(args.embeddings).is_dir()
+  if args.embeddings and not embeddings_dir:
+    args.embeddings = str(npy_path(args.embeddings))
+  if not args.corpus and not embeddings_dir:
+    sys.exit("error: give --corpus, or --embeddings DIR written by encode-corpus")
+  ids, texts = read_corpus(args.corpus) if args.corpus else ([], [])
+  if embeddings_dir:
+    _search_corpus_job(args, queries, ids, texts)
+    return
+  encoder = load_encoder(args, truncate_dim=args.truncate_dim)
+  if args.embeddings and Path(args.embeddings).exists():
+    corpus_embeddings = np.load(args.embeddings, mmap_mode="r")
+    if len(corpus_embeddings) != len(texts):
+      sys.exit(
+        f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has {len(texts)} documents"
+      )
+  else:
+    corpus_embeddings = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=True)
+    if args.embeddings:
+      write_atomic(args.embeddings, npy_bytes(corpus_embeddings))
+      print(f"saved corpus embeddings to {args.embeddings}", file=sys.stderr)
+  query_embeddings = encoder.encode(queries, batch_size=args.batch_size)
+  results = semantic_search(
+    query_embeddings, corpus_embeddings, top_k=args.top_k, score_function=score_function(args, encoder)
+  )
+  _print_hits(queries, results, ids, texts)
+
+
+def _search_corpus_job(args, queries: list[str], ids: list[str], texts: list[str]) -> None:
+  """Search an encode-corpus directory as it was written: its model (another is refused), its truncation and
+  renormalisation, its precision (quantized corpora: candidates by codes, rescored with the float queries)."""
+  manifest = read_manifests(args.embeddings)[0]
+  if args.truncate_dim is not None and args.truncate_dim != manifest.get("truncate_dim"):
+    raise ValueError(
+      f"{manifest['_path']}: the corpus was stored with truncate_dim {manifest.get('truncate_dim')}, not "
+      f"{args.truncate_dim}"
+    )
+  encoder = load_encoder(args, args.model or manifest["model"], truncate_dim=manifest.get("truncate_dim"))
+  check_same_model(args.embeddings, encoder)
+  corpus_ids, corpus = load_embeddings(args.embeddings)
+  text_of = dict(zip(ids, texts))
+  texts = [text_of.get(i, "") for i in corpus_ids]
+  query_embeddings = encoder.encode(
+    queries, batch_size=args.batch_size, normalize_embeddings=bool(manifest.get("renormalized"))
+  )
+  if corpus.precision == "float32":
+    results = semantic_search(query_embeddings, corpus, top_k=args.top_k, score_function=score_function(args, encoder))
+  else:
+    score = args.score or encoder.similarity_fn_name
+    unit = bool(manifest.get("renormalized")) or encoder.pooling.normalize
+    # Quantized codes are compared by dot product: that is cosine only when the stored vectors are unit length.
+    if score not in ("dot", "cosine") or (score == "cosine" and not unit):
+      raise ValueError(
+        f"a {corpus.precision} corpus is searched by dot product; {score} cannot be honoured"
+        + ("" if score != "cosine" else " (its vectors are not normalised: re-encode with a normalising model)")
+      )
+    results = quantization.quantized_semantic_search(
+      query_embeddings, corpus, corpus.precision, top_k=args.top_k, ranges=corpus.ranges
+    )
+  _print_hits(queries, results, corpus_ids, texts)
+
+
+def _print_hits(queries: list[str], results: list, ids: list[str], texts: list[str]) -> None:
+  for query, hits in zip(queries, results):
+    print(f"\nquery: {query}")
+    for rank, hit in enumerate(hits, 1):
+      text = texts[hit["corpus_id"]].replace("\n", " ")
+      print(f"{rank:3d}. {hit['score']:9.4f}  [{ids[hit['corpus_id']]}]  {text[:110]}")
+
+
+def cmd_eval(args) -> None:
+  data = retrieval.load_beir(args.beir_dir, split=args.split, max_docs=args.max_docs)
+  encoder = load_encoder(args)
+  start = time.perf_counter()
+  corpus = encoder.encode(data.corpus_texts, batch_size=args.batch_size, show_progress_bar=not args.json)
+  queries = encoder.encode(data.query_texts, batch_size=args.batch_size)
+  results = semantic_search(queries, corpus, top_k=100, score_function=score_function(args, encoder))
+  metrics = retrieval.evaluate(retrieval.search_results_to_run(results, data.query_ids, data.corpus_ids), data.qrels)
+  if args.json:
+    print(
+      json.dumps(
+        {
+          "model": encoder.source,
+          "split": args.split,
+          "documents": len(data.corpus_ids),
+          "queries": len(data.query_ids),
+          **metrics,
+        }
+      )
+    )
+    return
+  print(
+    f"{args.beir_dir} ({args.split}): {len(data.query_ids)} queries, {len(data.corpus_ids)} documents, "
+    f"{time.perf_counter() - start:.1f}s"
+  )
+  for name, value in metrics.items():
+    print(f"  {name:<11} {value:.4f}")
+
+
+def add_search(sub) -> None:
+  p = sub.add_parser("search", help="semantic search of queries against a corpus")
+  p.add_argument(
+    "--corpus", help="BEIR directory or corpus.jsonl[.gz], TSV of id<TAB>text, or a text file (one doc a line)"
+  )
+  p.add_argument("--query", action="append", help="a query (repeatable)")
+  p.add_argument("--queries", help="file of queries, one per line; '-' for stdin")
+  p.add_argument(
+    "--embeddings",
+    help="an encode-corpus output directory; or a .npy file, read if it exists, else written after encoding --corpus",
+  )
+  p.add_argument("--top-k", type=count_arg, default=10)
+  p.add_argument("--truncate-dim", type=count_arg, help="keep the first N dimensions (Matryoshka)")
+  p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
+  add_model_args(p)
+  p.set_defaults(func=cmd_search)
+
+
+def add_eval(sub) -> None:
+  p = sub.add_parser("eval", help="retrieval metrics (nDCG@10, MRR@10, Recall@100) on a BEIR directory")
+  p.add_argument("beir_dir")
+  p.add_argument("--split", default="test")
+  p.add_argument("--max-docs", type=count_arg, help="first N documents plus every judged one (for quick runs)")
+  p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
+  p.add_argument("--json", action="store_true", help="one JSON line for scripts")
+  add_model_args(p)
+  p.set_defaults(func=cmd_eval)

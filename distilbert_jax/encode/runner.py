@@ -1,0 +1,198 @@
+"""The encode runner: one model on one set of devices. It owns the parameters on the devices, the compiled
+sharded forward (`model.forward.embed_rows` per device), batch planning and asynchronous dispatch.
+
+Texts are tokenised in chunks on a background thread, packed into fixed-shape batches (`batching`), and each batch
+is sharded over the `data` axis of a device mesh with the parameters replicated. JAX dispatch is asynchronous, so
+the host prepares batch i+1 while the devices compute batch i. The runner is given plain choices (attention
+implementation, `step_tokens`); the caller (`SentenceTransformer`, at the edge) derived them from the platform.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from distilbert_jax.checkpoint.model_dir import LoadedModel
+from distilbert_jax.checkpoint.names import stack_layers
+from distilbert_jax.core.devices import data_mesh
+from distilbert_jax.encode.batching import Batch, plan_batches
+from distilbert_jax.model.forward import embed_rows
+from distilbert_jax.model.tokenizer import WordPieceTokenizer
+from distilbert_jax.model.transformer import Encoder
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
+# Tokens a device computes at once, by platform. CPU: 512-2048 measured alike on SciFact shapes, a whole batch
+# 1.3x slower (activations leave the cache). Accelerators: the whole batch.
+STEP_TOKENS_BY_PLATFORM: dict[str, int | None] = {"cpu": 768}
+
+
+def device_params(loaded: LoadedModel, dtype: str, scan_layers: bool, mesh) -> Any:
+  """The parameters replicated over `mesh`: matrices in the compute dtype (half the memory in bf16), vectors
+  (biases, LayerNorm) float32; with scan_layers, the layers stacked (a stacked layer's vectors are 2-D)."""
+  compute = DTYPES[dtype]
+  params = stack_layers(loaded.params, loaded.config.num_layers) if scan_layers else loaded.params
+
+  def cast(path, p):
+    stacked = scan_layers and path[0].key == "transformer" and path[1].key == "layers"
+    return np.asarray(p, compute if np.ndim(p) - stacked >= 2 else np.float32)
+
+  return jax.device_put(jax.tree_util.tree_map_with_path(cast, params), NamedSharding(mesh, PartitionSpec()))
+
+
+class EncodeRunner:
+  def __init__(
+    self,
+    loaded: LoadedModel,
+    tokenizer: WordPieceTokenizer,
+    devices: Sequence[Any],
+    *,
+    dtype: str,
+    attention: str,
+    scan_layers: bool,
+    step_tokens: int | None,
+  ):
+    self.loaded, self.tokenizer, self.devices = loaded, tokenizer, list(devices)
+    self.mesh = data_mesh(self.devices)
+    self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+    self.module = Encoder(
+      loaded.config, dtype=DTYPES[dtype], param_dtype=jnp.float32, attention=attention, scan_layers=scan_layers
+    )
+    self.params = device_params(loaded, dtype, scan_layers, self.mesh)
+    self.step_tokens = step_tokens
+    self.interceptor = None
+    self.last_stats: dict[str, int] = {}  # real vs computed tokens of the last run
+    rows, replicated = PartitionSpec("data"), PartitionSpec()
+
+    def sharded_forward(params, input_ids, segment_ids, positions, *, num_segments, outputs, interceptor):
+      # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
+      per_device = functools.partial(
+        embed_rows,
+        self.module,
+        loaded.pooling,
+        num_segments=num_segments,
+        outputs=outputs,
+        step_tokens=step_tokens,
+        interceptor=interceptor,
+      )
+      # check_vma off: Pallas kernels (splash attention) give outputs without varying-axis types, and with rows
+      # in and rows out and no collectives there is nothing for the check to catch here.
+      return jax.shard_map(
+        lambda p, i, s, q: per_device(p, i, s, q),
+        mesh=self.mesh,
+        in_specs=(replicated, rows, rows, rows),
+        out_specs=rows,
+        check_vma=False,
+      )(params, input_ids, segment_ids, positions)
+
+    self.forward = jax.jit(sharded_forward, static_argnames=("num_segments", "outputs", "interceptor"))
+
+  def plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool | str) -> Iterator[Batch]:
+    """Batches whose row counts are multiples of the device count (a full one, and a small one for tails)."""
+    n_dev = len(self.devices)
+    rows = -(-batch_size // n_dev) * n_dev
+    small_rows = -(-max(1, rows // 8) // n_dev) * n_dev
+    return plan_batches(
+      token_ids, rows, self.tokenizer.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows
+    )
+
+  def dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Starts the batch on the devices (rows sharded over `data`) and returns without waiting."""
+    arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self.batch_sharding)
+    return self.forward(
+      self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs, interceptor=self.interceptor
+    )
+
+  def warmup(self, texts: list[str], batch_size: int, packing: bool | str, execute: bool) -> int:
+    shapes = {}
+    for start in range(0, len(texts), CHUNK_TEXTS):  # chunked as run() chunks them
+      for batch in self.plan(self.tokenizer.encode_batch(texts[start : start + CHUNK_TEXTS]), batch_size, packing):
+        shapes.setdefault(batch.input_ids.shape, batch)
+    for batch in shapes.values():
+      if execute:
+        jax.block_until_ready(self.dispatch(batch, ("sentence_embedding",)))
+      else:
+        arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self.batch_sharding)
+        self.forward.lower(
+          self.params,
+          *arrays,
+          num_segments=batch.text_index.shape[1],
+          outputs=("sentence_embedding",),
+          interceptor=self.interceptor,
+        ).compile()
+    return len(shapes)
+
+  def run(
+    self,
+    texts: list,
+    batch_size: int,
+    packing: bool | str,
+    outputs: tuple[str, ...],
+    show_progress_bar: bool | None,
+    tokenized: bool = False,
+  ) -> Iterator[tuple[np.ndarray, Batch, dict[str, np.ndarray]]]:
+    """(chunk's input indices, batch, device outputs as numpy) for every batch, in completion order. `tokenized`:
+    `texts` are token id arrays already."""
+    stats = self.last_stats = {"texts": len(texts), "real_tokens": 0, "computed_tokens": 0, "batches": 0, "rows": 0}
+    progress = _Progress(len(texts), enabled=show_progress_bar)
+    chunks = [np.arange(s, min(s + CHUNK_TEXTS, len(texts))) for s in range(0, len(texts), CHUNK_TEXTS)]
+
+    def tokenize(indices):
+      if tokenized:
+        return indices, [texts[i] for i in indices]
+      return indices, self.tokenizer.encode_batch([texts[i] for i in indices])
+
+    def fetched(item):
+      progress.update(item[1])
+      return item[0], item[1], {name: np.asarray(value) for name, value in item[2].items()}
+
+    pending: list[tuple[np.ndarray, Batch, Any]] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool_:
+      futures = [pool_.submit(tokenize, c) for c in chunks[:1]]
+      for k in range(len(chunks)):
+        indices, token_ids = futures[k].result()
+        if k + 1 < len(chunks):  # tokenise the next chunk while this one computes
+          futures.append(pool_.submit(tokenize, chunks[k + 1]))
+        for batch in self.plan(token_ids, batch_size, packing):
+          stats["real_tokens"] += batch.real_tokens
+          stats["computed_tokens"] += batch.input_ids.size
+          stats["batches"] += 1
+          stats["rows"] += batch.input_ids.shape[0]
+          pending.append((indices, batch, self.dispatch(batch, outputs)))
+          if len(pending) > 2:  # keep two batches in flight
+            yield fetched(pending.pop(0))
+      for item in pending:
+        yield fetched(item)
+    progress.close()
+
+
+class _Progress:
+  """A tqdm bar with docs/s and tokens/s, shown for long inputs unless disabled."""
+
+  def __init__(self, total: int, enabled: bool | None):
+    self.bar = None
+    if enabled or (enabled is None and total >= 10_000):
+      from tqdm.auto import tqdm
+
+      self.bar = tqdm(total=total, unit="doc", desc="encode", dynamic_ncols=True)
+    self.tokens, self.start = 0, time.perf_counter()
+
+  def update(self, batch: Batch) -> None:
+    if self.bar is None:
+      return
+    self.tokens += batch.real_tokens
+    elapsed = max(time.perf_counter() - self.start, 1e-9)
+    self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+    self.bar.update(int((batch.text_index >= 0).sum()))
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()

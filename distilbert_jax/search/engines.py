@@ -1,0 +1,315 @@
+"""Exact (and on TPU approximate) top-k over a corpus: the engine choice at the edge (`top_k_search`), then the
+engines, which compute with the numbers they are given: the blocked JAX engine (a scan over score blocks per device
+shard, merged per chunk) and faiss' exact scan.
+
+Ties are broken towards the lower corpus id by every engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from distilbert_jax.core.devices import data_mesh
+from distilbert_jax.core.shapes import count_bucket
+from distilbert_jax.model.pooling import normalize
+from distilbert_jax.search.rows import HOST_ALIGNMENT, READ_BLOCK_BYTES, aligned_empty, float_chunk, read_rows
+
+HIGHEST = jax.lax.Precision.HIGHEST
+logger = logging.getLogger(__name__)
+
+
+SCORE_KINDS = ("dot", "cosine", "int", "hamming")
+
+
+def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
+  """[Q, C] scores, higher is better: float dot or cosine; integer dot products of int8/uint8 codes (exact, int32
+  accumulation, uint8 centred); minus the Hamming distance of packed bits."""
+  if kind == "cosine":
+    return jnp.einsum("qd,cd->qc", normalize(queries), normalize(corpus), precision=HIGHEST)
+  if kind == "dot":
+    return jnp.einsum("qd,cd->qc", queries, corpus, precision=HIGHEST)
+  if kind == "int":
+    # uint8 codes are centred first (code - 128, exactly int8's codes): uncentred unsigned products would rank
+    # by each row's offset from zero rather than by direction.
+    centre = lambda c: c if c.dtype == jnp.int8 else (c.astype(jnp.int16) - 128).astype(jnp.int8)
+    dots = jnp.einsum("qd,cd->qc", centre(queries), centre(corpus), preferred_element_type=jnp.int32)
+    return dots.astype(jnp.float32)
+  # Hamming distance |q xor c| = |q| + |c| - 2 |q and c|: the bits unpacked, the common ones counted by an int8
+  # GEMM (7.6x faster on this CPU than a fused xor/popcount over [Q, C, bytes]). int8 binary codes are the packed bits
+  # with the top bit flipped in both operands, which leaves every distance unchanged.
+  bits = lambda c: jnp.unpackbits(jax.lax.bitcast_convert_type(c, jnp.uint8), axis=-1).astype(jnp.int8)  # [N, 8B]
+  q_bits, c_bits = bits(queries), bits(corpus)
+  common = jnp.einsum("qd,cd->qc", q_bits, c_bits, preferred_element_type=jnp.int32)
+  ones = lambda b: jnp.sum(b, axis=-1, dtype=jnp.int32)
+  return -(ones(q_bits)[:, None] + ones(c_bits)[None, :] - 2 * common).astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, kind: str, recall_target: float | None, block: int):
+  """Per corpus chunk: local top-k on each device's shard, all-gathered, merged with the running top-k.
+  Each shard is scanned `block` rows at a time (scores of one block [Q, block], its top-k merged into the shard's
+  running top-k), so the scores never leave the cache on CPU; block = the whole shard is one step.
+  `recall_target` (TPU only, decided by the caller): jax.lax.approx_max_k instead of the exact top_k."""
+
+  def block_top_k(scores, k_local):
+    if recall_target is None:
+      return jax.lax.top_k(scores, k_local)
+    return jax.lax.approx_max_k(scores, k_local, recall_target=recall_target)
+
+  def local_top_k(queries, corpus, corpus_valid, offset):  # runs per device on its corpus shard
+    rows = corpus.shape[0]
+    k_local = min(k, block)
+
+    def scan_block(best, xs):
+      part, valid, start = xs  # [block, D], [block], the block's first row
+      scores = jnp.where(valid[None, :], chunk_scores(kind, queries, part), -jnp.inf)  # [Q, block]
+      values, idx = block_top_k(scores, k_local)
+      # The running best comes first: top_k prefers lower positions, so equal scores keep the lower corpus id.
+      values, where = jax.lax.top_k(jnp.concatenate([best[0], values], 1), best[0].shape[1])
+      ids = jnp.take_along_axis(jnp.concatenate([best[1], idx + start], 1), where, 1)
+      return (values, ids), None
+
+    k_shard = min(k, rows)
+    n_queries = queries.shape[0]
+    init = (jnp.full((n_queries, k_shard), -jnp.inf, jnp.float32), jnp.zeros((n_queries, k_shard), jnp.int32))
+    blocks = (
+      corpus.reshape(rows // block, block, corpus.shape[1]),
+      corpus_valid.reshape(rows // block, block),
+      jnp.arange(0, rows, block, dtype=jnp.int32),
+    )
+    (values, idx), _ = jax.lax.scan(scan_block, init, blocks)
+    ids = idx + offset + jax.lax.axis_index("data") * rows
+    return jax.lax.all_gather(values, "data", axis=1, tiled=True), jax.lax.all_gather(ids, "data", axis=1, tiled=True)
+
+  sharded = jax.shard_map(
+    local_top_k,
+    mesh=mesh,
+    in_specs=(PartitionSpec(), PartitionSpec("data"), PartitionSpec("data"), PartitionSpec()),
+    out_specs=(PartitionSpec(), PartitionSpec()),
+    check_vma=False,
+  )
+
+  @jax.jit
+  def step(best_values, best_ids, queries, corpus, corpus_valid, offset):
+    values, ids = sharded(queries, corpus, corpus_valid, offset)
+    # Candidates stand in corpus order of their sources: the running best (earlier chunks), then each device's
+    # shard, each list with equal scores by id. top_k prefers lower positions, so ties keep the lower corpus id.
+    values, order = jax.lax.top_k(jnp.concatenate([best_values, values], axis=1), k)
+    return values, jnp.take_along_axis(jnp.concatenate([best_ids, ids], axis=1), order, 1)
+
+  return step
+
+
+_warned_no_faiss = False
+
+
+def top_k_search(
+  queries: np.ndarray,
+  corpus: Any,
+  kind: str,
+  top_k: int,
+  query_chunk_size: int = 100,
+  corpus_chunk_size: int = 500_000,
+  devices: Sequence[Any] | None = None,
+  backend: str = "auto",
+  recall_target: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """[Q, k] best scores and corpus ids, score descending then id ascending, for a score `kind` (SCORE_KINDS):
+  the engine choice lives here, at the edge; `chunk_scores` computes."""
+  global _warned_no_faiss
+  if kind not in SCORE_KINDS:
+    raise ValueError(f"score kind {kind!r} is not one of {SCORE_KINDS}")
+  if backend not in ("auto", "jax", "faiss"):
+    raise ValueError(f"backend {backend!r} is not one of ('auto', 'jax', 'faiss')")
+  if recall_target is not None and not 0 < recall_target <= 1:
+    raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
+  n_queries, n_corpus = len(queries), int(corpus.shape[0])
+  k = min(top_k, n_corpus)
+  if n_queries == 0 or k == 0:
+    return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
+  devices = list(devices) if devices is not None else jax.local_devices()
+  on_cpu = all(d.platform == "cpu" for d in devices)
+  if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES:
+    # A handful of queries is one pass over the corpus, bound by memory: faiss' scan is faster there; from
+    # CPU_JAX_MIN_QUERIES on, the blocked JAX engine is (benchmarks/search_crossover.py; README "Search").
+    try:
+      import faiss  # noqa: F401
+
+      backend = "faiss"
+    except ImportError:
+      if not _warned_no_faiss:
+        logger.warning(
+          f"faiss-cpu is not installed: searches of fewer than {CPU_JAX_MIN_QUERIES} queries run on the JAX path, "
+          "up to 3x slower on CPU than faiss' scan (pip install 'distilbert-jax[search]')"
+        )
+        _warned_no_faiss = True
+  if backend == "faiss":
+    if kind not in ("dot", "cosine"):
+      raise ValueError(f"the faiss backend computes dot and cosine scores, not {kind!r}")
+    return _faiss_top_k(queries, corpus, kind == "cosine", k, corpus_chunk_size)
+  if on_cpu:
+    # Scores in cache-sized blocks: a [Q, 8192] block of scores stays in cache between the GEMM and its top-k.
+    # The scores of one step are then [Q, 8192], not [Q, corpus chunk], so a step takes as many queries as keep
+    # sentence-transformers' bound (query_chunk_size x corpus_chunk_size scores): one pass over the corpus
+    # chunk serves them all (at 100 queries a step the same search ran at half the speed).
+    # The corpus goes in chunks of CPU_CHUNK_BLOCKS blocks: a chunk that must be copied (the corpus' last rows, an
+    # unaligned array, a memory map) reuses one staging buffer of that size.
+    block = min(CPU_SCORE_BLOCK, corpus_chunk_size)
+    step_queries = max(query_chunk_size, query_chunk_size * corpus_chunk_size // block)
+    chunk = min(corpus_chunk_size, block * CPU_CHUNK_BLOCKS)
+    return _sharded_top_k(queries, corpus, kind, k, step_queries, chunk, devices, None, block)
+  tpu = all(d.platform == "tpu" for d in devices)
+  return _sharded_top_k(
+    queries, corpus, kind, k, query_chunk_size, corpus_chunk_size, devices, recall_target if tpu else None
+  )
+
+
+CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer go to faiss (search_crossover.py: JAX 0.74x at 8, 1.11x at 16)
+
+
+CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (on this VM 4,096 was slower, 16,384 no faster)
+
+
+CPU_CHUNK_BLOCKS = 8  # blocks per corpus chunk on CPU: 65,536 rows, 192 MiB at 768-d float32
+
+
+def merge_top_k(
+  values: np.ndarray, ids: np.ndarray, more_values: np.ndarray, more_ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """The k best of two candidate sets per row: score descending, then corpus id ascending."""
+  values, ids = np.concatenate([values, more_values], 1), np.concatenate([ids, more_ids], 1)
+  order = np.lexsort((ids, -values), axis=-1)[:, :k]
+  return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _faiss_top_k(
+  queries: np.ndarray, corpus: Any, cosine: bool, k: int, corpus_chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+  import faiss
+
+  unit = lambda x: np.ascontiguousarray(np.asarray(normalize(jnp.asarray(x))))
+  queries = unit(queries) if cosine else np.ascontiguousarray(queries)
+  best_values = np.full((len(queries), 0), -np.inf, np.float32)
+  best_ids = np.zeros((len(queries), 0), np.int64)
+  for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
+    part = float_chunk(corpus, c0, corpus_chunk_size)
+    # faiss.knn: IndexFlatIP's exact search without copying the chunk into an index.
+    values, idx = faiss.knn(
+      queries, unit(part) if cosine else part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT
+    )
+    best_values, best_ids = merge_top_k(best_values, best_ids, values, idx + c0, k)
+  return best_values, best_ids
+
+
+@functools.lru_cache(maxsize=8)
+def _put_rows_fn(sharding: NamedSharding):
+  """buffer[at : at + len(rows)] = rows, in place: the buffer is donated, the result keeps its sharding."""
+
+  def put(buffer, rows, at):
+    room = buffer.shape[0] - rows.shape[0]  # a block that would run past the end is written earlier and clipped
+    start = jnp.minimum(at, room)
+    shift = at - start
+    rows = jnp.roll(rows, shift, axis=0)
+    current = jax.lax.dynamic_slice_in_dim(buffer, start, rows.shape[0], 0)
+    keep = (jnp.arange(rows.shape[0]) < shift)[:, None]
+    return jax.lax.dynamic_update_slice_in_dim(buffer, jnp.where(keep, current, rows), start, 0)
+
+  return jax.jit(put, donate_argnums=0, out_shardings=sharding)
+
+
+def _sharded_top_k(
+  queries: np.ndarray,
+  corpus: Any,
+  kind: str,
+  k: int,
+  query_chunk_size: int,
+  corpus_chunk_size: int,
+  devices: Sequence[Any],
+  recall_target: float | None,
+  block_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`block_rows`: each device scans its shard this many rows at a time (None: the whole shard in one step)."""
+  mesh = data_mesh(devices)
+  n_dev = mesh.devices.size
+  n_queries, n_corpus = len(queries), int(corpus.shape[0])
+  shard = -(-min(corpus_chunk_size, n_corpus) // n_dev)  # rows per device of one fixed corpus chunk shape
+  block = shard if block_rows is None else min(block_rows, shard)
+  chunk = -(-shard // block) * block * n_dev  # whole blocks per device; rows past the corpus are masked
+  q_chunk = min(query_chunk_size, query_bucket(n_queries))
+  step = _chunk_search_fn(mesh, k, kind, recall_target, block)
+  best_values = np.full((n_queries, k), -np.inf, np.float32)
+  best_ids = np.zeros((n_queries, k), np.int32)
+  dtype = np.float32 if kind in ("dot", "cosine") else np.dtype(corpus.dtype)
+  read = lambda start, size: float_chunk(corpus, start, size) if dtype == np.float32 else read_rows(corpus, start, size)
+  on_host = n_dev == 1 and mesh.devices.flat[0].platform == "cpu"
+  chunks = _host_chunks if on_host else _device_chunks
+  for part, valid, offset in chunks(read, n_corpus, corpus.shape[1], dtype, chunk, block, mesh):
+    for q0 in range(0, n_queries, q_chunk):
+      q = queries[q0 : q0 + q_chunk]
+      pad = q_chunk - len(q)
+      values, ids = step(
+        np.pad(best_values[q0 : q0 + q_chunk], ((0, pad), (0, 0)), constant_values=-np.inf),
+        np.pad(best_ids[q0 : q0 + q_chunk], ((0, pad), (0, 0))),
+        np.pad(q, ((0, pad), (0, 0))),
+        part,
+        valid,
+        np.int32(offset),
+      )
+      # Reading the results back also means this part's buffers are free for the next one.
+      best_values[q0 : q0 + q_chunk] = np.asarray(values)[: len(q)]
+      best_ids[q0 : q0 + q_chunk] = np.asarray(ids)[: len(q)]
+  return best_values, best_ids
+
+
+def query_bucket(n: int) -> int:
+  """The query rows of a compiled search step: a step's shape is its query count, and a CPU step takes thousands
+  of queries, so searches of 500, 501 and 502 queries would each compile (0.3-0.5 s); buckets share one."""
+  return count_bucket(n, floor=8)
+
+
+def _device_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):
+  """(device chunk, valid mask, first row) per `chunk` rows. The device chunk is filled a read block at a time, in
+  place (donated): never a host copy of the whole chunk next to the device one. Rows past the corpus end keep
+  older values; the mask hides them."""
+  n_dev = mesh.devices.size
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  part = jax.device_put(np.zeros((chunk, dim), dtype), sharding)
+  put_rows = _put_rows_fn(sharding)
+  read_block = min(chunk, max(n_dev, READ_BLOCK_BYTES // (dim * np.dtype(dtype).itemsize) // n_dev * n_dev))
+  for c0 in range(0, n_corpus, chunk):
+    rows = min(chunk, n_corpus - c0)
+    for b0 in range(0, rows, read_block):
+      size = min(read_block, rows - b0)
+      rows_read = read(c0 + b0, size)
+      if size < read_block:  # the chunk's last block, padded to the one compiled block shape
+        rows_read = np.pad(rows_read, ((0, read_block - size), (0, 0)))
+      part = put_rows(part, rows_read, np.int32(b0))
+    yield part, jax.device_put(np.arange(chunk) < rows, sharding), c0
+
+
+def _host_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):
+  """The same for one CPU device, which computes on host memory: XLA takes a 64-byte-aligned host array without a
+  copy, so a chunk is the corpus' own rows where they are aligned (else one reused aligned staging copy). The
+  corpus' last rows go a block at a time, so at most one block is padding (two compiled shapes)."""
+  device = mesh.devices.flat[0]
+  staging = {}  # size -> one aligned buffer, reused (fresh large allocations cost page faults of scoring's order)
+  for c0 in range(0, n_corpus, chunk):
+    sizes = [chunk] if n_corpus - c0 >= chunk else [block] * -(-(n_corpus - c0) // block)
+    for p0, size in zip(np.cumsum([c0] + sizes[:-1]), sizes):
+      rows = min(size, n_corpus - int(p0))
+      part = read(int(p0), rows)
+      if rows < size or part.ctypes.data % HOST_ALIGNMENT or not part.flags.c_contiguous:
+        if size not in staging:
+          staging[size] = aligned_empty((size, dim), dtype)
+        buffer = staging[size]
+        buffer[:rows], buffer[rows:] = part, 0
+        part = buffer
+      yield jax.device_put(part, device), jax.device_put(np.arange(size) < rows, device), int(p0)
