@@ -1,9 +1,13 @@
 """distilbert-jax: sentence-embedding encoders (msmarco-distilbert-dot-v5 and BERT-family) in JAX/Flax.
 
 `from distilbert_jax import SentenceTransformer, util` stands in for the same import from sentence_transformers.
+The package is layered by role (README "Layout"): core < model < checkpoint < search, data < encode < jobs,
+train, parity < cli. The flat module paths of 0.1 (`distilbert_jax.scoring`, `.corpus_job`, ...) still import,
+for one release, through `distilbert_jax._legacy`.
 """
 
-from distilbert_jax import util
+from distilbert_jax import _legacy, util
+from distilbert_jax.core.version import __version__
 from distilbert_jax.encode.sentence_transformer import SentenceTransformer
 from distilbert_jax.jobs.embeddings import load_embeddings
 from distilbert_jax.model.config import EncoderConfig
@@ -13,11 +17,14 @@ from distilbert_jax.search.quantization import quantize_embeddings
 from distilbert_jax.search.semantic_search import semantic_search
 from distilbert_jax.search.similarity import cos_sim, dot_score
 
+_legacy.install()
+
 __all__ = [
   "EncoderConfig",
   "Encoder",
   "PoolingConfig",
   "SentenceTransformer",
+  "__version__",
   "cos_sim",
   "dot_score",
   "load_embeddings",
@@ -25,4 +32,3 @@ __all__ = [
   "semantic_search",
   "util",
 ]
-__version__ = "0.1.0"

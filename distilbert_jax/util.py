@@ -1,6 +1,5 @@
 """sentence_transformers.util's search and similarity functions, under the same names and signatures."""
 
-from distilbert_jax.model.pooling import normalize as normalize_embeddings
 from distilbert_jax.search.mining import community_detection, paraphrase_mining, paraphrase_mining_embeddings
 from distilbert_jax.search.quantization import quantize_embeddings
 from distilbert_jax.search.semantic_search import semantic_search
@@ -9,6 +8,7 @@ from distilbert_jax.search.similarity import (
   dot_score,
   euclidean_sim,
   manhattan_sim,
+  normalize_embeddings,
   pairwise_cos_sim,
   pairwise_dot_score,
   pairwise_euclidean_sim,

@@ -19,9 +19,10 @@ import numpy as np
 
 from distilbert_jax.checkpoint import names as checkpoint
 from distilbert_jax.core.files import write_json
+from distilbert_jax.core.version import __version__
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig, read_sentence_transformers_modules
-from distilbert_jax.model.tokenizer import TOKENIZER_FILES, copy_tokenizer_files
+from distilbert_jax.model.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, copy_tokenizer_files
 
 LAYOUTS = ("jax", "sentence-transformers")  # what save/convert/prune write: ours, or for PyTorch
 JAX_MARKER = "distilbert_jax.json"
@@ -62,8 +63,6 @@ def load(model_dir: str | Path) -> LoadedModel:
 
 def check_limits(model: LoadedModel) -> None:
   """What the embedding gathers would otherwise clamp silently: positions past the table, ids past the vocabulary."""
-  from distilbert_jax.model.tokenizer import WordPieceTokenizer
-
   config_file = Path(model.tokenizer_dir) / "config.json"
   if not 1 <= model.max_seq_length <= model.config.max_position_embeddings:
     raise ValueError(
@@ -207,8 +206,6 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) ->
 
 
 def _version() -> str:
-  from distilbert_jax import __version__
-
   return __version__
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
 logger = logging.getLogger(__name__)
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", "hidden_states", "attentions", None)
-TENSOR_TYPES = ("jax", "torch")
+TENSOR_TYPES = ("auto", "jax", "torch")  # auto: torch tensors when torch is imported (the torch world), else JAX
 
 
 def _check_texts(sentences: Sequence[Any]) -> None:
@@ -66,9 +67,10 @@ class SentenceTransformer:
   without an index: all its local devices); `devices`: JAX devices. `prompts`, `default_prompt_name`,
   `similarity_fn_name` and `truncate_dim` override config_sentence_transformers.json as in sentence-transformers.
   Ours: `dtype` ("float32", "bfloat16", "float16": compute dtype; LayerNorm, softmax and pooling stay float32),
-  `tensor_type` ("jax", or "torch" for sentence-transformers' own evaluators): what `convert_to_tensor` returns;
-  `compilation_cache`: JAX's persistent compilation cache (default on, in ~/.cache/distilbert_jax/jax; a
-  directory, or False; $DISTILBERT_JAX_COMPILATION_CACHE=off turns it off for every process);
+  `tensor_type`: what `convert_to_tensor` returns: "auto" (default) a torch.Tensor when torch is already imported
+  in the process (a sentence-transformers script and their evaluators), else a jax.Array; "jax" or "torch" always;
+  `compilation_cache`: JAX's persistent compilation cache, off unless asked (True: ~/.cache/distilbert_jax/jax or
+  $DISTILBERT_JAX_COMPILATION_CACHE; or a directory);
   `attention`: an implementation of `attention.IMPLEMENTATIONS` (default: the platform's, `DEFAULT_BY_PLATFORM`);
   `scan_layers`: one compiled block scanned over stacked parameters (same numbers).
   """
@@ -86,7 +88,7 @@ class SentenceTransformer:
     truncate_dim: int | None = None,
     dtype: str = "float32",
     devices: Sequence[Any] | None = None,
-    tensor_type: str = "jax",
+    tensor_type: str = "auto",
     compilation_cache: bool | str | None = None,
     attention: str | None = None,
     scan_layers: bool = False,
@@ -151,6 +153,38 @@ class SentenceTransformer:
       step_tokens=STEP_TOKENS_BY_PLATFORM.get(platform),
     )
 
+  # copy.deepcopy and pickle (sentence-transformers' test fixtures deep-copy a model): the state is the loaded
+  # model (host arrays) and the settings; the devices are named by platform and id, and the runner is rebuilt.
+  def __getstate__(self) -> dict[str, Any]:
+    return {
+      "loaded": self._current(),
+      "devices": [(d.platform, d.id) for d in self.devices],
+      "dtype": self.dtype,
+      "tensor_type": self.tensor_type,
+      "attention": self.attention,
+      "scan_layers": self.scan_layers,
+      "compilation_cache": self.compilation_cache,
+      "interceptor": self.runner.interceptor,
+    }
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    by_name = {(d.platform, d.id): d for d in jax.devices()}
+    missing = [name for name in state["devices"] if tuple(name) not in by_name]
+    if missing:
+      raise ValueError(f"the model was on devices {missing}, which this process does not have")
+    loaded = state["loaded"]
+    self.__init__(
+      loaded,
+      devices=[by_name[tuple(name)] for name in state["devices"]],
+      dtype=state["dtype"],
+      tensor_type=state["tensor_type"],
+      attention=state["attention"],
+      scan_layers=state["scan_layers"],
+      compilation_cache=state["compilation_cache"],
+    )
+    self.max_seq_length = loaded.max_seq_length
+    self.runner.interceptor = state["interceptor"]
+
   # The runner's state, under the names scripts and tests use.
   module = property(lambda self: self.runner.module)
   params = property(lambda self: self.runner.params)
@@ -209,7 +243,9 @@ class SentenceTransformer:
     return SIMILARITY_FUNCTIONS[self.similarity_fn_name][1](embeddings1, embeddings2)
 
   def get_sentence_embedding_dimension(self) -> int:
-    return self.truncate_dim or self.embedding_dim
+    """The width `encode` returns: truncate_dim when it is smaller than the model's, else the model's (a larger
+    truncate_dim truncates nothing, as sentence-transformers)."""
+    return min(self.truncate_dim or self.embedding_dim, self.embedding_dim)
 
   get_embedding_dimension = get_sentence_embedding_dimension
 
@@ -218,13 +254,23 @@ class SentenceTransformer:
     """The pooled width before any truncation."""
     return self.pooling.output_dim(self.config.hidden_size)
 
+  def get_max_seq_length(self) -> int:
+    return self.max_seq_length
+
+  @contextlib.contextmanager
+  def truncate_embeddings(self, truncate_dim: int | None):
+    """Within the block, embeddings are truncated to `truncate_dim` (sentence-transformers' context manager)."""
+    previous, self.truncate_dim = self.truncate_dim, self._check_truncate_dim(truncate_dim)
+    try:
+      yield self
+    finally:
+      self.truncate_dim = previous
+
   def _check_truncate_dim(self, truncate_dim: int | None) -> int | None:
+    """A positive width; one larger than the model's truncates nothing (accepted, as sentence-transformers)."""
     if truncate_dim is None:
       return None
-    truncate_dim = positive_int(truncate_dim, "truncate_dim")
-    if truncate_dim > self.embedding_dim:
-      raise ValueError(f"truncate_dim {truncate_dim} is larger than the embedding dimension {self.embedding_dim}")
-    return truncate_dim
+    return positive_int(truncate_dim, "truncate_dim")
 
   def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
     if prompt is not None:
@@ -243,20 +289,22 @@ class SentenceTransformer:
 
   def _current(self) -> model_dir.LoadedModel:
     """The loaded model with this object's current settings (max_seq_length, prompts, similarity, truncation)."""
-    prompts = {name: text for name, text in self.prompts.items() if text or name not in ("query", "document")}
     return dataclasses.replace(
       self.loaded,
       max_seq_length=self.max_seq_length,
-      prompts=prompts or None,
+      prompts=dict(self.prompts),
       default_prompt_name=self.default_prompt_name,
       similarity_fn_name=self.similarity_fn_name,
       truncate_dim=self.truncate_dim,
     )
 
-  def save(self, path: str | Path, *args: Any, **kwargs: Any) -> Path:
+  def save(self, path: str | Path | None, *args: Any, **kwargs: Any) -> Path | None:
     """The sentence-transformers layout, with config_sentence_transformers.json (prompts, similarity function,
     truncate_dim): sentence_transformers.SentenceTransformer(path) and this class both load it. Extra
-    arguments of theirs (model_name, create_model_card, ...) are accepted and have no effect."""
+    arguments of theirs (model_name, create_model_card, ...) are accepted and have no effect; `path=None` saves
+    nothing, as theirs."""
+    if path is None:
+      return None
     return model_dir.export_sentence_transformers_dir(self._current(), path)
 
   def save_pretrained(self, out_dir: str | Path) -> Path:
@@ -357,6 +405,12 @@ class SentenceTransformer:
     if output_value != "sentence_embedding":
       items = self._encode_items(texts, batch_size, packing, output_value, show_progress_bar, truncate_dim)
       return items[0] if single else items
+    if not texts and not single:  # sentence-transformers' empty result: an empty array (or tensor)
+      return (
+        self._as_tensor(np.zeros(0, np.float32))
+        if convert_to_tensor
+        else ([] if not convert_to_numpy else np.zeros(0, np.float32))
+      )
     result = self._encode_sentences(texts, batch_size, packing, show_progress_bar)
     if truncate_dim is not None:
       result = np.ascontiguousarray(result[:, :truncate_dim])
@@ -371,10 +425,11 @@ class SentenceTransformer:
     return result[0] if single else result
 
   def _as_tensor(self, array: np.ndarray):
+    torch = sys.modules.get("torch") if self.tensor_type == "auto" else None
     if self.tensor_type == "torch":
       import torch
-
-      return torch.from_numpy(np.asarray(array))
+    if torch is not None:
+      return torch.from_numpy(np.ascontiguousarray(array))
     return jnp.asarray(array)
 
   def encode_tokenized(
@@ -404,12 +459,18 @@ class SentenceTransformer:
   def _encode_sentences(
     self, texts: list, batch_size: int, packing: bool | str, show_progress_bar: bool | None, tokenized: bool = False
   ) -> np.ndarray:
-    result = np.zeros((len(texts), self.embedding_dim), np.float32)
+    # Identical texts are encoded once: they then get identical embeddings (packed in different rows, two copies
+    # would differ in the last bits), and the copies cost nothing.
+    key = (lambda t: t.tobytes()) if tokenized else (lambda t: t)
+    first: dict[Any, int] = {}
+    where = np.fromiter((first.setdefault(key(t), len(first)) for t in texts), np.int64, len(texts))
+    unique = [texts[i] for i in np.unique(where, return_index=True)[1]]
+    result = np.zeros((len(unique), self.embedding_dim), np.float32)
     outputs = ("sentence_embedding",)
-    for indices, batch, out in self.runner.run(texts, batch_size, packing, outputs, show_progress_bar, tokenized):
+    for indices, batch, out in self.runner.run(unique, batch_size, packing, outputs, show_progress_bar, tokenized):
       filled = batch.text_index >= 0  # filler rows and empty slots never reach the output
       result[indices[batch.text_index[filled]]] = out["sentence_embedding"][filled]
-    return result
+    return result if len(unique) == len(texts) else result[where]
 
   def _encode_items(
     self,

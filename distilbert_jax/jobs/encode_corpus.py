@@ -24,6 +24,7 @@ import numpy as np
 
 from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.core.checks import positive_int
+from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.files import file_sha256, npy_bytes, write_atomic
 from distilbert_jax.data.records import InputFormat, Record, check_on_error, detect_format, open_input, read_records
 from distilbert_jax.encode.sentence_transformer import SentenceTransformer
@@ -111,6 +112,8 @@ def run_job(
     storage=storage,
   )
   out_dir.mkdir(parents=True, exist_ok=True)
+  # A corpus job is a program of its own: it keeps its executables for the next run (and the next host).
+  enable_compilation_cache(True)
   with job_lock(out_dir, process_index):
     return _run_locked(spec)
 

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from distilbert_jax.core.files import write_json
+
 CHECKPOINT_TYPES = ("distilbert", "bert")
 OUR_MODEL_TYPE = "distilbert_jax"
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
@@ -159,8 +161,6 @@ class EncoderConfig:
 
   def save(self, path: str | Path, hf: bool = False) -> None:
     """Writes our field dict (`hf=True`: the HF config of `checkpoint_type`, refusing what it cannot express)."""
-    from distilbert_jax.core.files import write_json
-
     write_json(path, self.to_hf_dict() if hf else self.to_dict())
 
 

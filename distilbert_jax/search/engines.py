@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from distilbert_jax.core.devices import data_mesh
+from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.model.pooling import normalize
 from distilbert_jax.search.rows import HOST_ALIGNMENT, READ_BLOCK_BYTES, aligned_empty, float_chunk, read_rows
@@ -136,7 +136,8 @@ def top_k_search(
   if n_queries == 0 or k == 0:
     return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
   devices = list(devices) if devices is not None else jax.local_devices()
-  on_cpu = all(d.platform == "cpu" for d in devices)
+  platform = platform_of(devices)  # the edge: the platform becomes the engine and its block sizes here
+  on_cpu = platform == "cpu"
   if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES:
     # A handful of queries is one pass over the corpus, bound by memory: faiss' scan is faster there; from
     # CPU_JAX_MIN_QUERIES on, the blocked JAX engine is (benchmarks/search_crossover.py; README "Search").
@@ -165,8 +166,10 @@ def top_k_search(
     block = min(CPU_SCORE_BLOCK, corpus_chunk_size)
     step_queries = max(query_chunk_size, query_chunk_size * corpus_chunk_size // block)
     chunk = min(corpus_chunk_size, block * CPU_CHUNK_BLOCKS)
-    return _sharded_top_k(queries, corpus, kind, k, step_queries, chunk, devices, None, block)
-  tpu = all(d.platform == "tpu" for d in devices)
+    return _sharded_top_k(
+      queries, corpus, kind, k, step_queries, chunk, devices, None, block, on_host=len(devices) == 1
+    )
+  tpu = platform == "tpu"
   return _sharded_top_k(
     queries, corpus, kind, k, query_chunk_size, corpus_chunk_size, devices, recall_target if tpu else None
   )
@@ -235,8 +238,10 @@ def _sharded_top_k(
   devices: Sequence[Any],
   recall_target: float | None,
   block_rows: int | None = None,
+  on_host: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """`block_rows`: each device scans its shard this many rows at a time (None: the whole shard in one step)."""
+  """`block_rows`: each device scans its shard this many rows at a time (None: the whole shard in one step).
+  `on_host`: the one device computes on host memory (one CPU device), so chunks are host arrays used in place."""
   mesh = data_mesh(devices)
   n_dev = mesh.devices.size
   n_queries, n_corpus = len(queries), int(corpus.shape[0])
@@ -249,7 +254,6 @@ def _sharded_top_k(
   best_ids = np.zeros((n_queries, k), np.int32)
   dtype = np.float32 if kind in ("dot", "cosine") else np.dtype(corpus.dtype)
   read = lambda start, size: float_chunk(corpus, start, size) if dtype == np.float32 else read_rows(corpus, start, size)
-  on_host = n_dev == 1 and mesh.devices.flat[0].platform == "cpu"
   chunks = _host_chunks if on_host else _device_chunks
   for part, valid, offset in chunks(read, n_corpus, corpus.shape[1], dtype, chunk, block, mesh):
     for q0 in range(0, n_queries, q_chunk):

@@ -46,6 +46,8 @@ def quantize_embeddings(
   """sentence_transformers.util.quantize_embeddings: [N, D] float -> [N, D] int8/uint8 or [N, D/8] packed bits."""
 
   check_precision(precision)
+  if isinstance(embeddings, list) and not embeddings:
+    return []  # as sentence-transformers
   embeddings = as_numpy(embeddings)
   if embeddings.dtype in (np.int8, np.uint8):
     raise ValueError("embeddings to quantize must be float, not int8 or uint8")

@@ -29,6 +29,8 @@ def as_numpy(x: Any, what: str = "embeddings") -> np.ndarray:
   """NumPy, JAX, torch (any device, bfloat16 too) or nested lists -> a NumPy array (float32 if floating)."""
   if is_torch(x):
     x = x.detach().cpu()
+    if str(x.layout) != "torch.strided":  # sparse (COO, CSR, ...): its dense rows
+      x = x.to_dense()
     x = (x.float() if x.is_floating_point() else x).numpy()
   elif isinstance(x, (list, tuple)) and x and not isinstance(x[0], (int, float, list, tuple, np.number)):
     x = np.stack([as_numpy(row, what) for row in x])  # a list of tensors or arrays, one per row

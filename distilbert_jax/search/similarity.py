@@ -12,9 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from distilbert_jax.model.pooling import normalize
-from distilbert_jax.search.rows import as_rows, like_inputs
+from distilbert_jax.search.rows import as_numpy, as_rows, is_torch, like_inputs
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -51,6 +52,16 @@ def _pairwise(a: Any, b: Any, fn: Callable) -> Any:
   if x.shape != y.shape:
     raise ValueError(f"pairwise scores need equal shapes, got {x.shape} and {y.shape}")
   return like_inputs(fn(jnp.asarray(x), jnp.asarray(y)), a, b)
+
+
+def normalize_embeddings(embeddings: Any):
+  """Rows scaled to unit L2 norm (the package's one normalisation, `model.pooling.normalize`), the input's shape
+  kept: a torch.Tensor for a torch input (dense or sparse, as sentence-transformers), else a jax.Array."""
+  array = as_numpy(embeddings, "embeddings").astype(np.float32)
+  result = like_inputs(normalize(jnp.asarray(array)), embeddings)
+  if is_torch(embeddings) and str(embeddings.layout) != "torch.strided":
+    result = result.to_sparse()
+  return result
 
 
 def dot_score(a: Any, b: Any):

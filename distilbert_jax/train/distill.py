@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.checkpoint.hub import resolve_model_dir
 from distilbert_jax.data.records import InputFormat, detect_format, open_input, read_texts
+from distilbert_jax.encode.sentence_transformer import SentenceTransformer
 from distilbert_jax.train import surgery
 from distilbert_jax.train.config import TrainConfig
 from distilbert_jax.train.data import Example, read_train_data
@@ -51,8 +53,6 @@ def read_distill_data(path: Path) -> tuple[str, list[str] | list[Example]]:
 
 def teacher_examples(teacher: model_dir.LoadedModel, kind: str, data: list, batch_size: int) -> list[Example]:
   """The teacher's targets for every row: embeddings (texts) or MarginMSE margins (triples)."""
-  from distilbert_jax import SentenceTransformer
-
   encoder = SentenceTransformer(teacher)
   encode = lambda texts: encoder.encode(texts, batch_size=batch_size)
   if kind == "texts":
@@ -75,8 +75,6 @@ def distill(
 ) -> dict[str, Any]:
   """The `distill` command. `cfg.loss` is set from the data (embedding-mse or margin-mse)."""
   import dataclasses
-
-  from distilbert_jax.checkpoint.hub import resolve_model_dir
 
   out_dir, train_data = Path(out_dir), Path(train_data)
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from distilbert_jax.jobs.encode_corpus import run_job
 from distilbert_jax.jobs.outdir import JobError
 from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = "protein binds receptor cells mice vitamin risk cancer trial placebo dose gene expression".split()
 
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.encode.distributed import merge_slices, process_slice
 
-SCRIPTS = Path(__file__).parent / "scripts"
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra):

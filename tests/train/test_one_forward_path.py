@@ -1,0 +1,67 @@
+"""Encoding and training run one forward path (`model.forward.embed_rows`): the trainer's embeddings equal the
+encoder's for the same parameters and texts, packing on, and a research change (the attention implementation, an
+interceptor at a `Hook`) reaches both."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distilbert_jax import SentenceTransformer
+from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.train.config import TrainConfig
+from distilbert_jax.train.data import Example
+from distilbert_jax.train.trainer import Trainer
+from tests.conftest import TEXTS
+
+TOL = 1e-6  # absolute, on embeddings of norm ~1: two reduction orders of the same float32 arithmetic
+
+
+def _trainer_embeddings(trainer: Trainer, texts: list[str]) -> np.ndarray:
+  inputs = trainer.prepare([Example(t, target=np.zeros(1)) for t in texts])
+  assert inputs["rows"]["segment_ids"].max() > 1, "the batch was not packed"
+  return np.asarray(trainer.embed_fields(trainer.params, inputs, None, True)["query"])
+
+
+def silence_head_1_of_layer_0(next_fun, args, kwargs, context):
+  out = next_fun(*args, **kwargs)
+  if context.module.name == "heads" and context.module.path[1] == "layer_0":
+    out = out.at[:, :, 1].set(0)
+  return out
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+  return model_dir.load(tiny_checkpoint)
+
+
+def _cfg(n):
+  return TrainConfig(loss="embedding-mse", dropout=False, batch_size=n)
+
+
+def test_the_trainers_embeddings_equal_the_encoders(loaded):
+  texts = [t for t in TEXTS if t.strip()][:24]
+  want = SentenceTransformer(loaded).encode(texts, packing=True)
+  got = _trainer_embeddings(Trainer(loaded, _cfg(len(texts))), texts)
+  assert np.abs(got - want).max() <= TOL, np.abs(got - want).max()
+
+
+@pytest.mark.parametrize("attention", ["dense", "per_example"])
+def test_an_attention_implementation_reaches_both(loaded, attention):
+  texts = [t for t in TEXTS if t.strip()][:12]
+  encoder = SentenceTransformer(loaded, attention=attention)
+  trainer = Trainer(loaded, _cfg(len(texts)), attention=attention)
+  assert encoder.attention == trainer.attention == attention
+  got, want = _trainer_embeddings(trainer, texts), encoder.encode(texts, packing=True)
+  assert np.abs(got - want).max() <= TOL
+
+
+def test_a_hook_reaches_both(loaded):
+  texts = [t for t in TEXTS if t.strip()][:12]
+  encoder = SentenceTransformer(loaded)
+  plain = encoder.encode(texts, packing=True)
+  with encoder.intervene(silence_head_1_of_layer_0):
+    hooked = encoder.encode(texts, packing=True)
+  trained = _trainer_embeddings(Trainer(loaded, _cfg(len(texts)), interceptor=silence_head_1_of_layer_0), texts)
+  assert np.abs(hooked - plain).max() > 1e-3  # the hook changed the embeddings
+  assert np.abs(trained - hooked).max() <= TOL  # and the trainer computes the same change
