@@ -11,17 +11,16 @@ Our directory (`distilbert_jax.json` marks it) needs no torch:
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from distilbert_jax.checkpoint import names as checkpoint
-from distilbert_jax.core.files import write_json
+from distilbert_jax.core.files import MAX_JSON_BYTES, checked_file, model_root, read_json_checked, write_json
 from distilbert_jax.core.version import __version__
 from distilbert_jax.model.config import EncoderConfig
-from distilbert_jax.model.pooling import PoolingConfig, read_sentence_transformers_modules
+from distilbert_jax.model.pooling import PoolingConfig
 from distilbert_jax.model.tokenizer import TOKENIZER_FILES, WordPieceTokenizer, copy_tokenizer_files
 
 LAYOUTS = ("jax", "sentence-transformers")  # what save/convert/prune write: ours, or for PyTorch
@@ -52,13 +51,65 @@ class LoadedModel:
 
 
 def load(model_dir: str | Path) -> LoadedModel:
-  """A sentence-transformers directory, a plain HF encoder directory, or one of ours."""
+  """A sentence-transformers directory, a plain HF encoder directory, or one of ours.
+
+  Every file is read as `core.files.checked_file` reads (inside the directory, or its Hugging Face cache
+  repository; regular; bounded), the config's sizes are checked before anything is allocated, and the weights
+  must be finite."""
   model_dir = Path(model_dir)
   if not model_dir.is_dir():
     raise FileNotFoundError(f"{model_dir}: not a directory")
-  loaded = _load_jax_dir(model_dir) if (model_dir / JAX_MARKER).exists() else _load_sentence_transformers_dir(model_dir)
+  root = model_root(model_dir)
+  marker = checked_file(model_dir / JAX_MARKER, root, MAX_JSON_BYTES)
+  loaded = _load_jax_dir(model_dir, root) if marker else _load_sentence_transformers_dir(model_dir, root)
   check_limits(loaded)
+  check_finite_params(loaded.params, loaded.source)
   return loaded
+
+
+def check_finite_params(params: dict, source: str) -> None:
+  """NaN or inf weights would encode every text to NaN: refused at load, naming the tensors."""
+  bad = [
+    f"{'/'.join(path)} ({int(np.size(v) - np.isfinite(v).sum())} of {np.size(v)} values)"
+    for path, v in checkpoint.flatten_params(params).items()
+    if not np.isfinite(v).all()
+  ]
+  if bad:
+    raise ValueError(f"{source}: weights hold NaN or inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+
+def read_sentence_transformers_modules(model_dir: Path, root: Path | None = None) -> tuple[str, PoolingConfig]:
+  """(transformer subfolder, pooling) from `modules.json`; a plain HF directory means mean pooling."""
+  root = root or model_root(model_dir)
+  modules_file = model_dir / "modules.json"
+  modules = read_json_checked(modules_file, root)
+  if modules is None:
+    return "", PoolingConfig()
+  if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m and "path" in m for m in modules):
+    raise ValueError(f"{modules_file}: expected a list of modules, each with a type and a path")
+  transformer_path, pooling, normalize = None, None, False
+  for module in modules:
+    kind = str(module["type"]).rsplit(".", 1)[-1]
+    if kind == "Transformer":
+      transformer_path = str(module["path"])
+      if not (model_dir / transformer_path).resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{modules_file}: module path {transformer_path!r} leads outside {model_dir}")
+    elif kind == "Pooling":
+      pooling_source = model_dir / str(module["path"]) / "config.json"
+      pooling = read_json_checked(pooling_source, root)
+      if not isinstance(pooling, dict):
+        raise ValueError(f"{pooling_source}: missing, or not a JSON object")
+    elif kind == "Normalize":
+      normalize = True
+    else:
+      raise ValueError(
+        f"{modules_file}: module type {module['type']!r} is not supported (supported: Transformer, Pooling, Normalize)"
+      )
+  if transformer_path is None:
+    raise ValueError(f"{modules_file}: no sentence_transformers Transformer module listed")
+  if pooling is None:
+    return transformer_path, PoolingConfig(normalize=normalize)
+  return transformer_path, PoolingConfig.from_sentence_transformers_config(pooling, normalize, str(pooling_source))
 
 
 def check_limits(model: LoadedModel) -> None:
@@ -77,27 +128,30 @@ def check_limits(model: LoadedModel) -> None:
     )
 
 
-def read_st_settings(model_dir: Path) -> dict:
+def read_st_settings(model_dir: Path, root: Path | None = None) -> dict:
   """prompts, default_prompt_name, similarity_fn_name, truncate_dim from config_sentence_transformers.json."""
   path = model_dir / ST_CONFIG
-  if not path.exists():
+  saved = read_json_checked(path, root or model_root(model_dir))
+  if saved is None:
     return {}
-  try:
-    saved = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path}: not a JSON object")
   return {name: saved[name] for name in ST_SETTINGS if saved.get(name) is not None}
 
 
-def _load_sentence_transformers_dir(model_dir: Path) -> LoadedModel:
-  transformer_path, pooling = read_sentence_transformers_modules(model_dir)
+def _load_sentence_transformers_dir(model_dir: Path, root: Path) -> LoadedModel:
+  transformer_path, pooling = read_sentence_transformers_modules(model_dir, root)
   encoder_dir = model_dir / transformer_path
-  config = EncoderConfig.from_file(encoder_dir / "config.json")
-  tensors, source = checkpoint.read_tensors(encoder_dir)
+  config = EncoderConfig.from_file(encoder_dir / "config.json", root)
+  tensors, source = checkpoint.read_tensors(encoder_dir, root, weights_bound(config))
   params = checkpoint.torch_to_flax(tensors, config, source)
   st_config_file = encoder_dir / "sentence_bert_config.json"
-  st_config = json.loads(st_config_file.read_text()) if st_config_file.exists() else {}
-  max_seq_length = st_config.get("max_seq_length") or _tokenizer_max_length(encoder_dir, config)
+  st_config = read_json_checked(st_config_file, root) or {}
+  if not isinstance(st_config, dict):
+    raise ValueError(f"{st_config_file}: not a JSON object")
+  max_seq_length = st_config.get("max_seq_length") or _tokenizer_max_length(encoder_dir, config, root)
+  if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int):
+    raise ValueError(f"{st_config_file}: max_seq_length must be an integer, got {max_seq_length!r}")
   return LoadedModel(
     config,
     params,
@@ -106,25 +160,37 @@ def _load_sentence_transformers_dir(model_dir: Path) -> LoadedModel:
     bool(st_config.get("do_lower_case", False)),
     encoder_dir,
     str(model_dir),
-    **read_st_settings(model_dir),
+    **read_st_settings(model_dir, root),
   )
 
 
-def _tokenizer_max_length(encoder_dir: Path, config: EncoderConfig) -> int:
+def weights_bound(config: EncoderConfig) -> int:
+  """The most bytes a checkpoint of `config` can take: float64 for every parameter, pooler and token types
+  included, plus room for the container."""
+  extra = config.hidden_size * (config.hidden_size + 1 + config.type_vocab_size)
+  return 8 * (config.parameter_count() + extra) + (64 << 20)
+
+
+def _tokenizer_max_length(encoder_dir: Path, config: EncoderConfig, root: Path) -> int:
   # sentence-transformers' rule without sentence_bert_config.json: min(model positions, tokenizer limit).
   limit = config.max_position_embeddings
-  tok_config = encoder_dir / "tokenizer_config.json"
-  if tok_config.exists():
-    limit = min(limit, int(json.loads(tok_config.read_text()).get("model_max_length", limit)))
+  tok_config = read_json_checked(encoder_dir / "tokenizer_config.json", root) or {}
+  model_max = tok_config.get("model_max_length", limit) if isinstance(tok_config, dict) else limit
+  if isinstance(model_max, (int, float)) and not isinstance(model_max, bool) and model_max >= 1:
+    limit = min(limit, int(min(model_max, limit)))
   return limit
 
 
-def _load_jax_dir(model_dir: Path) -> LoadedModel:
-  meta = json.loads((model_dir / JAX_MARKER).read_text())
-  if meta.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{model_dir / JAX_MARKER}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
-  config = EncoderConfig.from_file(model_dir / "config.json")
-  flat = checkpoint.read_safetensors(model_dir / "params.safetensors")
+def _load_jax_dir(model_dir: Path, root: Path) -> LoadedModel:
+  meta = read_json_checked(model_dir / JAX_MARKER, root)
+  if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    got = meta.get("format_version") if isinstance(meta, dict) else meta
+    raise ValueError(f"{model_dir / JAX_MARKER}: format_version {got} is not {FORMAT_VERSION}")
+  config = EncoderConfig.from_file(model_dir / "config.json", root)
+  weights = checked_file(model_dir / "params.safetensors", root, weights_bound(config))
+  if weights is None:
+    raise FileNotFoundError(f"{model_dir / 'params.safetensors'}: missing")
+  flat = checkpoint.read_safetensors(weights)
   expected = checkpoint.parameter_shapes(config)
   got = {tuple(k.split("/")): v for k, v in flat.items()}
   missing = sorted("/".join(k) for k in set(expected) - set(got))

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from distilbert_jax.core.files import write_atomic
+from distilbert_jax.core.files import checked_file, write_atomic
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.transformer import Encoder
 
@@ -238,13 +238,14 @@ def flax_to_torch(params: dict, config: EncoderConfig) -> dict[str, np.ndarray]:
   return out
 
 
-def read_tensors(model_dir: Path) -> tuple[dict[str, np.ndarray], str]:
-  """Tensors of `model.safetensors` (read without torch) or `pytorch_model.bin` (torch, weights_only)."""
+def read_tensors(model_dir: Path, root: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], str]:
+  """Tensors of `model.safetensors` (read without torch) or `pytorch_model.bin` (torch, weights_only), each
+  checked as a model directory's file (inside `root`, regular, at most `max_bytes`)."""
   safetensors_file = model_dir / "model.safetensors"
-  if safetensors_file.exists():
+  if checked_file(safetensors_file, root, max_bytes):
     return read_safetensors(safetensors_file), str(safetensors_file)
   bin_file = model_dir / "pytorch_model.bin"
-  if bin_file.exists():
+  if checked_file(bin_file, root, max_bytes):
     try:
       import torch
     except ImportError:

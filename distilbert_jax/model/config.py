@@ -12,11 +12,10 @@ fields alone: DistilBERT and BERT differ here only in `attention_output_dropout`
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-from distilbert_jax.core.files import write_json
+from distilbert_jax.core.files import model_root, read_json_checked, write_json
 
 CHECKPOINT_TYPES = ("distilbert", "bert")
 OUR_MODEL_TYPE = "distilbert_jax"
@@ -29,6 +28,19 @@ CHOICES = {
   "position_embedding": ("learned", "rotary", "none"),
   "ffn": ("dense", "gated"),  # gated: act(gate(x)) * lin1(x); GeGLU with gelu, SwiGLU with silu
 }
+
+
+# Sizes past these come from a damaged or hostile config, not a sentence encoder: refused before anything is
+# allocated (a 10**9 vocabulary or 10**6 layers would otherwise exhaust memory or hang).
+SIZE_LIMITS = {
+  "vocab_size": 4_000_000,
+  "hidden_size": 32_768,
+  "num_layers": 512,
+  "num_heads": 512,
+  "intermediate_size": 262_144,
+  "max_position_embeddings": 1_048_576,
+}
+MAX_PARAMETERS = 20_000_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,15 +72,25 @@ class EncoderConfig:
     for name, allowed in CHOICES.items():
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} {getattr(self, name)!r} is not supported; expected one of {allowed}")
-    sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings")
-    for name in sizes:
+    for name, limit in SIZE_LIMITS.items():
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+      if value > limit:
+        raise ValueError(f"{name} {value:,} is past the {limit:,} this package supports (a damaged config?)")
+    if self.parameter_count() > MAX_PARAMETERS:
+      raise ValueError(f"the config describes {self.parameter_count():,} parameters, past {MAX_PARAMETERS:,}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
     if self.position_embedding == "rotary" and self.head_dim % 2:
       raise ValueError(f"rotary positions need an even head width; hidden_size/num_heads is {self.head_dim}")
+
+  def parameter_count(self) -> int:
+    """Parameters of the encoder this config describes (embeddings, blocks), without allocating any."""
+    d, f = self.hidden_size, self.intermediate_size
+    block = 4 * (d * d + d) + (3 if self.ffn == "gated" else 2) * d * f + f + d + 4 * d
+    positions = self.max_position_embeddings * d if self.position_embedding == "learned" else 0
+    return self.vocab_size * d + positions + 2 * d + self.num_layers * block
 
   @property
   def head_dim(self) -> int:
@@ -149,14 +171,15 @@ class EncoderConfig:
     return out
 
   @classmethod
-  def from_file(cls, path: str | Path) -> EncoderConfig:
+  def from_file(cls, path: str | Path, root: str | Path | None = None) -> EncoderConfig:
+    """A config.json of ours or HF's, read as a model directory's file (`core.files.checked_file`: inside
+    `root`, default the file's model directory, bounded)."""
     path = Path(path)
-    try:
-      hf = json.loads(path.read_text())
-    except FileNotFoundError:
-      raise FileNotFoundError(f"{path}: no config.json; is this a model directory?") from None
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    hf = read_json_checked(path, root or model_root(path.parent))
+    if hf is None:
+      raise FileNotFoundError(f"{path}: no config.json; is this a model directory?")
+    if not isinstance(hf, dict):
+      raise ValueError(f"{path}: not a JSON object")
     return cls.from_hf_dict(hf, source=str(path))
 
   def save(self, path: str | Path, hf: bool = False) -> None:

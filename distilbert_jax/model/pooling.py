@@ -8,8 +8,6 @@ Everything here runs in float32.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -63,33 +61,6 @@ class PoolingConfig:
 
   def output_dim(self, hidden_size: int) -> int:
     return hidden_size * len(self.modes)
-
-
-def read_sentence_transformers_modules(model_dir: Path) -> tuple[str, PoolingConfig]:
-  """(transformer subfolder, pooling) from `modules.json`; a plain HF directory means mean pooling."""
-  modules_file = model_dir / "modules.json"
-  if not modules_file.exists():
-    return "", PoolingConfig()
-  modules = json.loads(modules_file.read_text())
-  transformer_path, pooling, normalize = None, None, False
-  for module in modules:
-    kind = module["type"].rsplit(".", 1)[-1]
-    if kind == "Transformer":
-      transformer_path = module["path"]
-    elif kind == "Pooling":
-      pooling = json.loads((model_dir / module["path"] / "config.json").read_text())
-      pooling_source = str(model_dir / module["path"] / "config.json")
-    elif kind == "Normalize":
-      normalize = True
-    else:
-      raise ValueError(
-        f"{modules_file}: module type {module['type']!r} is not supported (supported: Transformer, Pooling, Normalize)"
-      )
-  if transformer_path is None:
-    raise ValueError(f"{modules_file}: no sentence_transformers Transformer module listed")
-  if pooling is None:
-    return transformer_path, PoolingConfig(normalize=normalize)
-  return transformer_path, PoolingConfig.from_sentence_transformers_config(pooling, normalize, pooling_source)
 
 
 def pool(

@@ -14,25 +14,65 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from distilbert_jax.core.files import write_atomic
+from distilbert_jax.core.files import (
+  MAX_TOKENIZER_BYTES,
+  checked_file,
+  model_root,
+  read_checked,
+  read_json_checked,
+  write_atomic,
+)
 
 # Files that make up a tokenizer, copied as they are when a model directory is saved or exported.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
+# tokenizer_config.json keys that transformers applies over tokenizer.json's BertNormalizer, and its field names.
+NORMALIZER_OPTIONS = {
+  "do_lower_case": "lowercase",
+  "strip_accents": "strip_accents",
+  "tokenize_chinese_chars": "handle_chinese_chars",
+}
+MIN_SEQ_LENGTH = 2  # [CLS] and [SEP]: a shorter limit would cut the separator every text needs
+
+
+def _rust_call(what: Path, fn, *args):
+  """Calls the Rust tokenizer; its errors, panics included (pyo3 raises those as BaseException), become a
+  ValueError naming the tokenizer file."""
+  try:
+    return fn(*args)
+  except (KeyboardInterrupt, SystemExit, GeneratorExit):
+    raise
+  except BaseException as e:  # noqa: B036 - a Rust panic is a BaseException; it is reported, not swallowed
+    raise ValueError(f"{what}: the tokenizer failed ({type(e).__name__}: {e})") from None
+
+
 class WordPieceTokenizer:
-  def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False):
+  def __init__(
+    self,
+    tokenizer: Tokenizer,
+    max_seq_length: int,
+    do_lower_case: bool = False,
+    truncation_side: str = "right",
+    source: Path | None = None,
+  ):
     tokenizer.no_padding()
     self.backend = tokenizer
+    if truncation_side not in ("right", "left"):
+      raise ValueError(f"{source}: truncation_side {truncation_side!r} is not 'right' or 'left'")
+    self.truncation_side = truncation_side
+    self.source = source or Path("tokenizer")
     self.set_max_seq_length(max_seq_length)
     self.do_lower_case = do_lower_case
     self.pad_token_id = tokenizer.token_to_id("[PAD]") or 0
 
   def set_max_seq_length(self, max_seq_length: int) -> None:
-    self.backend.enable_truncation(max_seq_length)
+    if max_seq_length < MIN_SEQ_LENGTH:
+      raise ValueError(f"max_seq_length {max_seq_length} leaves no room for [CLS] and [SEP] (at least 2)")
+    self.backend.enable_truncation(max_seq_length, direction=self.truncation_side)
     self.max_seq_length = max_seq_length
 
   @property
@@ -40,62 +80,97 @@ class WordPieceTokenizer:
     return self.backend.get_vocab_size(with_added_tokens=True)
 
   @classmethod
-  def from_dir(cls, path: str | Path, max_seq_length: int, do_lower_case: bool = False) -> WordPieceTokenizer:
-    """From `tokenizer.json`, or else `vocab.txt` with the options in `tokenizer_config.json`."""
+  def from_dir(
+    cls, path: str | Path, max_seq_length: int, do_lower_case: bool = False, root: str | Path | None = None
+  ) -> WordPieceTokenizer:
+    """From `tokenizer.json`, or else `vocab.txt`, with `tokenizer_config.json` applied as transformers applies
+    it (lower-casing, accents, Chinese characters, truncation side). Files are read as a model directory's
+    (`core.files.checked_file`: inside `root`, default the directory, bounded)."""
     path = Path(path)
-    if (path / "tokenizer.json").exists():
-      try:
-        backend = Tokenizer.from_file(str(path / "tokenizer.json"))
-      except Exception as e:  # the Rust library raises its own exception type for a malformed file
-        raise ValueError(f"{path / 'tokenizer.json'}: not a valid tokenizer file ({e})") from None
-      return cls(backend, max_seq_length, do_lower_case)
-    if not (path / "vocab.txt").exists():
+    root = root or model_root(path)
+    options = read_json_checked(path / "tokenizer_config.json", root) or {}
+    if not isinstance(options, dict):
+      raise ValueError(f"{path / 'tokenizer_config.json'}: not a JSON object")
+    side = options.get("truncation_side", "right")
+    data = read_checked(path / "tokenizer.json", root, MAX_TOKENIZER_BYTES)
+    if data is not None:
+      source = path / "tokenizer.json"
+      backend = _rust_call(source, Tokenizer.from_str, data.decode("utf-8", errors="strict"))
+      _apply_normalizer_options(backend, options, source)
+      return cls(backend, max_seq_length, do_lower_case, side, source)
+    vocab = checked_file(path / "vocab.txt", root, MAX_TOKENIZER_BYTES)
+    if vocab is None:
       raise FileNotFoundError(f"{path}: neither tokenizer.json nor vocab.txt found")
-    options = {}
-    if (path / "tokenizer_config.json").exists():
-      options = json.loads((path / "tokenizer_config.json").read_text())
     lowercase = options.get("do_lower_case", True)
     strip_accents = options.get("strip_accents")
-    built = BertWordPieceTokenizer(
-      str(path / "vocab.txt"),
+    build = lambda: BertWordPieceTokenizer(
+      str(vocab),
       clean_text=True,
       handle_chinese_chars=options.get("tokenize_chinese_chars", True),
       strip_accents=lowercase if strip_accents is None else strip_accents,  # BERT: accents go with case
       lowercase=lowercase,
     )
-    return cls(built._tokenizer, max_seq_length, do_lower_case)
+    built = _rust_call(vocab, build)
+    return cls(built._tokenizer, max_seq_length, do_lower_case, side, vocab)
 
   def prepare(self, text: str) -> str:
     text = text.strip()
     return text.lower() if self.do_lower_case else text
 
   def head(self, text: str) -> str:
-    """The start of `text` that holds its first max_seq_length words (separated by BERT whitespace, which every
-    tokenizer here splits at, so the words' tokens do not depend on what follows). Each word gives at least one
-    token, so truncation keeps the same tokens while memory stays bounded by the words kept, not the line."""
+    """The part of `text` truncation keeps at most: its first max_seq_length words (its last, when truncating on
+    the left), words separated by BERT whitespace, which every tokenizer here splits at, so the words' tokens do
+    not depend on what is cut. Each word gives at least one token, so truncation keeps the same tokens while
+    memory stays bounded by the words kept, not the line."""
     if len(text) <= 8 * self.max_seq_length:
       return text
+    if self.truncation_side == "left":
+      end = len(text)
+      for _ in range(self.max_seq_length):  # walk back word by word
+        m = _LAST_WORD.search(text, 0, end)
+        if m is None:
+          return text
+        end = m.start()
+      return text[end:]
     last = collections.deque(itertools.islice(_WORDS.finditer(text), self.max_seq_length), maxlen=1)
     return text[: last[0].end()] if last else text
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
     """Token ids per text ([CLS] ... [SEP], truncated), int32, in input order."""
     heads = [self.head(t) for t in texts]
-    encodings = self.backend.encode_batch([self.prepare(t) for t in heads])
+    encodings = _rust_call(self.source, self.backend.encode_batch, [self.prepare(t) for t in heads])
     ids = [np.asarray(e.ids, np.int32) for e in encodings]
     for i, (text, head) in enumerate(zip(texts, heads)):
       if len(head) < len(text) and len(ids[i]) < self.max_seq_length:
         # Words that give no token (control characters only) made the head too short: the whole text, as before.
-        ids[i] = np.asarray(self.backend.encode(self.prepare(text)).ids, np.int32)
+        ids[i] = np.asarray(_rust_call(self.source, self.backend.encode, self.prepare(text)).ids, np.int32)
     return ids
 
 
 _WORDS = re.compile(r"[^ \t\n\r]+")  # whitespace to BERT and to Python alike
+_LAST_WORD = re.compile(r"[^ \t\n\r]+[ \t\n\r]*$")
+
+
+def _apply_normalizer_options(backend: Tokenizer, options: dict, source: Path) -> None:
+  """transformers builds a BERT tokenizer from tokenizer.json and then sets the normalizer's lower-casing, accent
+  stripping and Chinese-character handling from tokenizer_config.json where it names them: the same here."""
+  given = {field: options[key] for key, field in NORMALIZER_OPTIONS.items() if key in options}
+  normalizer = backend.normalizer
+  if not given or normalizer is None or type(normalizer).__name__ != "BertNormalizer":
+    return
+  state = json.loads(normalizer.__getstate__())
+  if all(state.get(field) == value for field, value in given.items()):
+    return
+  state.pop("type", None)
+  state.update(given)
+  backend.normalizer = normalizers.BertNormalizer(**state)
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
-  copied = [name for name in TOKENIZER_FILES if (src / name).exists()]
-  if not copied:
+  """The tokenizer files of `src` into `dst`, each read as a model directory's file (no link out, bounded)."""
+  contents = {name: read_checked(src / name, model_root(src), MAX_TOKENIZER_BYTES) for name in TOKENIZER_FILES}
+  if not any(data is not None for data in contents.values()):
     raise FileNotFoundError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
-  for name in copied:
-    write_atomic(dst / name, (src / name).read_bytes())
+  for name, data in contents.items():
+    if data is not None:
+      write_atomic(dst / name, data)
