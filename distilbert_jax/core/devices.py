@@ -61,3 +61,17 @@ def platform_of(devices: Sequence[Any]) -> str:
   if len(platforms) != 1:
     raise ValueError(f"devices of several platforms {platforms}: give devices of one platform")
   return platforms[0]
+
+
+def device_names(devices: Sequence[Any]) -> list[tuple[str, int]]:
+  """(platform, id) of each device: how a pickled model names its devices."""
+  return [(d.platform, d.id) for d in devices]
+
+
+def devices_named(names: Sequence[Sequence[Any]]) -> list:
+  """The devices `device_names` named, in this process; an error naming those it does not have."""
+  by_name = {(d.platform, d.id): d for d in jax.devices()}
+  missing = [tuple(name) for name in names if tuple(name) not in by_name]
+  if missing:
+    raise ValueError(f"devices {missing} are not in this process (it has {sorted(by_name)})")
+  return [by_name[tuple(name)] for name in names]

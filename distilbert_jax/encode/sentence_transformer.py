@@ -26,7 +26,7 @@ from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
-from distilbert_jax.core.devices import platform_of, resolve_devices
+from distilbert_jax.core.devices import device_names, devices_named, platform_of, resolve_devices
 from distilbert_jax.encode.runner import DTYPES, STEP_TOKENS_BY_PLATFORM, EncodeRunner
 from distilbert_jax.model.attention import check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
@@ -158,7 +158,7 @@ class SentenceTransformer:
   def __getstate__(self) -> dict[str, Any]:
     return {
       "loaded": self._current(),
-      "devices": [(d.platform, d.id) for d in self.devices],
+      "devices": device_names(self.devices),
       "dtype": self.dtype,
       "tensor_type": self.tensor_type,
       "attention": self.attention,
@@ -168,14 +168,10 @@ class SentenceTransformer:
     }
 
   def __setstate__(self, state: dict[str, Any]) -> None:
-    by_name = {(d.platform, d.id): d for d in jax.devices()}
-    missing = [name for name in state["devices"] if tuple(name) not in by_name]
-    if missing:
-      raise ValueError(f"the model was on devices {missing}, which this process does not have")
     loaded = state["loaded"]
     self.__init__(
       loaded,
-      devices=[by_name[tuple(name)] for name in state["devices"]],
+      devices=devices_named(state["devices"]),
       dtype=state["dtype"],
       tensor_type=state["tensor_type"],
       attention=state["attention"],

@@ -95,7 +95,12 @@ class WordPieceTokenizer:
     data = read_checked(path / "tokenizer.json", root, MAX_TOKENIZER_BYTES)
     if data is not None:
       source = path / "tokenizer.json"
-      backend = _rust_call(source, Tokenizer.from_str, data.decode("utf-8", errors="strict"))
+      try:
+        backend = Tokenizer.from_str(data.decode("utf-8"))
+      except (KeyboardInterrupt, SystemExit):
+        raise
+      except BaseException as e:  # noqa: B036 - the Rust library's errors and panics: reported naming the file
+        raise ValueError(f"{source}: not a valid tokenizer file ({type(e).__name__}: {e})") from None
       _apply_normalizer_options(backend, options, source)
       return cls(backend, max_seq_length, do_lower_case, side, source)
     vocab = checked_file(path / "vocab.txt", root, MAX_TOKENIZER_BYTES)

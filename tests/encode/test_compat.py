@@ -5,6 +5,8 @@ top-k (ties aside), identical quantized codes (int8: one step on at most 0.1% of
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import sentence_transformers
@@ -71,11 +73,43 @@ def script(lib, path: str) -> dict:
   out["paraphrases"] = util.paraphrase_mining(model, DOCS, top_k=3)
   clustered = np.concatenate([docs[:3] + 0.01 * i for i in range(4)])
   out["communities"] = util.community_detection(clustered, threshold=0.9, min_community_size=3)
+  # Settings and calls their tests and users rely on (issue 21).
+  dim = model.get_sentence_embedding_dimension()
+  model.truncate_dim = 4 * dim  # larger than the model's width: nothing is truncated
+  out["dim_truncate_larger"] = model.get_sentence_embedding_dimension()
+  out["encode_truncate_larger"] = model.encode(DOCS[:2])
+  model.truncate_dim = None
+  with model.truncate_embeddings(8):
+    out["truncate_context"] = model.encode(DOCS[:2])
+    out["truncate_context_dim"] = model.get_sentence_embedding_dimension()
+  out["after_truncate_context"] = model.encode(DOCS[:1]).shape
+  out["max_seq_length_get"] = model.get_max_seq_length()
+  out["save_none"] = model.save(None)
+  out["encode_empty"] = model.encode([]).shape
+  same = model.encode([DOCS[1]] * 20 + DOCS[:3])
+  out["identical_texts_identical"] = all(np.array_equal(same[0], row) for row in same[:20])
+  copied = copy.deepcopy(model)
+  out["deepcopy_same"] = bool(np.allclose(copied.encode(DOCS[:2]), model.encode(DOCS[:2]), atol=1e-6))
+  out["normalize_torch"] = util.normalize_embeddings(torch.as_tensor(docs[:3]))
+  out["normalize_torch_type"] = type(util.normalize_embeddings(torch.as_tensor(docs[:3]))).__name__
+  out["quantize_empty_list"] = util.quantize_embeddings([], "int8")
+  out["cos_sim_sparse"] = util.cos_sim(torch.as_tensor(docs[:2]).to_sparse(), torch.as_tensor(docs[:3]))
   tokenized = model.tokenize(DOCS[:4])
   out["tokenize"] = {k: np.asarray(tokenized[k]) for k in ("input_ids", "attention_mask")}
   model.max_seq_length = 16
   out["short"] = model.encode(DOCS)
   return out
+
+
+def _flips_only_at_bucket_boundaries(a, b, floats, calibration, key, tol=1e-3) -> None:
+  """int8/uint8 codes of the two pipelines may differ by one step, and only where the float value sits within
+  `tol` of a bucket boundary (float32 noise of ~1e-7 is ~1e-4 of a bucket here); the quantizer itself is held
+  exact on identical inputs in tests/search/test_quantization.py."""
+  off = np.abs(a.astype(np.int32) - b.astype(np.int32))
+  start, stop = calibration.min(0), calibration.max(0)
+  position = (floats - start) / np.where(stop > start, (stop - start) / 255, 1)  # in buckets
+  near = np.abs(position - np.round(position)) <= tol
+  assert off.max() <= 1 and near[off > 0].all(), (key, off.max(), int((off > 0).sum()), int((off > near).sum()))
 
 
 def _compare(ours: dict, theirs: dict) -> None:
@@ -98,8 +132,8 @@ def _compare(ours: dict, theirs: dict) -> None:
       a, b = np.asarray(a), np.asarray(b)
       assert a.dtype == b.dtype and a.shape == b.shape, (key, a.dtype, b.dtype, a.shape, b.shape)
       if "int8" in key or "calibrated" in key:
-        off = np.abs(a.astype(np.int32) - b.astype(np.int32))
-        assert off.max() <= 1 and (off > 0).mean() <= 1e-3, (key, off.max(), (off > 0).mean())
+        floats = np.asarray(theirs["encode_query" if key == "quantize_calibrated" else "encode"])
+        _flips_only_at_bucket_boundaries(a, b, floats, np.asarray(theirs["encode"]), key)
       else:
         np.testing.assert_array_equal(a, b, err_msg=key)
     elif isinstance(b, (np.ndarray, torch.Tensor)):
@@ -203,7 +237,6 @@ def test_sentence_transformers_evaluators_give_their_numbers(minilm):
     (lambda m: m.encode(["a"], batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
     (lambda m: m.encode(["a"], batch_size=-1), ValueError, "batch_size must be a positive integer, got -1"),
     (lambda m: m.encode(["a", "b"], precision="int4"), ValueError, "precision 'int4' is not one of"),
-    (lambda m: m.encode(["a"], truncate_dim=1000), ValueError, "truncate_dim 1000 is larger than the embedding"),
     (lambda m: m.encode(["a"], prompt_name="nope"), ValueError, "prompt_name 'nope' is not one of"),
     (lambda m: m.encode(["a"], output_value="cls"), ValueError, "output_value 'cls'"),
     (
