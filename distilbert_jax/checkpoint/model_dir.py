@@ -11,13 +11,13 @@ Our directory (`distilbert_jax.json` marks it) needs no torch:
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from distilbert_jax.checkpoint import names as checkpoint
 from distilbert_jax.core.files import MAX_JSON_BYTES, checked_file, model_root, read_json_checked, write_json
+from distilbert_jax.core.outdir import replaced_dir
 from distilbert_jax.core.version import __version__
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig
@@ -45,6 +45,12 @@ class LoadedModel:
   default_prompt_name: str | None = None
   similarity_fn_name: str | None = None
   truncate_dim: int | None = None
+
+  @property
+  def source_dir(self) -> Path:
+    """The directory the model was read from (the tokenizer's, or the source path when that is a directory)."""
+    source = Path(self.source.split(" (")[0])
+    return source if source.is_dir() else Path(self.tokenizer_dir)
 
   def settings(self) -> dict:
     return {name: getattr(self, name) for name in ST_SETTINGS}
@@ -216,9 +222,16 @@ def _load_jax_dir(model_dir: Path, root: Path) -> LoadedModel:
   )
 
 
-def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+def save_jax_dir(model: LoadedModel, out_dir: str | Path, overwrite: bool = True) -> Path:
+  """Our directory, built beside `out_dir` and swapped in whole (`core.outdir.replaced_dir`): no file of what
+  was there before survives. Refused when `out_dir` is, holds or is inside the model's own directory, or (with
+  `overwrite` off, as the commands run) when it is not empty."""
+  with replaced_dir(out_dir, [model.tokenizer_dir, model.source_dir], overwrite) as new:
+    _write_jax_dir(model, new)
+  return Path(out_dir)
+
+
+def _write_jax_dir(model: LoadedModel, out_dir: Path) -> None:
   params = checkpoint.unstack_layers(model.params)  # saved per layer whatever layout computed with them
   flat = {"/".join(path): np.asarray(v, np.float32) for path, v in checkpoint.flatten_params(params).items()}
   checkpoint.write_safetensors(out_dir / "params.safetensors", flat, metadata={"format": "distilbert-jax"})
@@ -233,13 +246,17 @@ def save_jax_dir(model: LoadedModel, out_dir: str | Path) -> Path:
     "sentence_transformers": {k: v for k, v in model.settings().items() if v is not None},
   }
   write_json(out_dir / JAX_MARKER, meta)  # written last: marks it complete
-  return out_dir
 
 
-def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) -> Path:
-  """The sentence-transformers layout (model at the root, 1_Pooling, 2_Normalize) that PyTorch loads."""
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path, overwrite: bool = True) -> Path:
+  """The sentence-transformers layout (model at the root, 1_Pooling, 2_Normalize) that PyTorch loads, replacing
+  `out_dir` whole as `save_jax_dir` does."""
+  with replaced_dir(out_dir, [model.tokenizer_dir, model.source_dir], overwrite) as new:
+    _write_sentence_transformers_dir(model, new)
+  return Path(out_dir)
+
+
+def _write_sentence_transformers_dir(model: LoadedModel, out_dir: Path) -> None:
   tensors = checkpoint.flax_to_torch(model.params, model.config)  # refuses what the format cannot express
   checkpoint.write_safetensors(out_dir / "model.safetensors", tensors, metadata={"format": "pt"})
   model.config.save(out_dir / "config.json", hf=True)
@@ -259,8 +276,6 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) ->
   if model.pooling.normalize:
     modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     (out_dir / "2_Normalize").mkdir(exist_ok=True)
-  elif (out_dir / "2_Normalize").exists():
-    shutil.rmtree(out_dir / "2_Normalize")
   write_json(out_dir / "modules.json", modules)
   st_config = {
     "model_type": "SentenceTransformer",
@@ -268,7 +283,6 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path) ->
     **{k: v for k, v in model.settings().items() if v is not None},
   }
   write_json(out_dir / ST_CONFIG, st_config)
-  return out_dir
 
 
 def _version() -> str:

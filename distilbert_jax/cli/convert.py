@@ -15,7 +15,8 @@ from distilbert_jax.checkpoint.model_dir import LAYOUTS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("source", help="sentence-transformers/HF directory, distilbert-jax directory, or hub id")
-  parser.add_argument("out", help="output directory")
+  parser.add_argument("out", help="output directory (new or empty; --overwrite replaces one whole)")
+  parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT (never the source)")
   parser.add_argument(
     "--to",
     choices=LAYOUTS,
@@ -38,9 +39,9 @@ def add_convert(sub) -> None:
 def run(args: argparse.Namespace) -> None:
   loaded = model_dir.load(resolve_model_dir(args.source))
   if args.to == "jax":
-    out = model_dir.save_jax_dir(loaded, args.out)
+    out = model_dir.save_jax_dir(loaded, args.out, overwrite=args.overwrite)
   else:
-    out = model_dir.export_sentence_transformers_dir(loaded, args.out)
+    out = model_dir.export_sentence_transformers_dir(loaded, args.out, overwrite=args.overwrite)
   n_params = sum(v.size for v in __import__("jax").tree_util.tree_leaves(loaded.params))
   print(
     f"{loaded.source} -> {out} ({args.to}; {loaded.config.model_type}, {loaded.config.num_layers} layers, "

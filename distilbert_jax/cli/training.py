@@ -89,7 +89,7 @@ def cmd_prune(args) -> None:
   if args.keep_layers:
     model = surgery.keep_layers(model, surgery.parse_int_list(args.keep_layers, "--keep-layers"))
   save = model_dir.save_jax_dir if args.format == "jax" else model_dir.export_sentence_transformers_dir
-  out = save(model, args.out)
+  out = save(model, args.out, overwrite=args.overwrite)
   print(f"{args.model} ({before} layers) -> {out} ({model.config.num_layers} layers, {args.format})", file=sys.stderr)
 
 
@@ -159,4 +159,5 @@ def add_prune(sub) -> None:
   p.add_argument("--prune-heads", help="refused with the reason: DistilBERT/BERT checkpoints cannot express it")
   p.add_argument("--out", required=True)
   p.add_argument("--format", choices=LAYOUTS, default="sentence-transformers", help="output layout")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (never MODEL itself)")
   p.set_defaults(func=cmd_prune)

@@ -13,6 +13,7 @@ all manifests back in global (input) order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 
 from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.core.files import file_sha256
-from distilbert_jax.jobs.identity import tokenizer_sha256
+from distilbert_jax.jobs.identity import RUN_KEYS, differences, tokenizer_sha256
 from distilbert_jax.search.rows import read_mapped
 
 MANIFEST_FORMAT = "distilbert-jax-embeddings"
@@ -136,6 +137,10 @@ class EmbeddingShards:
     return f"EmbeddingShards(shape={self.shape}, dtype={self.dtype}, shards={shards}, precision={self.precision})"
 
 
+# Manifest keys that differ between the processes of one job (everything else is the job identity).
+PER_PROCESS_KEYS = {"process_index", "shards", "rejects", "complete", "rows", "ranges", "input_sha256", "_path"}
+
+
 def read_manifests(out_dir: str | Path) -> list[dict[str, Any]]:
   """Every manifest of an encode-corpus directory, checked complete and consistent."""
   out_dir = Path(out_dir)
@@ -154,10 +159,19 @@ def read_manifests(out_dir: str | Path) -> list[dict[str, Any]]:
       raise ValueError(f"{path}: the job is not complete; re-run encode-corpus to finish it")
     manifest["_path"] = str(path)
     manifests.append(manifest)
-  for key in ("weights_sha256", "tokenizer_sha256", "model", "process_count", "embedding_dim"):
-    values = {json.dumps(m.get(key)) for m in manifests}
-    if len(values) > 1:
-      raise ValueError(f"{out_dir}: the manifests disagree on {key} ({', '.join(sorted(values))})")
+  # Every manifest, and every job record beside them, describes one job: the same identity throughout.
+  keys = sorted(set(manifests[0]) - PER_PROCESS_KEYS)
+  records = [
+    {k: v for k, v in json.loads(p.read_text()).items() if k not in RUN_KEYS}
+    for p in sorted(out_dir.glob("job-*.json"))
+  ]
+  for other in [*manifests[1:], *records]:
+    changed = differences({k: manifests[0].get(k) for k in keys}, {k: other.get(k) for k in keys})
+    if changed:
+      source = other.get("_path", "a job record")
+      raise ValueError(f"{out_dir}: {manifests[0]['_path']} and {source} disagree on {', '.join(changed)}")
+  if len({json.dumps(m.get("ranges")) for m in manifests}) > 1:
+    raise ValueError(f"{out_dir}: the manifests disagree on the quantization ranges")
   if len(manifests) != manifests[0]["process_count"]:
     raise ValueError(f"{out_dir}: {len(manifests)} manifests for a job of {manifests[0]['process_count']} processes")
   return manifests
@@ -201,8 +215,12 @@ def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str]
     path = out_dir / shard["file"]
     if verify and file_sha256(path) != shard["sha256"]:
       raise ValueError(f"{path}: sha256 differs from the manifest's (the shard was changed or replaced)")
+    ids_path = out_dir / shard["ids"]
+    ids_bytes = ids_path.read_bytes()
+    if "ids_sha256" in shard and hashlib.sha256(ids_bytes).hexdigest() != shard["ids_sha256"]:
+      raise ValueError(f"{ids_path}: sha256 differs from the manifest's (the ids were changed or replaced)")
     array = np.load(path, mmap_mode="r")
-    shard_ids = json.loads((out_dir / shard["ids"]).read_text())
+    shard_ids = json.loads(ids_bytes)
     if array.shape != (shard["rows"], dim) or len(shard_ids) != shard["rows"]:
       raise ValueError(
         f"{path}: {array.shape[0]} vectors of width {array.shape[1:]} and {len(shard_ids)} ids; the "

@@ -26,13 +26,24 @@ from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.files import file_sha256, npy_bytes, write_atomic
+from distilbert_jax.core.outdir import check_output_dir
 from distilbert_jax.data.records import InputFormat, Record, check_on_error, detect_format, open_input, read_records
 from distilbert_jax.encode.sentence_transformer import SentenceTransformer
 from distilbert_jax.jobs.embeddings import MANIFEST_FORMAT, MANIFEST_VERSION, _ranges, manifest_name, shard_name
-from distilbert_jax.jobs.identity import tokenizer_sha256
+from distilbert_jax.jobs.identity import (
+  claim,
+  differences,
+  identity_name,
+  records_sha256,
+  tokenizer_sha256,
+  wait_for_peers,
+)
 from distilbert_jax.jobs.outdir import JobError, job_lock
 from distilbert_jax.jobs.tokenize_corpus import TOKEN_MANIFEST, is_token_dir, read_token_manifest, read_token_records
 from distilbert_jax.search.quantization import check_precision, quantization_ranges, quantize_embeddings
+
+# What an encode-corpus job writes in its directory (anything else there is refused unless --overwrite).
+JOB_FILES = ("manifest*.json", "job-*.json", "refused-*.txt", "shard-*", "rejects*.jsonl", ".lock-*", ".*.tmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +122,7 @@ def run_job(
     show_progress=show_progress,
     storage=storage,
   )
+  check_output_dir(out_dir, [input_path], overwrite, own=JOB_FILES)  # its own files: checked by the job record
   out_dir.mkdir(parents=True, exist_ok=True)
   # A corpus job is a program of its own: it keeps its executables for the next run (and the next host).
   enable_compilation_cache(True)
@@ -140,7 +152,8 @@ def _open_source(spec: JobSpec, encoder: SentenceTransformer) -> tuple[InputForm
 
 
 def _job_settings(spec: JobSpec, encoder: SentenceTransformer, fmt: InputFormat, info: dict, renormalize: bool):
-  """What decides the job's bytes: a resume must match it exactly."""
+  """The job identity (`jobs.identity`): what decides the job's bytes; every process and every resume must
+  match it exactly. `--on-error` and the input past the committed shards are not part of it."""
   settings = {
     "format": MANIFEST_FORMAT,
     "version": MANIFEST_VERSION,
@@ -152,9 +165,8 @@ def _job_settings(spec: JobSpec, encoder: SentenceTransformer, fmt: InputFormat,
     "pooling": {"modes": list(encoder.pooling.modes), "normalize": encoder.pooling.normalize},
     "max_seq_length": encoder.max_seq_length,
     "embedding_dim": encoder.embedding_dim,
-    "input": {**info, "format": dataclasses.asdict(fmt)},
+    "input": {"name": info["name"], "format": dataclasses.asdict(fmt)},  # its content: per shard (records_sha256)
     "shard_size": spec.shard_size,
-    "on_error": spec.on_error,
     "process_count": spec.process_count,
     "precision": spec.storage.precision,
     "truncate_dim": spec.storage.truncate_dim,
@@ -180,17 +192,21 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
 
   settings = _job_settings(spec, encoder, fmt, input_info, renormalize)
   manifest_path = out_dir / manifest_name(spec.process_index, spec.process_count)
+  if spec.overwrite:  # the old job goes first, its manifests before its shards: nothing of it stays loadable
+    _clear_old_job(out_dir, spec.process_index, spec.process_count)
   manifest = {**settings, "process_index": spec.process_index, "shards": [], "rejects": [], "complete": False}
+  manifest["input_sha256"] = input_info["sha256"]  # of the whole input as this run read it (information)
   if manifest_path.exists():
     previous = json.loads(manifest_path.read_text())
-    changed = [k for k in settings if previous.get(k) != settings[k]]
-    if changed and not spec.overwrite:
+    changed = differences({k: previous.get(k) for k in settings}, settings)
+    if changed:
       raise JobError(
         f"{manifest_path} was written for a different job ({', '.join(changed)} differ); "
         "use another --out, or --overwrite to start again"
       )
-    if not changed:
-      manifest = previous
+    manifest = {**previous, "input_sha256": input_info["sha256"]}
+  run = {"input_sha256": input_info["sha256"]}
+  claim(out_dir, settings, spec.process_index, spec.overwrite, run)
   _remove_stale_temporaries(out_dir, spec.process_index, spec.process_count)
   if storage.precision in ("int8", "uint8") and "ranges" not in manifest:
     # Every process computes the same ranges from the same first records, so the shards of a multi-host job
@@ -213,11 +229,15 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
   records = all_records()
   shard_index = 0
   seen_reject_lines = {r["line"] for r in rejects}
+  committed = {s["index"]: s for s in manifest["shards"]}
+  peers_checked = spec.process_count == 1
   while True:
     batch, last_line = [], 0
     for record in records:
       last_line = record.line
       if record.error is not None:
+        if record.line in seen_reject_lines:
+          continue  # rejected by an earlier run of this job (--on-error skip): stays rejected, in either mode
         if spec.on_error == "stop":
           raise JobError(
             f"{spec.input_path}:{record.line}: {record.error} (shards already committed in {out_dir} are "
@@ -233,13 +253,29 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
     if not batch:
       break
     mine = shard_index % spec.process_count == spec.process_index
+    done = committed.get(shard_index)
+    if done is not None and "records_sha256" in done and records_sha256(batch) != done["records_sha256"]:
+      raise JobError(
+        f"{spec.input_path}: lines {batch[0].line}..{last_line} differ from what shard {shard_index} of {out_dir} "
+        "was encoded from (the input changed before the last committed shard); use --overwrite to start again"
+      )
     if mine and shard_index not in done_shards:
+      if not peers_checked:  # every process's job record present and equal before anything is committed
+        wait_for_peers(out_dir, {**settings, **run}, spec.process_count, overwrite=spec.overwrite)
+        peers_checked = True
       embeddings = embed(batch)
+      bad = ~np.isfinite(embeddings).all(axis=1)
+      if bad.any():
+        record = batch[int(np.argmax(bad))]
+        raise JobError(
+          f"{spec.input_path}:{record.line}: the model gave NaN or inf for record {record.id!r} ({int(bad.sum())} "
+          f"records in shard {shard_index}); nothing of this shard was stored"
+        )
       if storage.precision != "float32":
         embeddings = quantize_embeddings(embeddings, storage.precision, ranges=_ranges(manifest))
       name = shard_name(shard_index)
-      shard_bytes = npy_bytes(embeddings)
-      write_atomic(out_dir / f"{name}.ids.json", json.dumps([r.id for r in batch]).encode())
+      shard_bytes, ids_bytes = npy_bytes(embeddings), json.dumps([r.id for r in batch]).encode()
+      write_atomic(out_dir / f"{name}.ids.json", ids_bytes)
       write_atomic(out_dir / f"{name}.npy", shard_bytes)
       manifest["shards"].append(
         {
@@ -250,6 +286,8 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
           "first_line": batch[0].line,
           "last_line": last_line,
           "sha256": hashlib.sha256(shard_bytes).hexdigest(),
+          "ids_sha256": hashlib.sha256(ids_bytes).hexdigest(),
+          "records_sha256": records_sha256(batch),
         }
       )
       commit()
@@ -272,6 +310,26 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
     "docs_per_s": round(encoded / elapsed, 1) if elapsed else 0.0,
     "tokens_per_s": round(tokens / elapsed, 1) if elapsed else 0.0,
   }
+
+
+def _clear_old_job(out_dir: Path, process_index: int, process_count: int) -> None:
+  """--overwrite: this process's files of whatever job was in OUT_DIR, manifest and job record first (so that an
+  interruption leaves nothing loadable), then its shards and rejects; process 0 also removes what no process of
+  a job of `process_count` would write (another process count's manifests and records)."""
+  mine = {manifest_name(process_index, process_count), identity_name(process_index)}
+  if process_index == 0:
+    ours = {manifest_name(p, process_count) for p in range(process_count)} | {
+      identity_name(p) for p in range(process_count)
+    }
+    mine |= {p.name for p in [*out_dir.glob("manifest*.json"), *out_dir.glob("job-*.json")] if p.name not in ours}
+  for name in sorted(mine, key=lambda n: not n.startswith("manifest")):
+    (out_dir / name).unlink(missing_ok=True)
+  for path in out_dir.glob("shard-*"):
+    index = path.name[len("shard-") : len("shard-") + 6]
+    if process_count == 1 or (index.isdigit() and int(index) % process_count == process_index):
+      path.unlink()
+  rejects = "rejects.jsonl" if process_count == 1 else f"rejects-{process_index}.jsonl"
+  (out_dir / rejects).unlink(missing_ok=True)
 
 
 def _remove_stale_temporaries(out_dir: Path, process_index: int, process_count: int) -> None:

@@ -1,4 +1,4 @@
-"""Output directories of the writing commands: the job lock (one job per directory)."""
+"""The job lock (one job per directory and process index); the output-directory policy is `core.outdir`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-
-class JobError(RuntimeError):
-  pass
+from distilbert_jax.jobs.identity import JobError  # noqa: F401 - raised here, defined with the job record
 
 
 @contextlib.contextmanager

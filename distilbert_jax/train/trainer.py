@@ -25,6 +25,7 @@ from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.core.files import file_sha256, write_atomic
+from distilbert_jax.core.outdir import check_output_dir, clear_dir
 from distilbert_jax.encode.batching import MAX_SEGMENTS, pack_batch
 from distilbert_jax.encode.runner import DTYPES, STEP_TOKENS_BY_PLATFORM
 from distilbert_jax.model.attention import check_attention, default_attention
@@ -215,6 +216,9 @@ class Trainer:
     return dataclasses.replace(self.loaded, params=params, source=f"{self.loaded.source} (fine-tuned)")
 
 
+RUN_FILES = ("checkpoint.json", "checkpoint.msgpack", "jax", "sentence-transformers", "adapters")
+
+
 def run_fingerprint(loaded: model_dir.LoadedModel, model: str, train_data: Path, cfg: TrainConfig) -> dict:
   """What a checkpoint continues: the starting weights, the data and every hyper-parameter."""
 
@@ -274,10 +278,18 @@ def run_training(
 
   checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
   model = fingerprint["model"]
+  # The output-directory policy: never the model's directory or the data's; a directory holding only this
+  # run's files resumes; with overwrite the previous run's files go first (its checkpoint is never resumed).
+  sources = [loaded.source_dir] + ([fingerprint["train_data"]] if fingerprint.get("train_data") else [])
+  check_output_dir(out_dir, sources, overwrite, own=RUN_FILES)
+  if overwrite:
+    clear_dir(out_dir, first=["checkpoint.json", "checkpoint.msgpack"])
   trainer = Trainer(loaded, cfg, with_negatives=any(e.negative is not None for e in examples))
   checkpoint, run_file = out_dir / "checkpoint.msgpack", out_dir / "checkpoint.json"
-  if checkpoint.exists() and not overwrite:
-    previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+  if checkpoint.exists() and not run_file.exists():
+    raise ValueError(f"{checkpoint} has no checkpoint.json saying which run it belongs to; use --overwrite")
+  if checkpoint.exists():
+    previous = json.loads(run_file.read_text())
     changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
     if changed:
       raise ValueError(

@@ -3,10 +3,12 @@ job; shards read back and searched like in-memory embeddings; simulated multi-ho
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,7 +146,7 @@ def test_refuses_a_changed_model_or_input_unless_overwrite(tiny_checkpoint, tmp_
   with pytest.raises(JobError, match=r"different job \(model, weights_sha256 differ\)"):
     run_job(corpus, str(other_model), out, show_progress=False)
   _corpus(corpus, 21)
-  with pytest.raises(JobError, match=r"different job \(input differ\).*--overwrite"):
+  with pytest.raises(JobError, match=r"lines 1..21 differ from what shard 0 .* was encoded from.*--overwrite"):
     run_job(corpus, str(tiny_checkpoint), out, show_progress=False)
   summary = run_job(corpus, str(tiny_checkpoint), out, overwrite=True, show_progress=False)
   assert summary["rows"] == 21
@@ -167,21 +169,51 @@ def test_shards_search_like_in_memory_embeddings(tiny_checkpoint, tmp_path):
 def test_simulated_two_process_job_reads_back_in_global_order(tiny_checkpoint, tmp_path):
   corpus = _corpus(tmp_path / "c.jsonl.gz", 230)
   run_job(corpus, str(tiny_checkpoint), tmp_path / "single", shard_size=50, show_progress=False)
-  for p in (1, 0):
-    run_job(
-      corpus,
-      str(tiny_checkpoint),
-      tmp_path / "multi",
-      shard_size=50,
-      process_index=p,
-      process_count=2,
-      show_progress=False,
-    )
+  # The processes of one job run together: each waits for the other's job record before its first commit.
+  run = lambda p: run_job(
+    corpus,
+    str(tiny_checkpoint),
+    tmp_path / "multi",
+    shard_size=50,
+    process_index=p,
+    process_count=2,
+    show_progress=False,
+  )
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    list(pool.map(run, (1, 0)))
   ids_single, single = load_embeddings(tmp_path / "single")
   ids_multi, multi = load_embeddings(tmp_path / "multi")
   assert ids_multi == ids_single
   np.testing.assert_array_equal(np.asarray(multi), np.asarray(single))
   assert sorted(p.name for p in (tmp_path / "multi").glob("manifest*")) == ["manifest-0.json", "manifest-1.json"]
+
+
+def test_two_processes_of_one_job_that_disagree_are_refused_before_either_commits(tiny_checkpoint, tmp_path):
+  corpus, other = _corpus(tmp_path / "c.jsonl.gz", 120), _corpus(tmp_path / "d.jsonl.gz", 120, seed=5)
+  out = tmp_path / "multi"
+  renamed = tmp_path / "same" / "c.jsonl.gz"  # the same name as the input, other content
+  renamed.parent.mkdir()
+  shutil.copy(other, renamed)
+  variants = {  # process 1 differs from process 0 in one way each time
+    "shard_size": ({"shard_size": 50}, {"shard_size": 60}),
+    "input": ({}, {"input_path": other}),
+    "input content": ({}, {"input_path": "same-name"}),
+  }
+  for name, (zero, one) in variants.items():
+    shutil.rmtree(out, ignore_errors=True)
+
+    def run(p, changes):
+      changes = {k: renamed if v == "same-name" else v for k, v in changes.items()}
+      kwargs = {"input_path": corpus, "model": str(tiny_checkpoint), "out_dir": out, "shard_size": 50, **changes}
+      return run_job(process_index=p, process_count=2, show_progress=False, **kwargs)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      futures = [pool.submit(run, 0, zero), pool.submit(run, 1, one)]
+      errors = [f.exception() for f in futures]
+    assert all(isinstance(e, JobError) for e in errors), (name, errors)
+    assert not list(out.glob("shard-*")), f"{name}: a shard was committed"
+    with pytest.raises((ValueError, FileNotFoundError)):
+      load_embeddings(out)
 
 
 def test_two_concurrent_jobs_on_one_directory_one_is_refused(tiny_checkpoint, tmp_path):
