@@ -63,6 +63,8 @@ def load(model_dir: str | Path) -> LoadedModel:
   repository; regular; bounded), the config's sizes are checked before anything is allocated, and the weights
   must be finite."""
   model_dir = Path(model_dir)
+  if model_dir.is_file():
+    raise NotADirectoryError(f"{model_dir} is a file, not a directory: give the model's directory")
   if not model_dir.is_dir():
     raise FileNotFoundError(f"{model_dir}: not a directory")
   root = model_root(model_dir)

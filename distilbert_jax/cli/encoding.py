@@ -61,7 +61,14 @@ def cmd_encode_corpus(args) -> None:
 def cmd_tokenize_corpus(args) -> None:
   fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
   summary = tokenize_corpus(
-    args.input, model_name(args), args.out, fields, args.on_error, args.shard_size, workers=args.workers
+    args.input,
+    model_name(args),
+    args.out,
+    fields,
+    args.on_error,
+    args.shard_size,
+    workers=args.workers,
+    overwrite=args.overwrite,
   )
   print(
     f"{summary['rows']} texts, {summary['tokens']} tokens at {summary['out']} in {summary['seconds']:.1f}s "
@@ -126,6 +133,7 @@ def add_tokenize_corpus(sub) -> None:
   p.add_argument("--out", required=True, help="token directory (encode-corpus takes it as its input)")
   p.add_argument("--shard-size", type=count_arg, default=100_000)
   p.add_argument("--workers", type=count_arg, default=1, help="tokenising processes")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (never the input's directory)")
   p.add_argument("--on-error", choices=ON_ERROR, default="stop")
   p.add_argument("--id-field", default="_id")
   p.add_argument("--title-field", default="title")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.cli.common import (
   SCORES,
   add_model_args,
@@ -20,7 +22,9 @@ from distilbert_jax.cli.common import (
 )
 from distilbert_jax.core.files import npy_bytes, npy_path, write_atomic
 from distilbert_jax.data import beir as retrieval
-from distilbert_jax.jobs.embeddings import check_same_model, load_embeddings, read_manifests
+from distilbert_jax.data.beir import find_beir_file
+from distilbert_jax.jobs.embeddings import check_same_model, job_texts, load_embeddings, read_manifests
+from distilbert_jax.jobs.identity import tokenizer_sha256
 from distilbert_jax.search import quantization
 from distilbert_jax.search.semantic_search import semantic_search
 
@@ -35,21 +39,31 @@ def cmd_search(args) -> None:
     args.embeddings = str(npy_path(args.embeddings))
   if not args.corpus and not embeddings_dir:
     sys.exit("error: give --corpus, or --embeddings DIR written by encode-corpus")
-  ids, texts = read_corpus(args.corpus) if args.corpus else ([], [])
   if embeddings_dir:
-    _search_corpus_job(args, queries, ids, texts)
+    _search_corpus_job(args, queries)
     return
+  ids, texts = read_corpus(args.corpus)
   encoder = load_encoder(args, truncate_dim=args.truncate_dim)
+  # A .npy cache is reused only for the corpus, model and truncation it was made from (its sidecar says which).
+  cache_key = {
+    "corpus_sha256": hashlib.sha256("\0".join(f"{i}\0{t}" for i, t in zip(ids, texts)).encode()).hexdigest(),
+    "weights_sha256": params_sha256(encoder.loaded.params),
+    "tokenizer_sha256": tokenizer_sha256(encoder),
+    "truncate_dim": args.truncate_dim,
+    "rows": len(texts),
+  }
+  sidecar = Path(f"{args.embeddings}.json") if args.embeddings else None
   if args.embeddings and Path(args.embeddings).exists():
+    saved = json.loads(sidecar.read_text()) if sidecar.exists() else None
+    if saved != cache_key:
+      what = "has no record of what it was made from" if saved is None else "was made from another corpus or model"
+      raise ValueError(f"{args.embeddings} {what} ({sidecar}); delete it to encode {args.corpus} again")
     corpus_embeddings = np.load(args.embeddings, mmap_mode="r")
-    if len(corpus_embeddings) != len(texts):
-      sys.exit(
-        f"error: {args.embeddings} holds {len(corpus_embeddings)} embeddings; {args.corpus} has {len(texts)} documents"
-      )
   else:
     corpus_embeddings = encoder.encode(texts, batch_size=args.batch_size, show_progress_bar=True)
     if args.embeddings:
       write_atomic(args.embeddings, npy_bytes(corpus_embeddings))
+      write_atomic(sidecar, (json.dumps(cache_key) + "\n").encode())
       print(f"saved corpus embeddings to {args.embeddings}", file=sys.stderr)
   query_embeddings = encoder.encode(queries, batch_size=args.batch_size)
   results = semantic_search(
@@ -58,9 +72,10 @@ def cmd_search(args) -> None:
   _print_hits(queries, results, ids, texts)
 
 
-def _search_corpus_job(args, queries: list[str], ids: list[str], texts: list[str]) -> None:
+def _search_corpus_job(args, queries: list[str]) -> None:
   """Search an encode-corpus directory as it was written: its model (another is refused), its truncation and
-  renormalisation, its precision (quantized corpora: candidates by codes, rescored with the float queries)."""
+  renormalisation, its precision (quantized corpora: candidates by codes, rescored with the float queries).
+  Texts are printed from --corpus only once it is checked to be the job's input, row by row."""
   manifest = read_manifests(args.embeddings)[0]
   if args.truncate_dim is not None and args.truncate_dim != manifest.get("truncate_dim"):
     raise ValueError(
@@ -70,8 +85,10 @@ def _search_corpus_job(args, queries: list[str], ids: list[str], texts: list[str
   encoder = load_encoder(args, args.model or manifest["model"], truncate_dim=manifest.get("truncate_dim"))
   check_same_model(args.embeddings, encoder)
   corpus_ids, corpus = load_embeddings(args.embeddings)
-  text_of = dict(zip(ids, texts))
-  texts = [text_of.get(i, "") for i in corpus_ids]
+  texts = [""] * len(corpus_ids)
+  if args.corpus:
+    path = Path(args.corpus)
+    texts = job_texts(args.embeddings, find_beir_file(path, "corpus") if path.is_dir() else path)
   query_embeddings = encoder.encode(
     queries, batch_size=args.batch_size, normalize_embeddings=bool(manifest.get("renormalized"))
   )

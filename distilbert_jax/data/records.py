@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,16 +72,39 @@ def read_texts(path: Path, fmt: InputFormat | None = None) -> Iterator[tuple[str
     yield record.id, record.text
 
 
+# What a damaged compressed stream raises while it is read (truncation, bad deflate data, CRC or length check).
+STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _raw_lines(f: Any) -> Iterator[tuple[int, bytes | None, str | None]]:
+  """(line number, bytes, None), then at most one (line number, None, reason) when the stream is damaged: a
+  truncated or corrupt gzip stream ends the lines there, reported at the line it could not read."""
+  line_no = 0
+  try:
+    for line_no, raw in enumerate(f, 1):  # noqa: B007 - line_no is read after the loop
+      yield line_no, raw, None
+  except STREAM_ERRORS as e:
+    reason = str(e) or type(e).__name__
+    yield line_no + 1, None, f"damaged compressed input ({reason}); the file cannot be read past line {line_no}"
+
+
 def read_lines(f: Any, fmt: InputFormat, keep_empty: bool = False) -> Iterator[Record]:
   """Records from a binary stream. Lines end at \\n only (a CRLF's \\r is
-  dropped, a lone \\r stays inside its line), so every reader splits a file into the same lines.
+  dropped, a lone \\r stays inside its line), so every reader splits a file into the same lines. A UTF-8 byte
+  order mark before the first line is dropped; invalid UTF-8, lone surrogates (JSON escapes such as \\ud800) and
+  a damaged gzip stream are records with an error (a reject under --on-error skip), never a traceback.
   `keep_empty`: a blank line is the text "" (the `encode` command keeps one vector per line)."""
-  for line_no, raw in enumerate(f, 1):
+  for line_no, raw, damage in _raw_lines(f):
+    if damage is not None:
+      yield Record(line_no, error=damage)
+      return
     try:
       line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
     except UnicodeDecodeError as e:
       yield Record(line_no, error=f"invalid UTF-8 at byte {e.start}")
       continue
+    if line_no == 1:
+      line = line.removeprefix("\ufeff")
     if keep_empty and not line.strip():
       yield Record(line_no, str(line_no), line)
       continue
@@ -112,4 +136,9 @@ def _parse(line: str, line_no: int, fmt: InputFormat) -> Record:
     doc_id, text = str(doc[fmt.id_field]), (f"{title} {doc[fmt.text_field]}" if title else doc[fmt.text_field])
   if not text.strip():
     return Record(line_no, error="empty text")
+  for what, value in (("id", doc_id), ("text", text)):
+    try:
+      value.encode("utf-8")
+    except UnicodeEncodeError as e:
+      return Record(line_no, error=f"lone surrogate {value[e.start]!r} in the {what} (not valid Unicode text)")
   return Record(line_no, doc_id, text)

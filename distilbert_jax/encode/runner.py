@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from distilbert_jax.checkpoint.model_dir import LoadedModel
 from distilbert_jax.checkpoint.names import stack_layers
 from distilbert_jax.core.devices import data_mesh
+from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.encode.batching import Batch, plan_batches
 from distilbert_jax.model.forward import embed_rows
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
@@ -98,7 +99,9 @@ class EncodeRunner:
   def plan(self, token_ids: list[np.ndarray], batch_size: int, packing: bool | str) -> Iterator[Batch]:
     """Batches whose row counts are multiples of the device count (a full one, and a small one for tails)."""
     n_dev = len(self.devices)
-    rows = -(-batch_size // n_dev) * n_dev
+    # Never more rows than the texts need (batch_size 100,000 for 3 texts computes 3 rows), rounded to a few
+    # shapes (count_bucket) so that small inputs of varying size share compilations.
+    rows = -(-min(batch_size, count_bucket(len(token_ids))) // n_dev) * n_dev
     small_rows = -(-max(1, rows // 8) // n_dev) * n_dev
     return plan_batches(
       token_ids, rows, self.tokenizer.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows

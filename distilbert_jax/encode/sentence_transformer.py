@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -130,7 +129,8 @@ class SentenceTransformer:
     self.default_prompt_name = default_prompt_name or loaded.default_prompt_name
     if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
       raise ValueError(
-        f"default_prompt_name {self.default_prompt_name!r} is not one of the prompts {list(self.prompts)}"
+        f"Default prompt name {self.default_prompt_name!r} not found in the configured prompts dictionary with "
+        f"keys {list(self.prompts)} (default_prompt_name {self.default_prompt_name!r} is not one of the prompts)"
       )
     self._similarity_fn_name = None
     self.similarity_fn_name = similarity_fn_name or loaded.similarity_fn_name
@@ -197,9 +197,28 @@ class SentenceTransformer:
   # --- sentence-transformers' model-level settings -------------------------------------------------------------
 
   @property
-  def device(self) -> jax.Device:
-    """The first device the model computes on (all of them: `devices`)."""
+  def device(self) -> Any:
+    """Where `encode`'s tensors are: in the torch world (`tensor_type` "torch", or "auto" with torch imported) the
+    torch.device of the returned tensors (host memory: "cpu"), as scripts use it for `.to(model.device)`;
+    otherwise the first JAX device the model computes on. `devices` always lists the JAX devices."""
+    if self._torch_world():
+      import torch
+
+      return torch.device("cpu")
     return self.devices[0]
+
+  def _torch_world(self) -> bool:
+    return self.tensor_type == "torch" or (self.tensor_type == "auto" and "torch" in sys.modules)
+
+  def supports(self, modality: Any) -> bool:
+    """Text only (sentence-transformers' multimodal models take images and audio too)."""
+    return modality == "text"
+
+  def evaluate(self, evaluator: Any, output_path: str | Path | None = None) -> Any:
+    """Runs a sentence-transformers evaluator on this model, as theirs does."""
+    if output_path is not None:
+      Path(output_path).mkdir(parents=True, exist_ok=True)
+    return evaluator(self, output_path=output_path)
 
   @property
   def max_seq_length(self) -> int:
@@ -275,7 +294,10 @@ class SentenceTransformer:
       return prompt
     if prompt_name is not None:
       if prompt_name not in self.prompts:
-        raise ValueError(f"prompt_name {prompt_name!r} is not one of the model's prompts {list(self.prompts)}")
+        raise ValueError(
+          f"Prompt name {prompt_name!r} not found in the configured prompts dictionary with keys "
+          f"{list(self.prompts)} (prompt_name {prompt_name!r} is not one of the model's prompts)"
+        )
       return self.prompts[prompt_name]
     if self.default_prompt_name is not None:
       return self.prompts.get(self.default_prompt_name)
@@ -312,6 +334,12 @@ class SentenceTransformer:
 
   # --- encoding -------------------------------------------------------------------------------------------------
 
+  def preprocess(self, inputs: Any, prompt: str | None = None) -> dict[str, Any]:
+    """`tokenize` of the inputs with `prompt` in front: torch tensors in the torch world (as theirs), else NumPy."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    features = self.tokenize([(prompt or "") + t for t in texts])
+    return {k: self._as_tensor(v) for k, v in features.items()} if self._torch_world() else features
+
   def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """input_ids and attention_mask [N, longest] (plus token_type_ids for BERT), padded, as NumPy arrays."""
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -327,22 +355,23 @@ class SentenceTransformer:
       out["token_type_ids"] = np.zeros_like(input_ids)
     return out
 
-  def encode_query(
-    self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any
-  ):
-    """encode() with the "query" prompt unless a prompt is given (sentence-transformers' rule: "query" always
-    exists, "" unless set, so a default prompt name does not apply here)."""
+  def encode_query(self, inputs: Any = None, prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any):
+    """encode(inputs=..., task="query") with the "query" prompt unless a prompt is given (sentence-transformers'
+    rule: "query" always exists, "" unless set, so a default prompt name does not apply here)."""
+    inputs = kwargs.pop("sentences") if inputs is None and "sentences" in kwargs else inputs
     if prompt_name is None and prompt is None and "query" in self.prompts:
       prompt_name = "query"
-    return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+    return self.encode(inputs=inputs, prompt_name=prompt_name, prompt=prompt, task="query", **kwargs)
 
   def encode_document(
-    self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any
+    self, inputs: Any = None, prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any
   ):
-    """encode() with the first of the "document", "passage", "corpus" prompts unless a prompt is given."""
+    """encode(inputs=..., task="document") with the first of the "document", "passage", "corpus" prompts unless
+    a prompt is given."""
+    inputs = kwargs.pop("sentences") if inputs is None and "sentences" in kwargs else inputs
     if prompt_name is None and prompt is None:
       prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
-    return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+    return self.encode(inputs=inputs, prompt_name=prompt_name, prompt=prompt, task="document", **kwargs)
 
   def encode(
     self,
@@ -361,6 +390,7 @@ class SentenceTransformer:
     packing: bool | str = "auto",
     *,
     inputs: str | Sequence[str] | None = None,
+    task: str | None = None,
   ):
     """Embeddings in input order, with sentence-transformers' arguments and meanings.
 
@@ -382,6 +412,8 @@ class SentenceTransformer:
       sentences = inputs
     if sentences is None:
       raise TypeError("encode() needs sentences: a string or a list of strings")
+    if task not in (None, "query", "document"):
+      raise ValueError(f"task {task!r} is not one of (None, 'query', 'document')")
     batch_size = positive_int(batch_size, "batch_size")
     if output_value not in OUTPUT_VALUES:
       raise ValueError(f"output_value {output_value!r} is not one of {OUTPUT_VALUES}")
@@ -400,6 +432,13 @@ class SentenceTransformer:
       texts = [prompt + t for t in texts]
     if output_value != "sentence_embedding":
       items = self._encode_items(texts, batch_size, packing, output_value, show_progress_bar, truncate_dim)
+      if self._torch_world():  # their evaluators and scripts index these as torch tensors
+        items = [
+          {k: self._as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+          if isinstance(item, dict)
+          else self._as_tensor(item)
+          for item in items
+        ]
       return items[0] if single else items
     if not texts and not single:  # sentence-transformers' empty result: an empty array (or tensor)
       return (
@@ -417,7 +456,7 @@ class SentenceTransformer:
     if convert_to_tensor:
       result = self._as_tensor(result)
     elif not convert_to_numpy:
-      result = list(result)
+      result = [self._as_tensor(v) for v in result] if self._torch_world() else list(result)
     return result[0] if single else result
 
   def _as_tensor(self, array: np.ndarray):
@@ -503,6 +542,8 @@ class SentenceTransformer:
             "token_embeddings": out["token_embeddings"][r, span],
             "input_ids": batch.input_ids[r, span].copy(),
             "attention_mask": np.ones(n, np.int64),
+            **({"token_type_ids": np.zeros(n, np.int64)} if self.config.checkpoint_type == "bert" else {}),
+            "modality": "text",
           }
     return items
 

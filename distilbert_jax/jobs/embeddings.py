@@ -14,6 +14,7 @@ all manifests back in global (input) order.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ import numpy as np
 
 from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.core.files import file_sha256
-from distilbert_jax.jobs.identity import RUN_KEYS, differences, tokenizer_sha256
+from distilbert_jax.data.records import InputFormat, read_records
+from distilbert_jax.jobs.identity import RUN_KEYS, differences, records_sha256, tokenizer_sha256
 from distilbert_jax.search.rows import read_mapped
 
 MANIFEST_FORMAT = "distilbert-jax-embeddings"
@@ -138,7 +140,17 @@ class EmbeddingShards:
 
 
 # Manifest keys that differ between the processes of one job (everything else is the job identity).
-PER_PROCESS_KEYS = {"process_index", "shards", "rejects", "complete", "rows", "ranges", "input_sha256", "_path"}
+PER_PROCESS_KEYS = {
+  "process_index",
+  "shards",
+  "rejected",
+  "rejects_bytes",
+  "complete",
+  "rows",
+  "ranges",
+  "input_sha256",
+  "_path",
+}
 
 
 def read_manifests(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -232,3 +244,29 @@ def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str]
   shards.precision = manifests[0].get("precision", "float32")
   shards.ranges = _ranges(manifests[0])
   return ids, shards
+
+
+def job_texts(out_dir: str | Path, corpus: str | Path) -> list[str]:
+  """The text of every row of an encode-corpus directory, read from `corpus` and checked to be the job's input:
+  each shard's records (ids, lines, texts) must hash to the shard's `records_sha256`, else an error naming the
+  file and the shard. Rows are matched by position, so duplicate ids print their own texts."""
+  out_dir, corpus = Path(out_dir), Path(corpus)
+  manifests = read_manifests(out_dir)
+  shards = sorted((s for m in manifests for s in m["shards"]), key=lambda s: s["index"])
+  fmt = manifests[0]["input"]["format"]
+  if fmt.get("kind") == "tokens":
+    raise ValueError(f"{out_dir} was encoded from token ids; its texts cannot be checked against {corpus}")
+  records = (r for r in read_records(corpus, InputFormat(**fmt)) if r.error is None)
+  texts: list[str] = []
+  for shard in shards:
+    batch = list(itertools.islice(records, shard["rows"]))
+    if "records_sha256" not in shard:
+      raise ValueError(f"{out_dir}: written by an older version, whose shards do not pin their input; re-encode it")
+    if len(batch) != shard["rows"] or records_sha256(batch) != shard["records_sha256"]:
+      first = batch[0].line if batch else "end"
+      raise ValueError(
+        f"{corpus}: from line {first} it is not the input shard {shard['index']} of {out_dir} was encoded from "
+        f"(lines {shard['first_line']}..{shard['last_line']} of {manifests[0]['input']['name']})"
+      )
+    texts += [r.text for r in batch]
+  return texts

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -194,7 +195,8 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
   manifest_path = out_dir / manifest_name(spec.process_index, spec.process_count)
   if spec.overwrite:  # the old job goes first, its manifests before its shards: nothing of it stays loadable
     _clear_old_job(out_dir, spec.process_index, spec.process_count)
-  manifest = {**settings, "process_index": spec.process_index, "shards": [], "rejects": [], "complete": False}
+  manifest = {**settings, "process_index": spec.process_index, "shards": [], "rejected": 0, "rejects_bytes": 0}
+  manifest["complete"] = False
   manifest["input_sha256"] = input_info["sha256"]  # of the whole input as this run read it (information)
   if manifest_path.exists():
     previous = json.loads(manifest_path.read_text())
@@ -214,13 +216,22 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
     sample = list(itertools.islice((r for r in all_records() if r.error is None), storage.calibration_size))
     manifest["ranges"] = quantization_ranges(embed(sample), storage.precision).tolist() if sample else None
   done_shards = {s["index"] for s in manifest["shards"]}
-  rejects = list(manifest["rejects"])
   rejects_path = out_dir / ("rejects.jsonl" if spec.process_count == 1 else f"rejects-{spec.process_index}.jsonl")
+  rejects = _committed_rejects(rejects_path, manifest)
+  pending_rejects: list[dict] = []
 
   def commit() -> None:
-    """Rejects so far, then the manifest: the manifest's rename is the commit point."""
-    manifest["rejects"] = rejects
-    write_atomic(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
+    """New rejects appended (and synced), then the manifest, which records how many bytes of rejects.jsonl are
+    committed: the manifest's rename is the commit point, and each commit writes only what is new."""
+    if pending_rejects:
+      with open(rejects_path, "ab") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in pending_rejects).encode())
+        f.flush()
+        os.fsync(f.fileno())
+      rejects.extend(pending_rejects)
+      pending_rejects.clear()
+    manifest["rejected"] = len(rejects)
+    manifest["rejects_bytes"] = rejects_path.stat().st_size if rejects_path.exists() else 0
     write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
 
   progress = _JobProgress(spec.input_path, spec.show_progress)
@@ -244,7 +255,7 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
             f"kept; fix the line or use --on-error skip, then re-run)"
           )
         if record.line not in seen_reject_lines:
-          rejects.append({"file": spec.input_path.name, "line": record.line, "reason": record.error})
+          pending_rejects.append({"file": spec.input_path.name, "line": record.line, "reason": record.error})
           seen_reject_lines.add(record.line)
         continue
       batch.append(record)
@@ -304,12 +315,32 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
     "out": str(out_dir),
     "rows": manifest["rows"],
     "encoded_now": encoded,
-    "rejected": len(rejects),
+    "rejected": len(rejects) + len(pending_rejects),
     "shards": len(manifest["shards"]),
     "seconds": round(elapsed, 2),
     "docs_per_s": round(encoded / elapsed, 1) if elapsed else 0.0,
     "tokens_per_s": round(tokens / elapsed, 1) if elapsed else 0.0,
   }
+
+
+def _committed_rejects(path: Path, manifest: dict) -> list[dict]:
+  """The rejects the manifest committed: rejects.jsonl cut back to the committed length (a run killed between
+  appending and committing leaves a tail that the next run writes again)."""
+  committed = int(manifest.get("rejects_bytes", 0))
+  if not path.exists():
+    if committed:
+      raise JobError(f"{path}: missing, but {manifest_path_name(manifest)} committed {committed} bytes of rejects")
+    return []
+  if path.stat().st_size < committed:
+    raise JobError(f"{path}: shorter than the {committed} bytes the manifest committed (changed or truncated)")
+  with open(path, "r+b") as f:
+    f.truncate(committed)
+    data = f.read()
+  return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+def manifest_path_name(manifest: dict) -> str:
+  return manifest_name(manifest.get("process_index", 0), manifest.get("process_count", 1))
 
 
 def _clear_old_job(out_dir: Path, process_index: int, process_count: int) -> None:

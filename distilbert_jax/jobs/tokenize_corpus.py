@@ -15,6 +15,8 @@ import concurrent.futures
 import hashlib
 import json
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint.hub import resolve_model_dir
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.files import file_sha256, npy_bytes, write_atomic
+from distilbert_jax.core.outdir import check_output_dir, clear_dir
 from distilbert_jax.data.records import Record, check_on_error, detect_format, read_records
 from distilbert_jax.jobs.identity import tokenizer_files_sha256
 from distilbert_jax.jobs.outdir import JobError
@@ -37,9 +40,17 @@ TOKEN_FORMAT = "distilbert-jax-tokens"
 _worker_tokenizer = None
 
 
-def _init_worker(tokenizer_dir: str, max_seq_length: int, do_lower_case: bool) -> None:
+def _init_worker(tokenizer_dir: str, max_seq_length: int, do_lower_case: bool, parent: int | None = None) -> None:
   global _worker_tokenizer
   _worker_tokenizer = WordPieceTokenizer.from_dir(tokenizer_dir, max_seq_length, do_lower_case)
+  if parent is not None:  # a worker ends with its parent, whatever signal ended that (SIGTERM, SIGKILL, ...)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+  while os.getppid() == parent:
+    time.sleep(0.5)
+  os._exit(1)
 
 
 def _tokenize(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +72,7 @@ def tokenize_corpus(
   on_error: str = "stop",
   shard_size: int = 100_000,
   workers: int = 1,
+  overwrite: bool = False,
 ) -> dict[str, Any]:
   """Tokenises INPUT (any encode-corpus input format) into OUT_DIR; returns a summary with tokens/s."""
   check_on_error(on_error)
@@ -70,6 +82,11 @@ def tokenize_corpus(
     raise JobError(f"{input_path}: no such input file")
   loaded = model_dir.load(resolve_model_dir(model))
   fmt = detect_format(input_path, fields or {})
+  # The output-directory policy: never the input's directory; a non-empty OUT only with overwrite, and then its
+  # manifest goes first, so nothing of the old token directory stays loadable.
+  check_output_dir(out_dir, [input_path], overwrite)
+  if out_dir.is_dir():
+    clear_dir(out_dir, first=[TOKEN_MANIFEST])
   out_dir.mkdir(parents=True, exist_ok=True)
   manifest = {
     "format": TOKEN_FORMAT,
@@ -99,7 +116,7 @@ def tokenize_corpus(
     if batch:
       yield batch
 
-  init = (str(loaded.tokenizer_dir), loaded.max_seq_length, loaded.do_lower_case)
+  init = (str(loaded.tokenizer_dir), loaded.max_seq_length, loaded.do_lower_case, os.getpid())
   # spawn, not fork: forking a process that runs JAX threads can deadlock.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, init) as pool:

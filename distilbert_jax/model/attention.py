@@ -42,7 +42,7 @@ def default_attention(platform: str) -> str:
   return DEFAULT_BY_PLATFORM.get(platform, "dense")
 
 
-def precision(dtype) -> jax.lax.Precision:
+def matmul_precision(dtype) -> jax.lax.Precision:
   # TPU/GPU default to bf16/TF32 passes for float32 matmuls; parity in float32 needs the full-precision path.
   return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
@@ -55,7 +55,7 @@ def segment_mask(segment_ids: Array) -> Array:
 def _weights(q: Array, k: Array, allowed: Array, dtype) -> Array:
   """[..., T, H, K] x2, [..., T, S] -> softmax weights [..., H, T, S], float32."""
   logits = jnp.einsum(
-    "...thk,...shk->...hts", q, k, precision=precision(dtype), preferred_element_type=jnp.float32
+    "...thk,...shk->...hts", q, k, precision=matmul_precision(dtype), preferred_element_type=jnp.float32
   ) / math.sqrt(q.shape[-1])
   logits = jnp.where(allowed[..., None, :, :], logits, jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits, axis=-1)
@@ -64,7 +64,11 @@ def _weights(q: Array, k: Array, allowed: Array, dtype) -> Array:
 def _mix(weights: Array, v: Array, dtype) -> Array:
   """[..., H, T, S] x [..., S, H, K] -> [..., T, H, K] in dtype."""
   return jnp.einsum(
-    "...hts,...shk->...thk", weights.astype(dtype), v, precision=precision(dtype), preferred_element_type=jnp.float32
+    "...hts,...shk->...thk",
+    weights.astype(dtype),
+    v,
+    precision=matmul_precision(dtype),
+    preferred_element_type=jnp.float32,
   ).astype(dtype)
 
 

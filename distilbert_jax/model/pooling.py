@@ -96,6 +96,8 @@ def pool(
 
 
 def normalize(x: Array) -> Array:
-  """L2 normalisation as torch.nn.functional.normalize (eps 1e-12)."""
+  """L2 normalisation as torch.nn.functional.normalize (eps 1e-12): x / max(|x|, 1e-12), with the norm taken as
+  sqrt(max(|x|^2, 1e-24)), the same value, so that the gradient at a zero vector (an empty packed slot) is 0
+  rather than NaN (jnp.linalg.norm's gradient at 0 is 0/0)."""
   x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))

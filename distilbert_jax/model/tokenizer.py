@@ -122,22 +122,23 @@ class WordPieceTokenizer:
     text = text.strip()
     return text.lower() if self.do_lower_case else text
 
-  def head(self, text: str) -> str:
-    """The part of `text` truncation keeps at most: its first max_seq_length words (its last, when truncating on
-    the left), words separated by BERT whitespace, which every tokenizer here splits at, so the words' tokens do
-    not depend on what is cut. Each word gives at least one token, so truncation keeps the same tokens while
-    memory stays bounded by the words kept, not the line."""
-    if len(text) <= 8 * self.max_seq_length:
+  def head(self, text: str, words: int | None = None) -> str:
+    """The part of `text` truncation keeps at most: its first `words` words (default max_seq_length; its last,
+    when truncating on the left), words separated by BERT whitespace, which every tokenizer here splits at, so
+    the words' tokens do not depend on what is cut. Memory then follows the words kept, not the line."""
+    words = words or self.max_seq_length
+    if len(text) <= 8 * words:
       return text
     if self.truncation_side == "left":
-      end = len(text)
-      for _ in range(self.max_seq_length):  # walk back word by word
-        m = _LAST_WORD.search(text, 0, end)
-        if m is None:
-          return text
-        end = m.start()
+      end, count = len(text), 0
+      while end > 0 and count < words:  # walk back over whitespace, then over one word
+        while end > 0 and text[end - 1] in _SPACE:
+          end -= 1
+        while end > 0 and text[end - 1] not in _SPACE:
+          end -= 1
+        count += 1
       return text[end:]
-    last = collections.deque(itertools.islice(_WORDS.finditer(text), self.max_seq_length), maxlen=1)
+    last = collections.deque(itertools.islice(_WORDS.finditer(text), words), maxlen=1)
     return text[: last[0].end()] if last else text
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -146,14 +147,18 @@ class WordPieceTokenizer:
     encodings = _rust_call(self.source, self.backend.encode_batch, [self.prepare(t) for t in heads])
     ids = [np.asarray(e.ids, np.int32) for e in encodings]
     for i, (text, head) in enumerate(zip(texts, heads)):
-      if len(head) < len(text) and len(ids[i]) < self.max_seq_length:
-        # Words that give no token (control characters only) made the head too short: the whole text, as before.
-        ids[i] = np.asarray(_rust_call(self.source, self.backend.encode, self.prepare(text)).ids, np.int32)
+      words = self.max_seq_length
+      while len(head) < len(text) and len(ids[i]) < self.max_seq_length:
+        # Words that give no token (control characters only) made the head too short: a larger head, growing
+        # geometrically, so the cost stays bounded by the words needed, not by the line.
+        words *= 4
+        head = self.head(text, words)
+        ids[i] = np.asarray(_rust_call(self.source, self.backend.encode, self.prepare(head)).ids, np.int32)
     return ids
 
 
 _WORDS = re.compile(r"[^ \t\n\r]+")  # whitespace to BERT and to Python alike
-_LAST_WORD = re.compile(r"[^ \t\n\r]+[ \t\n\r]*$")
+_SPACE = frozenset(" \t\n\r")
 
 
 def _apply_normalizer_options(backend: Tokenizer, options: dict, source: Path) -> None:

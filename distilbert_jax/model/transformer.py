@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from distilbert_jax.model.attention import attend, precision
+from distilbert_jax.model.attention import attend, matmul_precision
 from distilbert_jax.model.config import EncoderConfig
 
 Array = jax.Array
@@ -68,7 +68,7 @@ class Linear(nn.Module):
       "...i,io->...o",
       x.astype(self.dtype),
       kernel.astype(self.dtype),
-      precision=precision(self.dtype),
+      precision=matmul_precision(self.dtype),
       preferred_element_type=jnp.float32,
     )
     if self.use_bias:

@@ -204,10 +204,18 @@ def _faiss_top_k(
   best_ids = np.zeros((len(queries), 0), np.int64)
   for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
     part = float_chunk(corpus, c0, corpus_chunk_size)
-    # faiss.knn: IndexFlatIP's exact search without copying the chunk into an index.
-    values, idx = faiss.knn(
-      queries, unit(part) if cosine else part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT
-    )
+    # faiss.knn: IndexFlatIP's exact search without copying the chunk into an index. One candidate more than
+    # needed shows where a tie crosses the top-k boundary; faiss orders such ties its own way, so those queries
+    # are ranked again exactly (score, then lower id), as the JAX engine ranks them.
+    part = unit(part) if cosine else part
+    kk = min(k + 1, len(part))
+    values, idx = faiss.knn(queries, part, kk, metric=faiss.METRIC_INNER_PRODUCT)
+    tied = np.flatnonzero(values[:, k - 1] == values[:, k]) if kk > k else np.zeros(0, np.int64)
+    for q in tied:
+      scores = np.einsum("d,cd->c", queries[q], part)  # exact float32 dot products, like faiss' IP
+      order = np.lexsort((np.arange(len(part)), -scores))[:kk]
+      values[q], idx[q] = scores[order], order
+    values, idx = values[:, :k], idx[:, :k]
     best_values, best_ids = merge_top_k(best_values, best_ids, values, idx + c0, k)
   return best_values, best_ids
 

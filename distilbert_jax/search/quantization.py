@@ -21,7 +21,7 @@ PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
 def check_precision(precision: str) -> str:
   if precision not in PRECISIONS:
-    raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    raise ValueError(f"Precision {precision!r} is not supported: precision {precision!r} is not one of {PRECISIONS}")
   return precision
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import sys
 from typing import Any, Protocol, runtime_checkable
 
 import jax
@@ -70,8 +71,19 @@ def check_finite(array: np.ndarray, what: str, offset: int = 0) -> None:
   raise ValueError(f"{what}: row {offset + row} holds NaN or inf, or overflows float32 ({int(bad.sum())} rows in all)")
 
 
-def like_inputs(result: jax.Array, *inputs: Any):
+def torch_world(*inputs: Any) -> bool:
+  """Whether results should be torch tensors: a torch input, or (no JAX input) a process that imported torch,
+  where a sentence-transformers script and its evaluators run; a JAX input keeps the JAX world."""
   if any(is_torch(x) for x in inputs):
+    return True
+  if any(isinstance(x, jax.Array) for x in inputs):
+    return False
+  return "torch" in sys.modules
+
+
+def like_inputs(result: jax.Array, *inputs: Any):
+  """`result` as the caller's world wants it (`torch_world`): a torch.Tensor or a jax.Array."""
+  if torch_world(*inputs):
     import torch
 
     return torch.from_numpy(np.array(result))

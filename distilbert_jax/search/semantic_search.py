@@ -64,6 +64,12 @@ def semantic_search(
   query_chunk_size = positive_int(query_chunk_size, "query_chunk_size")
   corpus_chunk_size = positive_int(corpus_chunk_size, "corpus_chunk_size")
   top_k = positive_int(top_k, "top_k")
+  precision = getattr(corpus_embeddings, "precision", "float32")
+  if precision != "float32":
+    raise ValueError(
+      f"corpus_embeddings hold {precision} codes (a quantized encode-corpus directory): search them with "
+      "distilbert_jax.search.quantization.quantized_semantic_search, which quantizes the queries the same way"
+    )
   fast = _fast_score(score_function)
   queries = as_rows(query_embeddings, "query_embeddings")
   if hasattr(corpus_embeddings, "shape") and not is_torch(corpus_embeddings):

@@ -59,8 +59,10 @@ def normalize_embeddings(embeddings: Any):
   kept: a torch.Tensor for a torch input (dense or sparse, as sentence-transformers), else a jax.Array."""
   array = as_numpy(embeddings, "embeddings").astype(np.float32)
   result = like_inputs(normalize(jnp.asarray(array)), embeddings)
-  if is_torch(embeddings) and str(embeddings.layout) != "torch.strided":
-    result = result.to_sparse()
+  if is_torch(embeddings):
+    result = result.to(embeddings.dtype) if embeddings.is_floating_point() else result
+    if str(embeddings.layout) != "torch.strided":
+      result = result.to_sparse()
   return result
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distilbert_jax.data.records import InputFormat, read_records
 from distilbert_jax.train.config import TrainConfig
 
 
@@ -27,31 +28,44 @@ def read_train_data(path: str | Path, loss: str) -> list[Example]:
   path = Path(path)
   need = ("query", "positive", "negative", "margin") if loss == "margin-mse" else ("query", "positive")
   examples = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-      missing = [k for k in need if k not in row] if isinstance(row, dict) else list(need)
-      if missing:
-        raise ValueError(f"{path}:{line_no}: missing {', '.join(missing)} (needed for {loss})")
-      margin = row.get("margin")
-      if loss == "margin-mse" and (
-        isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin)
-      ):
-        raise ValueError(f"{path}:{line_no}: margin must be a finite number, got {margin!r}")
-      for key in ("query", "positive", "negative"):
-        if key in row and not isinstance(row[key], str):
-          raise ValueError(f"{path}:{line_no}: {key} must be a string")
-      examples.append(
-        Example(row["query"], row["positive"], row.get("negative"), float(row["margin"]) if "margin" in row else None)
-      )
+  # The one record decoder reads the lines (gzip, UTF-8, BOM, damage: errors naming file and line).
+  for record in read_records(path, InputFormat("lines"), keep_empty=True):
+    line_no, line = record.line, record.text
+    if record.error is not None:
+      raise ValueError(f"{path}:{line_no}: {record.error}")
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
+    missing = [k for k in need if k not in row] if isinstance(row, dict) else list(need)
+    if missing:
+      raise ValueError(f"{path}:{line_no}: missing {', '.join(missing)} (needed for {loss})")
+    margin = row.get("margin")
+    if loss == "margin-mse" and (
+      isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin)
+    ):
+      raise ValueError(f"{path}:{line_no}: margin must be a finite number, got {margin!r}")
+    for key in ("query", "positive", "negative"):
+      if key in row and not isinstance(row[key], str):
+        raise ValueError(f"{path}:{line_no}: {key} must be a string")
+      if key in row and not _is_text(row[key]):
+        raise ValueError(f"{path}:{line_no}: {key} holds a lone surrogate (not valid Unicode text)")
+    examples.append(
+      Example(row["query"], row["positive"], row.get("negative"), float(row["margin"]) if "margin" in row else None)
+    )
   if not examples:
     raise ValueError(f"{path}: no training examples")
   return examples
+
+
+def _is_text(value: str) -> bool:
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def check_can_learn(examples: Sequence[Example], cfg: TrainConfig, path: str | Path) -> None:

@@ -141,8 +141,11 @@ class Trainer:
 
   def _update_fn(self, params, opt_state, inputs, rng, base):
     loss, grads = jax.value_and_grad(self.loss_fn)(params, inputs, rng, not self.cfg.dropout, base)
-    updates, opt_state = self.optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    # A non-finite loss or gradient leaves the weights as they were (and step() refuses to go on).
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    return keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state), loss, finite
 
   def prepare(self, batch: Sequence[Example]) -> dict[str, Any]:
     """The batch's texts tokenised and packed into one set of rows (a multiple of the device count), with each
@@ -182,7 +185,12 @@ class Trainer:
     rows = jax.device_put(inputs.pop("rows"), self.sharded)
     inputs = {**jax.device_put(inputs, self.replicated), "rows": rows}
     step_rng = jax.random.fold_in(self.rng, self.micro_steps)
-    self.params, self.opt_state, loss = self._update(self.params, self.opt_state, inputs, step_rng, self.base)
+    self.params, self.opt_state, loss, finite = self._update(self.params, self.opt_state, inputs, step_rng, self.base)
+    if not bool(finite):
+      raise ValueError(
+        f"micro-step {self.micro_steps}: the loss ({float(loss)}) or its gradient is not finite; the weights were "
+        "not updated (check the data's margins, the learning rate and the dtype)"
+      )
     self.micro_steps += 1
     return float(loss)
 

@@ -65,3 +65,29 @@ def test_a_hook_reaches_both(loaded):
   trained = _trainer_embeddings(Trainer(loaded, _cfg(len(texts)), interceptor=silence_head_1_of_layer_0), texts)
   assert np.abs(hooked - plain).max() > 1e-3  # the hook changed the embeddings
   assert np.abs(trained - hooked).max() <= TOL  # and the trainer computes the same change
+
+
+def test_steps_count_optimiser_updates_with_gradient_accumulation(tiny_checkpoint, tmp_path):
+  import json
+
+  from distilbert_jax.train.trainer import train
+
+  data = tmp_path / "pairs.jsonl"
+  data.write_text("".join(json.dumps({"query": f"q {i}", "positive": f"p {i}"}) + "\n" for i in range(8)))
+  cfg = TrainConfig(loss="mnrl", steps=3, batch_size=2, grad_accumulation=2, warmup_steps=1, dropout=False)
+  summary = train(str(tiny_checkpoint), data, tmp_path / "out", cfg, checkpoint_every=1, show_progress=False)
+  assert summary["steps"] == 3 and summary["micro_steps"] == 6
+  trainer = Trainer(model_dir.load(tiny_checkpoint), cfg)
+  trainer.load_checkpoint(tmp_path / "out" / "checkpoint.msgpack")
+  assert trainer.step_count == 3 and trainer.micro_steps == 6  # the checkpoint counts updates too
+
+
+def test_packed_training_of_a_normalising_model_has_finite_gradients(minilm):
+  """Empty packed slots pool to zero vectors; the model's Normalize must give them a zero gradient, not NaN."""
+  import jax
+
+  trainer = Trainer(model_dir.load(minilm), TrainConfig(loss="mnrl", batch_size=3, dropout=False))
+  inputs = trainer.prepare([Example("a short query", "its passage"), Example("q2", "p2"), Example("q3", "p3")])
+  assert inputs["rows"]["segment_ids"].max() > 1  # packed, with empty slots
+  grads = jax.grad(trainer.loss_fn)(trainer.params, inputs, jax.random.PRNGKey(0), True)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
