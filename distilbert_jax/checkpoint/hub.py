@@ -23,6 +23,8 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
   path = Path(name_or_path).expanduser()
   if path.is_dir():
     return path
+  if path.is_file():
+    raise NotADirectoryError(f"{path} is a file, not a directory: give the model's directory")
   name = str(name_or_path)
   repo_id = hub_repo_id(name)
   if repo_id is None:

@@ -290,7 +290,10 @@ class SentenceTransformer:
   def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
     if prompt is not None:
       if prompt_name is not None:
-        logger.warning("both prompt and prompt_name given: using prompt, ignoring prompt_name %r", prompt_name)
+        logger.warning(
+          "Provide either a `prompt`, a `prompt_name`, or neither, but not both. Ignoring the `prompt_name` in "
+          "favor of `prompt`."
+        )
       return prompt
     if prompt_name is not None:
       if prompt_name not in self.prompts:

@@ -287,8 +287,11 @@ def test_non_finite_embeddings_are_an_error():
 def test_device_names(tiny_checkpoint):
   import jax
 
-  model = distilbert_jax.SentenceTransformer(tiny_checkpoint, device="cpu:0")
-  assert model.device == jax.devices("cpu")[0]
+  model = distilbert_jax.SentenceTransformer(tiny_checkpoint, device="cpu:0", tensor_type="jax")
+  assert model.device == jax.devices("cpu")[0] and model.devices == [jax.devices("cpu")[0]]
+  torch_world = distilbert_jax.SentenceTransformer(tiny_checkpoint, device="cpu:0", tensor_type="torch")
+  assert torch_world.device == torch.device("cpu")  # where the returned tensors are
+  assert torch_world.encode(["a"], convert_to_tensor=True).device == torch_world.device
   if not any(d.platform == "gpu" for d in jax.devices()):
     with pytest.raises(ValueError, match="device 'cuda': JAX has no gpu devices here"):
       distilbert_jax.SentenceTransformer(tiny_checkpoint, device="cuda")
