@@ -357,3 +357,49 @@ def test_a_batch_size_larger_than_the_input_computes_only_the_input(tiny_checkpo
   model = SentenceTransformer(tiny_checkpoint)
   model.encode(["one", "two words", "three short words"], batch_size=100_000)
   assert model.last_encode_stats["computed_tokens"] <= 3 * 32, model.last_encode_stats
+
+
+def _alive(pid: int) -> bool:
+  try:
+    state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+  except (FileNotFoundError, IndexError):
+    return False
+  return state != "Z"  # a zombie has exited
+
+
+def test_tokenize_corpus_workers_end_with_their_parent(tiny_checkpoint, tmp_path):
+  import signal
+  import time
+
+  corpus = _corpus(tmp_path / "c.jsonl", 200_000)
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  args = ["tokenize-corpus", corpus, "--out", tmp_path / "tok", "--model", tiny_checkpoint, "--workers", "2"]
+  parent = subprocess.Popen([sys.executable, "-m", "distilbert_jax.cli", *map(str, args)], env=env)
+  deadline, workers = time.time() + 120, []
+  while time.time() < deadline and len(workers) < 2 and parent.poll() is None:
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+    time.sleep(0.2)
+  assert len(workers) >= 2, "the workers did not start"
+  parent.send_signal(signal.SIGTERM)
+  parent.wait(30)
+  deadline = time.time() + 15
+  while time.time() < deadline and any(_alive(p) for p in workers):
+    time.sleep(0.2)
+  assert not any(_alive(p) for p in workers), "workers outlived their parent"
+
+
+def test_the_cut_before_tokenising_holds_whatever_the_first_characters_are(tiny_checkpoint):
+  model = SentenceTransformer(tiny_checkpoint)
+  tokenizer = model.tokenizer
+  for side in ("right", "left"):
+    tokenizer.truncation_side = side
+    tokenizer.set_max_seq_length(32)
+    control = " ".join(["\x00\x01"] * 200)  # 200 words that give no token
+    text = control + " " + " ".join(f"word{i}" for i in range(20_000))
+    ids = tokenizer.encode_batch([text])[0]
+    whole = np.asarray(tokenizer.backend.encode(tokenizer.prepare(text)).ids, np.int32)
+    np.testing.assert_array_equal(ids, whole, err_msg=side)
+    assert len(ids) == 32
+  tokenizer.truncation_side = "right"
+  tokenizer.set_max_seq_length(32)
