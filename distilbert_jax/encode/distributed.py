@@ -39,6 +39,8 @@ def encode_across_processes(encoder, sentences: Sequence[str], **encode_kwargs) 
   mine = encoder.encode(list(sentences[process_slice(len(sentences), index, count)]), **encode_kwargs)
   if count == 1:
     return mine
+  if len(mine) == 0:  # encode([]) is (0,) as sentence-transformers'; every process must gather [rows, dim]
+    mine = np.zeros((0, encoder.get_sentence_embedding_dimension()), np.float32)
   from jax.experimental import multihost_utils
 
   largest = -(-len(sentences) // count)
