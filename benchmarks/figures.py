@@ -148,7 +148,7 @@ def ablation_section() -> list[str]:
     return out + [
       "",
       "not measured at full scale (no `benchmarks/results/head_ablation.json`); `examples/head_ablation.py` is run on "
-      "a tiny config by `tests/test_research.py`",
+      "a tiny config by `tests/model/test_research.py`",
       "",
     ]
   data = json.loads(path.read_text())
