@@ -183,7 +183,11 @@ class SentenceTransformer:
 
   # The runner's state, under the names scripts and tests use.
   module = property(lambda self: self.runner.module)
-  params = property(lambda self: self.runner.params)
+  params = property(
+    lambda self: self.runner.params,
+    lambda self, value: setattr(self.runner, "params", value),
+    doc="The parameters on the devices; assign a pytree of the same structure to swap weights (research).",
+  )
   mesh = property(lambda self: self.runner.mesh)
   last_encode_stats = property(lambda self: self.runner.last_stats)
 
