@@ -47,10 +47,11 @@ class LoadedModel:
   truncate_dim: int | None = None
 
   @property
-  def source_dir(self) -> Path:
-    """The directory the model was read from (the tokenizer's, or the source path when that is a directory)."""
-    source = Path(self.source.split(" (")[0])
-    return source if source.is_dir() else Path(self.tokenizer_dir)
+  def source_dirs(self) -> list[Path]:
+    """The directories the model was read from, which no output may be, hold or sit inside: the tokenizer's (the
+    model's encoder folder) and the source path when it is a directory (a fine-tuned model's source names its
+    origin in words, and its tokenizer folder is still the original's)."""
+    return [Path(self.tokenizer_dir)] + ([Path(self.source)] if Path(self.source).is_dir() else [])
 
   def settings(self) -> dict:
     return {name: getattr(self, name) for name in ST_SETTINGS}
@@ -228,7 +229,7 @@ def save_jax_dir(model: LoadedModel, out_dir: str | Path, overwrite: bool = True
   """Our directory, built beside `out_dir` and swapped in whole (`core.outdir.replaced_dir`): no file of what
   was there before survives. Refused when `out_dir` is, holds or is inside the model's own directory, or (with
   `overwrite` off, as the commands run) when it is not empty."""
-  with replaced_dir(out_dir, [model.tokenizer_dir, model.source_dir], overwrite) as new:
+  with replaced_dir(out_dir, model.source_dirs, overwrite) as new:
     _write_jax_dir(model, new)
   return Path(out_dir)
 
@@ -253,7 +254,7 @@ def _write_jax_dir(model: LoadedModel, out_dir: Path) -> None:
 def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path, overwrite: bool = True) -> Path:
   """The sentence-transformers layout (model at the root, 1_Pooling, 2_Normalize) that PyTorch loads, replacing
   `out_dir` whole as `save_jax_dir` does."""
-  with replaced_dir(out_dir, [model.tokenizer_dir, model.source_dir], overwrite) as new:
+  with replaced_dir(out_dir, model.source_dirs, overwrite) as new:
     _write_sentence_transformers_dir(model, new)
   return Path(out_dir)
 

@@ -288,7 +288,7 @@ def run_training(
   model = fingerprint["model"]
   # The output-directory policy: never the model's directory or the data's; a directory holding only this
   # run's files resumes; with overwrite the previous run's files go first (its checkpoint is never resumed).
-  sources = [loaded.source_dir] + ([fingerprint["train_data"]] if fingerprint.get("train_data") else [])
+  sources = loaded.source_dirs + ([fingerprint["train_data"]] if fingerprint.get("train_data") else [])
   check_output_dir(out_dir, sources, overwrite, own=RUN_FILES)
   if overwrite:
     clear_dir(out_dir, first=["checkpoint.json", "checkpoint.msgpack"])
