@@ -215,7 +215,6 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
     # share one code book; a resume reads them from the manifest.
     sample = list(itertools.islice((r for r in all_records() if r.error is None), storage.calibration_size))
     manifest["ranges"] = quantization_ranges(embed(sample), storage.precision).tolist() if sample else None
-  done_shards = {s["index"] for s in manifest["shards"]}
   rejects_path = out_dir / ("rejects.jsonl" if spec.process_count == 1 else f"rejects-{spec.process_index}.jsonl")
   rejects = _committed_rejects(rejects_path, manifest)
   pending_rejects: list[dict] = []
@@ -254,9 +253,8 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
             f"{spec.input_path}:{record.line}: {record.error} (shards already committed in {out_dir} are "
             f"kept; fix the line or use --on-error skip, then re-run)"
           )
-        if record.line not in seen_reject_lines:
-          pending_rejects.append({"file": spec.input_path.name, "line": record.line, "reason": record.error})
-          seen_reject_lines.add(record.line)
+        pending_rejects.append({"file": spec.input_path.name, "line": record.line, "reason": record.error})
+        seen_reject_lines.add(record.line)
         continue
       batch.append(record)
       if len(batch) == spec.shard_size:
@@ -270,7 +268,7 @@ def _run_locked(spec: JobSpec) -> dict[str, Any]:
         f"{spec.input_path}: lines {batch[0].line}..{last_line} differ from what shard {shard_index} of {out_dir} "
         "was encoded from (the input changed before the last committed shard); use --overwrite to start again"
       )
-    if mine and shard_index not in done_shards:
+    if mine and shard_index not in committed:
       if not peers_checked:  # every process's job record present and equal before anything is committed
         wait_for_peers(out_dir, {**settings, **run}, spec.process_count, overwrite=spec.overwrite)
         peers_checked = True
