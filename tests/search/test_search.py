@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sentence_transformers import util
 
 from distilbert_jax import cos_sim, dot_score, semantic_search
@@ -120,5 +122,57 @@ def test_searches_of_similar_query_counts_share_one_compiled_step():
     _, ids = scoring.top_k_search(queries[:n], corpus, "dot", 5, backend="jax")
     want = np.lexsort((np.broadcast_to(np.arange(len(corpus)), (n, len(corpus))), -scores[:n]), axis=1)[:, :5]
     np.testing.assert_array_equal(ids, want)
-  step = scoring._chunk_search_fn(data_mesh(jax.local_devices()), 5, "dot", None, len(corpus))
+  step = scoring._chunk_search_fn(data_mesh(jax.local_devices()), 5, "dot", None, len(corpus), scoring.TOP_K_GROUP)
   assert step._cache_size() == 1, step._cache_size()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+  n_queries=st.integers(1, 6),
+  n_groups=st.integers(4, 24),
+  group=st.sampled_from([1, 2, 4, 8]),
+  k=st.integers(1, 6),
+  n_valid_fraction=st.floats(0, 1),
+  levels=st.integers(1, 5),
+  seed=st.integers(0, 2**16),
+)
+def test_grouped_top_k_equals_top_k_with_ties_and_a_valid_prefix(
+  n_queries, n_groups, group, k, n_valid_fraction, levels, seed
+):
+  """Few distinct score levels make ties everywhere; the valid prefix ends anywhere, inside a group too. The
+  expected order is the exact one: score descending, then the lower column."""
+  import jax.numpy as jnp
+
+  from distilbert_jax.search.engines import grouped_top_k
+
+  k = min(k, n_groups)
+  width = n_groups * group
+  n_valid = round(n_valid_fraction * width)
+  scores = np.random.default_rng(seed).integers(0, levels, size=(n_queries, width)).astype(np.float32)
+  values, ids = grouped_top_k(jnp.asarray(scores), jnp.int32(n_valid), k, group)
+  masked = np.where(np.arange(width) < n_valid, scores, -np.inf)
+  want = np.lexsort((np.broadcast_to(np.arange(width), masked.shape), -masked), axis=1)[:, :k]
+  np.testing.assert_array_equal(np.asarray(values), np.take_along_axis(masked, want, 1))
+  valid = np.take_along_axis(masked, want, 1) > -np.inf  # the ids of -inf fillers are not ranked
+  np.testing.assert_array_equal(np.asarray(ids)[valid], want[valid])
+
+
+def test_cpu_engine_with_grouped_block_top_k_is_exact(monkeypatch):
+  """The engine path that takes grouped_top_k (small groups and blocks here, so that it runs at test sizes): full
+  blocks, a partly valid last block and tied scores give the exact top-k, as the plain top-k path does."""
+  from distilbert_jax.search import engines as scoring
+
+  monkeypatch.setattr(scoring, "CPU_SCORE_BLOCK", 256)
+  monkeypatch.setattr(scoring, "TOP_K_GROUP", 8)
+  traced = []
+  grouped = scoring.grouped_top_k
+  monkeypatch.setattr(scoring, "grouped_top_k", lambda *a: traced.append(a[2:]) or grouped(*a))
+  rng = np.random.default_rng(3)
+  corpus = rng.integers(-2, 3, size=(2100, 16)).astype(np.float32)
+  queries = rng.integers(-2, 3, size=(30, 16)).astype(np.float32)
+  scores = queries.astype(np.int64) @ corpus.astype(np.int64).T
+  want = np.lexsort((np.broadcast_to(np.arange(len(corpus)), scores.shape), -scores), axis=1)[:, :7]
+  values, ids = scoring.top_k_search(queries, corpus, "dot", 7, backend="jax")
+  assert traced and all(args == (7, 8) for args in traced), traced  # the grouped path ran (k 7, groups of 8)
+  np.testing.assert_array_equal(ids, want)
+  np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
