@@ -20,7 +20,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.model.pooling import normalize
-from distilbert_jax.search.rows import HOST_ALIGNMENT, READ_BLOCK_BYTES, aligned_empty, float_chunk, read_rows
+from distilbert_jax.search.rows import (
+  HOST_ALIGNMENT,
+  READ_BLOCK_BYTES,
+  aligned_empty,
+  check_finite,
+  float_chunk,
+  read_rows,
+)
 
 HIGHEST = jax.lax.Precision.HIGHEST
 logger = logging.getLogger(__name__)
@@ -79,6 +86,9 @@ def grouped_top_k(scores: jax.Array, n_valid: jax.Array, k: int, group: int) -> 
   return values, jnp.take_along_axis(columns, where, 1)
 
 
+SMALL_QUERY_ROWS = 16  # query rows of a step up to which scores are computed corpus-major (search.py: 1-16)
+
+
 TOP_K_GROUP = 64  # columns per group of grouped_top_k (32-128 measured alike on this VM; 64 in the middle)
 
 
@@ -101,41 +111,58 @@ def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, kind: str, recall_target: 
     rows = corpus.shape[0]
     k_local = min(k, block)
 
-    def scan_block(best, xs):
+    def scan_block(carry, xs):
+      best_values, best_ids, finite = carry
       part, valid, start = xs  # [block, D], [block], the block's first row
-      values, idx = block_top_k(chunk_scores(kind, queries, part), valid, k_local)  # scores [Q, block]
+      if queries.shape[0] <= SMALL_QUERY_ROWS:
+        # A few queries: the scores computed corpus-major ([block, Q], then transposed) stream the block once;
+        # query-major, XLA:CPU's kernel ran the same product at half the memory bandwidth.
+        scores = chunk_scores(kind, part, queries).T
+      else:
+        scores = chunk_scores(kind, queries, part)  # [Q, block]
+      # The corpus' own finite check: a NaN or inf in a row makes every score with it non-finite (rows past the
+      # corpus are zeros or earlier rows), so this replaces a separate pass over the corpus.
+      finite = finite & jnp.all(jnp.isfinite(scores))
+      values, idx = block_top_k(scores, valid, k_local)
       # The running best comes first: top_k prefers lower positions, so equal scores keep the lower corpus id.
-      values, where = jax.lax.top_k(jnp.concatenate([best[0], values], 1), best[0].shape[1])
-      ids = jnp.take_along_axis(jnp.concatenate([best[1], idx + start], 1), where, 1)
-      return (values, ids), None
+      values, where = jax.lax.top_k(jnp.concatenate([best_values, values], 1), best_values.shape[1])
+      ids = jnp.take_along_axis(jnp.concatenate([best_ids, idx + start], 1), where, 1)
+      return (values, ids, finite), None
 
     k_shard = min(k, rows)
     n_queries = queries.shape[0]
-    init = (jnp.full((n_queries, k_shard), -jnp.inf, jnp.float32), jnp.zeros((n_queries, k_shard), jnp.int32))
+    init = (
+      jnp.full((n_queries, k_shard), -jnp.inf, jnp.float32),
+      jnp.zeros((n_queries, k_shard), jnp.int32),
+      jnp.bool_(True),
+    )
     blocks = (
       corpus.reshape(rows // block, block, corpus.shape[1]),
       corpus_valid.reshape(rows // block, block),
       jnp.arange(0, rows, block, dtype=jnp.int32),
     )
-    (values, idx), _ = jax.lax.scan(scan_block, init, blocks)
+    (values, idx, finite), _ = jax.lax.scan(scan_block, init, blocks)
     ids = idx + offset + jax.lax.axis_index("data") * rows
-    return jax.lax.all_gather(values, "data", axis=1, tiled=True), jax.lax.all_gather(ids, "data", axis=1, tiled=True)
+    finite = jax.lax.pmin(finite.astype(jnp.int32), "data") > 0
+    gather = lambda x: jax.lax.all_gather(x, "data", axis=1, tiled=True)
+    return gather(values), gather(ids), finite
 
   sharded = jax.shard_map(
     local_top_k,
     mesh=mesh,
     in_specs=(PartitionSpec(), PartitionSpec("data"), PartitionSpec("data"), PartitionSpec()),
-    out_specs=(PartitionSpec(), PartitionSpec()),
+    out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec()),
     check_vma=False,
   )
 
   @jax.jit
   def step(best_values, best_ids, queries, corpus, corpus_valid, offset):
-    values, ids = sharded(queries, corpus, corpus_valid, offset)
+    """-> the merged top-k (values, ids) and whether every score of this chunk was finite."""
+    values, ids, finite = sharded(queries, corpus, corpus_valid, offset)
     # Candidates stand in corpus order of their sources: the running best (earlier chunks), then each device's
     # shard, each list with equal scores by id. top_k prefers lower positions, so ties keep the lower corpus id.
     values, order = jax.lax.top_k(jnp.concatenate([best_values, values], axis=1), k)
-    return values, jnp.take_along_axis(jnp.concatenate([best_ids, ids], axis=1), order, 1)
+    return values, jnp.take_along_axis(jnp.concatenate([best_ids, ids], axis=1), order, 1), finite
 
   return step
 
@@ -167,6 +194,8 @@ def top_k_search(
   k = min(top_k, n_corpus)
   if n_queries == 0 or k == 0:
     return np.zeros((n_queries, 0), np.float32), np.zeros((n_queries, 0), np.int64)
+  if kind in ("dot", "cosine"):
+    check_finite(queries, "query_embeddings")  # the corpus is checked by the engines as they read it
   devices = list(devices) if devices is not None else jax.local_devices()
   platform = platform_of(devices)  # the edge: the platform becomes the engine and its block sizes here
   on_cpu = platform == "cpu"
@@ -292,14 +321,16 @@ def _sharded_top_k(
   step = _chunk_search_fn(mesh, k, kind, recall_target, block, TOP_K_GROUP)
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
-  dtype = np.float32 if kind in ("dot", "cosine") else np.dtype(corpus.dtype)
-  read = lambda start, size: float_chunk(corpus, start, size) if dtype == np.float32 else read_rows(corpus, start, size)
+  float_scores = kind in ("dot", "cosine")
+  dtype = np.float32 if float_scores else np.dtype(corpus.dtype)
+  # Float rows are read as they are: the step's own finite flag is the corpus check (queries come checked).
+  read = lambda start, size: np.asarray(read_rows(corpus, start, size), dtype)
   chunks = _host_chunks if on_host else _device_chunks
-  for part, valid, offset in chunks(read, n_corpus, corpus.shape[1], dtype, chunk, block, mesh):
+  for part, valid, offset, rows in chunks(read, n_corpus, corpus.shape[1], dtype, chunk, block, mesh):
     for q0 in range(0, n_queries, q_chunk):
       q = queries[q0 : q0 + q_chunk]
       pad = q_chunk - len(q)
-      values, ids = step(
+      values, ids, finite = step(
         np.pad(best_values[q0 : q0 + q_chunk], ((0, pad), (0, 0)), constant_values=-np.inf),
         np.pad(best_ids[q0 : q0 + q_chunk], ((0, pad), (0, 0))),
         np.pad(q, ((0, pad), (0, 0))),
@@ -307,6 +338,13 @@ def _sharded_top_k(
         valid,
         np.int32(offset),
       )
+      if float_scores and not bool(finite):
+        # Name the row (the exact check, on this chunk only); finite rows whose scores overflow are refused too.
+        check_finite(read(offset, rows), "corpus_embeddings", offset=offset)
+        raise ValueError(
+          f"corpus_embeddings: the scores of rows {offset}..{offset + rows - 1} overflow float32 (finite rows, "
+          "values too large for a dot product)"
+        )
       # Reading the results back also means this part's buffers are free for the next one.
       best_values[q0 : q0 + q_chunk] = np.asarray(values)[: len(q)]
       best_ids[q0 : q0 + q_chunk] = np.asarray(ids)[: len(q)]
@@ -316,7 +354,7 @@ def _sharded_top_k(
 def query_bucket(n: int) -> int:
   """The query rows of a compiled search step: a step's shape is its query count, and a CPU step takes thousands
   of queries, so searches of 500, 501 and 502 queries would each compile (0.3-0.5 s); buckets share one."""
-  return count_bucket(n, floor=8)
+  return count_bucket(n)
 
 
 def _device_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):
@@ -336,7 +374,7 @@ def _device_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, b
       if size < read_block:  # the chunk's last block, padded to the one compiled block shape
         rows_read = np.pad(rows_read, ((0, read_block - size), (0, 0)))
       part = put_rows(part, rows_read, np.int32(b0))
-    yield part, jax.device_put(np.arange(chunk) < rows, sharding), c0
+    yield part, jax.device_put(np.arange(chunk) < rows, sharding), c0, rows
 
 
 def _host_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):
@@ -356,4 +394,4 @@ def _host_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, blo
         buffer = staging[size]
         buffer[:rows], buffer[rows:] = part, 0
         part = buffer
-      yield jax.device_put(part, device), jax.device_put(np.arange(size) < rows, device), int(p0)
+      yield jax.device_put(part, device), jax.device_put(np.arange(size) < rows, device), int(p0), rows
