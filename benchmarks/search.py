@@ -14,8 +14,10 @@ alternating between rounds, with one process per query count (a faiss process th
 was up to 25% slower on the next). Each times its count as the median of repeated passes (one for the large
 counts) after one untimed pass: ours compiles there, on a prefix of the corpus with the same compiled shapes.
 The ratio of a cell is the median of its rounds' ratios (this VM drifts 10-15% over minutes).
-"ours, JAX engine" is the engine `auto` does not pick below CPU_JAX_MIN_QUERIES (the crossover); "memory-mapped"
-is ours searching np.load(mmap_mode="r"), against faiss' in-RAM time of the same round. Top-10 lists are compared
+Below CPU_JAX_MIN_QUERIES `auto` sends a search over a plain (16-byte aligned) NumPy array to faiss: "ours, JAX
+engine" is the engine it does not pick there (it must copy the array first), "64-byte aligned" is auto on an array
+XLA reads in place (it picks the JAX engine). "memory-mapped" is ours searching np.load(mmap_mode="r"); each is
+set against faiss' in-RAM time of the same round. Top-10 lists are compared
 with faiss' (identical lists, and recall@10). At 1,000 queries the quantized variants run in round 1.
 Writes benchmarks/results/search.txt.
 """
@@ -89,7 +91,12 @@ def child_ours(args) -> dict:
   from distilbert_jax.search.engines import CPU_CHUNK_BLOCKS, CPU_JAX_MIN_QUERIES, CPU_SCORE_BLOCK
 
   queries = np.load(args.queries)
+  from distilbert_jax.search.rows import aligned_empty
+
   corpora = {"ram": np.load(args.corpus), "mmap": np.load(args.corpus, mmap_mode="r")}
+  if min(map(int, args.counts.split(","))) < CPU_JAX_MIN_QUERIES:
+    corpora["aligned"] = aligned_empty(corpora["ram"].shape, np.float32)  # what XLA:CPU reads in place
+    corpora["aligned"][:] = corpora["ram"]
   # The untimed pass compiles on a prefix with every compiled shape of the whole search: one full chunk and one
   # block of the tail (the step's shapes follow the chunk and the query count, not the corpus length).
   prefix = CPU_SCORE_BLOCK * CPU_CHUNK_BLOCKS + 1
@@ -127,8 +134,9 @@ def child_ours(args) -> dict:
   else:
     for count in map(int, args.counts.split(",")):
       run("ours", count, "ram")
-      if count <= CPU_JAX_MIN_QUERIES:  # below it auto runs faiss: the JAX engine there shows the crossover
+      if count < CPU_JAX_MIN_QUERIES:  # below it auto runs faiss on a plain array: the JAX engine shows why
         run("jax", count, "ram", backend="jax")
+        run("aligned", count, "aligned")
       if count in map(int, args.mmap_counts.split(",")):
         run("mmap", count, "mmap")
   return out
@@ -188,6 +196,7 @@ def run_size(n: int, args, work: Path, say) -> None:
       "ours": "ours (auto)",
       "jax": "ours, JAX engine",
       "mmap": "ours (auto), memory-mapped",
+      "aligned": "ours (auto), 64-byte aligned",
     }.get(name, f"ours {name} (round 1)")
     extra = f"  recall@10 {recall:.4f}" if same < 1 else ""
     say(
@@ -201,7 +210,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sizes", default="100000,200000,1000000")
   parser.add_argument("--queries", default="1,4,8,16,100,1000,10000", help="query counts")
-  parser.add_argument("--mmap-queries", default="100,1000", help="query counts also run on a memory map")
+  parser.add_argument("--mmap-queries", default="1,100,1000", help="query counts also run on a memory map")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--dim", type=int, default=768)
   parser.add_argument("--no-quantized", dest="quantized", action="store_false", help="skip the quantized variants")

@@ -26,6 +26,7 @@ from distilbert_jax.search.rows import (
   aligned_empty,
   check_finite,
   float_chunk,
+  host_array_in_place,
   read_rows,
 )
 
@@ -199,20 +200,24 @@ def top_k_search(
   devices = list(devices) if devices is not None else jax.local_devices()
   platform = platform_of(devices)  # the edge: the platform becomes the engine and its block sizes here
   on_cpu = platform == "cpu"
-  if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES:
-    # A handful of queries is one pass over the corpus, bound by memory: faiss' scan is faster there; from
-    # CPU_JAX_MIN_QUERIES on, the blocked JAX engine is (benchmarks/search_crossover.py; README "Search").
-    try:
-      import faiss  # noqa: F401
+  copied = len(devices) > 1 or not host_array_in_place(corpus)
+  if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES and copied:
+    # A handful of queries is one pass over the corpus, bound by memory. Where the JAX engine must first copy an
+    # in-RAM corpus (an unaligned NumPy array, several devices), that copy costs more than the scoring, and faiss,
+    # which reads the array where it lies, is faster; on an aligned array, or a memory map (which both engines
+    # read through copies), the JAX engine is faster at every count (benchmarks/search.py; README "Search").
+    if isinstance(corpus, np.ndarray) and not isinstance(corpus, np.memmap):
+      try:
+        import faiss  # noqa: F401
 
-      backend = "faiss"
-    except ImportError:
-      if not _warned_no_faiss:
-        logger.warning(
-          f"faiss-cpu is not installed: searches of fewer than {CPU_JAX_MIN_QUERIES} queries run on the JAX path, "
-          "up to 3x slower on CPU than faiss' scan (pip install 'distilbert-jax[search]')"
-        )
-        _warned_no_faiss = True
+        backend = "faiss"
+      except ImportError:
+        if not _warned_no_faiss:
+          logger.warning(
+            f"faiss-cpu is not installed: searches of fewer than {CPU_JAX_MIN_QUERIES} queries over an unaligned "
+            "array run on the JAX path, which copies the corpus first (pip install 'distilbert-jax[search]')"
+          )
+          _warned_no_faiss = True
   if backend == "faiss":
     if kind not in ("dot", "cosine"):
       raise ValueError(f"the faiss backend computes dot and cosine scores, not {kind!r}")
@@ -236,7 +241,7 @@ def top_k_search(
   )
 
 
-CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer go to faiss (search_crossover.py: JAX 0.74x at 8, 1.11x at 16)
+CPU_JAX_MIN_QUERIES = 8  # "auto" on CPU: fewer, over a corpus the JAX engine must copy, go to faiss (search.py)
 
 
 CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (on this VM 4,096 was slower, 16,384 no faster)
@@ -277,6 +282,11 @@ def _faiss_top_k(
       order = np.lexsort((np.arange(len(part)), -scores))[:kk]
       values[q], idx[q] = scores[order], order
     values, idx = values[:, :k], idx[:, :k]
+    if not np.isfinite(values).all():  # the rows were finite (float_chunk), their products were not
+      raise ValueError(
+        f"corpus_embeddings: the scores of rows {c0}..{c0 + len(part) - 1} overflow float32 (finite rows, "
+        "values too large for a dot product)"
+      )
     best_values, best_ids = merge_top_k(best_values, best_ids, values, idx + c0, k)
   return best_values, best_ids
 

@@ -96,6 +96,20 @@ READ_BLOCK_BYTES = 16 << 20  # memory-mapped rows are copied this much at a time
 HOST_ALIGNMENT = 64  # XLA:CPU computes on a host array without copying it when its data is aligned to this
 
 
+def host_array_in_place(corpus: Any) -> bool:
+  """Whether one CPU device can score `corpus` where it lies: an in-RAM float32 array, C-contiguous and aligned to
+  HOST_ALIGNMENT (a memory map is read through copies, see `read_mapped`; a NumPy array is aligned to 16)."""
+  if isinstance(corpus, jax.Array):
+    return corpus.dtype == np.float32
+  return (
+    isinstance(corpus, np.ndarray)
+    and not isinstance(corpus, np.memmap)
+    and corpus.dtype == np.float32
+    and corpus.flags.c_contiguous
+    and corpus.ctypes.data % HOST_ALIGNMENT == 0
+  )
+
+
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
   """np.empty, with the data aligned to HOST_ALIGNMENT bytes (NumPy aligns to 16)."""
   dtype = np.dtype(dtype)

@@ -106,6 +106,75 @@ def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, bl
     np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
 
 
+def _layout(rows, layout, tmp_path):
+  from distilbert_jax.search.rows import aligned_empty
+
+  if layout == "aligned":
+    corpus = aligned_empty(rows.shape, np.float32)
+  elif layout == "unaligned":
+    raw = np.empty(rows.size + 16, np.float32)
+    start = 1 if raw.ctypes.data % 64 == 0 else 0  # 4 bytes off a 64-byte boundary
+    corpus = raw[start : start + rows.size].reshape(rows.shape)
+    assert corpus.ctypes.data % 64
+  else:
+    np.save(tmp_path / "c.npy", rows)
+    return np.load(tmp_path / "c.npy", mmap_mode="r+")
+  corpus[:] = rows
+  return corpus
+
+
+@pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
+def test_auto_engine_choice_never_changes_a_result(layout, tmp_path, monkeypatch):
+  """`auto` picks faiss only for a few queries over an array the JAX engine would copy; whatever it picks, the
+  top-k equals both engines' and the exact integer ranking, ties by corpus id included."""
+  from distilbert_jax.search import engines
+
+  picked = []
+  faiss_top_k = engines._faiss_top_k
+  monkeypatch.setattr(engines, "_faiss_top_k", lambda *a, **kw: picked.append(1) or faiss_top_k(*a, **kw))
+  rng = np.random.default_rng(3)
+  rows = rng.integers(-2, 3, size=(1500, 16)).astype(np.float32)
+  corpus = _layout(rows, layout, tmp_path)
+  for n in (1, engines.CPU_JAX_MIN_QUERIES - 1, engines.CPU_JAX_MIN_QUERIES, 30):
+    queries = rng.integers(-2, 3, size=(n, 16)).astype(np.float32)
+    scores = queries.astype(np.int64) @ rows.astype(np.int64).T
+    want = np.lexsort((np.broadcast_to(np.arange(len(rows)), scores.shape), -scores), axis=1)[:, :9]
+    picked.clear()
+    results = {b: engines.top_k_search(queries, corpus, "dot", 9, backend=b) for b in ("auto", "jax", "faiss")}
+    auto_ran_faiss = len(picked) == 2  # the explicit faiss run is one
+    assert auto_ran_faiss == (n < engines.CPU_JAX_MIN_QUERIES and layout == "unaligned"), (n, layout)
+    for backend, (values, ids) in results.items():
+      np.testing.assert_array_equal(ids, want, err_msg=f"{backend=} {n=}")
+      np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
+
+
+@pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
+@pytest.mark.parametrize("n_queries", [1, 40])
+def test_non_finite_or_overflowing_corpus_rows_are_named_by_every_engine(layout, n_queries, tmp_path, monkeypatch):
+  """The JAX engine checks the corpus inside its scan: a NaN or inf past the first chunk, in the tail blocks, is
+  named by row, and finite rows whose dot products overflow float32 are refused, not ranked."""
+  from distilbert_jax.search import engines
+
+  monkeypatch.setattr(engines, "CPU_SCORE_BLOCK", 64)  # chunks of 8 blocks: 512 rows, then a tail of blocks
+  rng = np.random.default_rng(4)
+  queries = rng.normal(size=(n_queries, 16)).astype(np.float32)
+  for row, value in [(1337, np.nan), (700, np.inf), (5, -np.inf)]:
+    rows = rng.normal(size=(1400, 16)).astype(np.float32)
+    rows[row, 3] = value
+    corpus = _layout(rows, layout, tmp_path)
+    for backend in ("auto", "jax", "faiss"):
+      with pytest.raises(ValueError, match=f"corpus_embeddings: row {row} holds NaN or inf"):
+        engines.top_k_search(queries, corpus, "dot", 5, backend=backend)
+  rows = rng.normal(size=(1400, 16)).astype(np.float32)
+  rows[900] = 1.5e37  # finite, its sum too (2.4e38), but not its dot products with these queries
+  corpus = _layout(rows, layout, tmp_path)
+  with pytest.raises(ValueError, match=r"corpus_embeddings: the scores of rows 512\.\.1023 overflow float32"):
+    engines.top_k_search(np.abs(queries) + 2, corpus, "dot", 5, backend="jax")
+  for backend in ("auto", "faiss"):
+    with pytest.raises(ValueError, match=r"corpus_embeddings: the scores of rows \d+\.\.\d+ overflow float32"):
+      engines.top_k_search(np.abs(queries) + 2, corpus, "dot", 5, backend=backend)
+
+
 def test_searches_of_similar_query_counts_share_one_compiled_step():
   """A CPU step takes thousands of queries, so its shape would follow every query count: 490..511 queries must
   not compile eight times, and the padded query rows change no result."""
