@@ -327,7 +327,10 @@ def _sharded_top_k(
   shard = -(-min(corpus_chunk_size, n_corpus) // n_dev)  # rows per device of one fixed corpus chunk shape
   block = shard if block_rows is None else min(block_rows, shard)
   chunk = -(-shard // block) * block * n_dev  # whole blocks per device; rows past the corpus are masked
-  q_chunk = min(query_chunk_size, query_bucket(n_queries))
+  # Queries in equal steps: 10,000 queries in steps of at most 6,103 are two of 5,120, not 6,103 and a padded
+  # 3,897 (22% of the work was padding).
+  n_steps = -(-n_queries // query_chunk_size)
+  q_chunk = min(query_chunk_size, query_bucket(-(-n_queries // n_steps)))
   step = _chunk_search_fn(mesh, k, kind, recall_target, block, TOP_K_GROUP)
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
