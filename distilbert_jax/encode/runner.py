@@ -26,24 +26,40 @@ from distilbert_jax.core.devices import data_mesh
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.encode.batching import Batch, plan_batches
 from distilbert_jax.model.forward import embed_rows
+from distilbert_jax.model.quantize import quantize_dense_params
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.model.transformer import Encoder
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # float compute dtypes
+# Encoding also takes "int8": the dense layers' dots in int8 (model/quantize.py), everything else in INT8_COMPUTE.
+ENCODE_DTYPES = (*DTYPES, "int8")
+INT8_COMPUTE = jnp.float32
 CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
 # Tokens a device computes at once, by platform. CPU: 512-2048 measured alike on SciFact shapes, a whole batch
 # 1.3x slower (activations leave the cache). Accelerators: the whole batch.
 STEP_TOKENS_BY_PLATFORM: dict[str, int | None] = {"cpu": 768}
 
 
+def compute_dtype(dtype: str) -> Any:
+  """The dtype the model computes in outside int8 dots, for an ENCODE_DTYPES name."""
+  if dtype not in ENCODE_DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {list(ENCODE_DTYPES)}")
+  return INT8_COMPUTE if dtype == "int8" else DTYPES[dtype]
+
+
 def device_params(loaded: LoadedModel, dtype: str, scan_layers: bool, mesh) -> Any:
   """The parameters replicated over `mesh`: matrices in the compute dtype (half the memory in bf16), vectors
-  (biases, LayerNorm) float32; with scan_layers, the layers stacked (a stacked layer's vectors are 2-D)."""
-  compute = DTYPES[dtype]
+  (biases, LayerNorm) float32; with scan_layers, the layers stacked (a stacked layer's vectors are 2-D). For
+  "int8" the dense kernels are quantized here, once (int8 [out, in] and float32 scales per output channel)."""
+  compute = compute_dtype(dtype)
   params = stack_layers(loaded.params, loaded.config.num_layers) if scan_layers else loaded.params
+  if dtype == "int8":
+    params = quantize_dense_params(params)
 
   def cast(path, p):
     stacked = scan_layers and path[0].key == "transformer" and path[1].key == "layers"
+    if np.asarray(p).dtype == np.int8:
+      return np.asarray(p)
     return np.asarray(p, compute if np.ndim(p) - stacked >= 2 else np.float32)
 
   return jax.device_put(jax.tree_util.tree_map_with_path(cast, params), NamedSharding(mesh, PartitionSpec()))
@@ -65,7 +81,12 @@ class EncodeRunner:
     self.mesh = data_mesh(self.devices)
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
     self.module = Encoder(
-      loaded.config, dtype=DTYPES[dtype], param_dtype=jnp.float32, attention=attention, scan_layers=scan_layers
+      loaded.config,
+      dtype=compute_dtype(dtype),
+      param_dtype=jnp.float32,
+      attention=attention,
+      scan_layers=scan_layers,
+      int8=dtype == "int8",
     )
     self.params = device_params(loaded, dtype, scan_layers, self.mesh)
     self.step_tokens = step_tokens

@@ -26,7 +26,7 @@ from distilbert_jax.checkpoint.hub import MODEL_CARD_SIMILARITY, hub_repo_id, re
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.devices import device_names, devices_named, platform_of, resolve_devices
-from distilbert_jax.encode.runner import DTYPES, STEP_TOKENS_BY_PLATFORM, EncodeRunner
+from distilbert_jax.encode.runner import ENCODE_DTYPES, STEP_TOKENS_BY_PLATFORM, EncodeRunner
 from distilbert_jax.model.attention import check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig, normalize
@@ -65,7 +65,8 @@ class SentenceTransformer:
   sentence-transformers/NAME). `device`: "cpu", "gpu", "tpu", "cuda", "cuda:1" or a JAX device (a platform
   without an index: all its local devices); `devices`: JAX devices. `prompts`, `default_prompt_name`,
   `similarity_fn_name` and `truncate_dim` override config_sentence_transformers.json as in sentence-transformers.
-  Ours: `dtype` ("float32", "bfloat16", "float16": compute dtype; LayerNorm, softmax and pooling stay float32),
+  Ours: `dtype` ("float32", "bfloat16", "float16": compute dtype; LayerNorm, softmax and pooling stay float32;
+  "int8": the dense layers' dots in int8, weights quantized at load per output channel, activations per token),
   `tensor_type`: what `convert_to_tensor` returns: "auto" (default) a torch.Tensor when torch is already imported
   in the process (a sentence-transformers script and their evaluators), else a jax.Array; "jax" or "torch" always;
   `compilation_cache`: JAX's persistent compilation cache, off unless asked (True: ~/.cache/distilbert_jax/jax or
@@ -100,8 +101,8 @@ class SentenceTransformer:
         "model_name_or_path is required: a model directory or a hub id such as "
         "'msmarco-distilbert-dot-v5' (models are built only from checkpoints)"
       )
-    if dtype not in DTYPES:
-      raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    if dtype not in ENCODE_DTYPES:
+      raise ValueError(f"dtype {dtype!r} is not one of {list(ENCODE_DTYPES)}")
     if tensor_type not in TENSOR_TYPES:
       raise ValueError(f"tensor_type {tensor_type!r} is not one of {TENSOR_TYPES}")
     if isinstance(model_name_or_path, model_dir.LoadedModel):

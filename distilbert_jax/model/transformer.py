@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from distilbert_jax.model.attention import attend, matmul_precision
 from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.quantize import int8_dense
 
 Array = jax.Array
 
@@ -54,23 +55,32 @@ class Hook(nn.Module):
 
 
 class Linear(nn.Module):
-  """y = x @ kernel (+ bias), kernel [in, out] (the transpose of torch's weight), float32 accumulation."""
+  """y = x @ kernel (+ bias), kernel [in, out] (the transpose of torch's weight), float32 accumulation.
+
+  `int8`: the kernel is `kernel_int8` [out, in] with per-channel `kernel_scale` (`quantize.quantize_dense_params`
+  makes them from a checkpoint), activations are quantized per token, the dot accumulates in int32."""
 
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  int8: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
-    y = jnp.einsum(
-      "...i,io->...o",
-      x.astype(self.dtype),
-      kernel.astype(self.dtype),
-      precision=matmul_precision(self.dtype),
-      preferred_element_type=jnp.float32,
-    )
+    if self.int8:
+      kernel = self.param("kernel_int8", nn.initializers.zeros, (self.features, x.shape[-1]), jnp.int8)
+      scale = self.param("kernel_scale", nn.initializers.ones, (self.features,), jnp.float32)
+      y = int8_dense(x, kernel, scale)  # [..., O] float32
+    else:
+      kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
+      y = jnp.einsum(
+        "...i,io->...o",
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        precision=matmul_precision(self.dtype),
+        preferred_element_type=jnp.float32,
+      )
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(jnp.float32)
     return y.astype(self.dtype)
@@ -134,13 +144,14 @@ class Attention(nn.Module):
   implementation: str = "dense"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  int8: bool = False
 
   @nn.compact
   def __call__(
     self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[Array, Array | None]:
     cfg = self.config
-    dense = lambda name: Linear(cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, name=name)
+    dense = lambda name: Linear(cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, self.int8, name=name)
     split_heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, H, K]
     q, k, v = (split_heads(dense(name)(x)) for name in ("q_lin", "k_lin", "v_lin"))
     if cfg.position_embedding == "rotary":
@@ -165,11 +176,12 @@ class FeedForward(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  int8: bool = False
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
-    linear = lambda features, name: Linear(features, cfg.use_bias, self.dtype, self.param_dtype, name=name)
+    linear = lambda features, name: Linear(features, cfg.use_bias, self.dtype, self.param_dtype, self.int8, name=name)
     act = activation_fn(cfg.activation)
     h = linear(cfg.intermediate_size, "lin1")(x).astype(jnp.float32)  # [B, T, F]
     if cfg.ffn == "gated":  # GeGLU (gelu) / SwiGLU (silu)
@@ -191,6 +203,7 @@ class Block(nn.Module):
   attention: str = "dense"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  int8: bool = False
 
   @nn.compact
   def __call__(
@@ -199,8 +212,8 @@ class Block(nn.Module):
     cfg = self.config
     norm1 = Norm(cfg, self.dtype, self.param_dtype, name="sa_layer_norm")
     norm2 = Norm(cfg, self.dtype, self.param_dtype, name="output_layer_norm")
-    attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, name="attention")
-    ffn = FeedForward(cfg, self.dtype, self.param_dtype, name="ffn")
+    attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, self.int8, name="attention")
+    ffn = FeedForward(cfg, self.dtype, self.param_dtype, self.int8, name="ffn")
     residual = lambda x, y: x.astype(jnp.float32) + y.astype(jnp.float32)
 
     attn_in = norm1(x) if cfg.norm_position == "pre" else x
@@ -225,6 +238,7 @@ class Transformer(nn.Module):
   scan_layers: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  int8: bool = False
 
   @nn.compact
   def __call__(
@@ -240,13 +254,15 @@ class Transformer(nn.Module):
         in_axes=(nn.broadcast,) * len(args),
         length=cfg.num_layers,
       )
-      x, (states, weights) = scanned(cfg, self.attention, self.dtype, self.param_dtype, name="layers")(x, *args)
+      block = scanned(cfg, self.attention, self.dtype, self.param_dtype, self.int8, name="layers")
+      x, (states, weights) = block(x, *args)
       hidden_states = [states[i] for i in range(cfg.num_layers)]
       attentions = [None if weights is None else weights[i] for i in range(cfg.num_layers)]
     else:
       hidden_states, attentions = [], []
       for i in range(cfg.num_layers):
-        x, (_, weights) = Block(cfg, self.attention, self.dtype, self.param_dtype, name=f"layer_{i}")(x, *args)
+        block = Block(cfg, self.attention, self.dtype, self.param_dtype, self.int8, name=f"layer_{i}")
+        x, (_, weights) = block(x, *args)
         hidden_states.append(x)
         attentions.append(weights)
     if cfg.norm_position == "pre":  # pre-norm stacks end with a norm; it is the last hidden state
@@ -257,7 +273,8 @@ class Transformer(nn.Module):
 class Encoder(nn.Module):
   """Token ids -> contextual token embeddings [B, T, D] (and, on request, every layer's states and attention).
 
-  `attention` names the implementation (attention.IMPLEMENTATIONS); `scan_layers` stacks the blocks' parameters.
+  `attention` names the implementation (attention.IMPLEMENTATIONS); `scan_layers` stacks the blocks' parameters;
+  `int8`: the blocks' dense layers compute in int8 (`quantize.py`; parameters from `quantize_dense_params`).
   """
 
   config: EncoderConfig
@@ -265,6 +282,7 @@ class Encoder(nn.Module):
   param_dtype: Any = jnp.float32
   attention: str = "dense"
   scan_layers: bool = False
+  int8: bool = False
 
   @nn.compact
   def __call__(
@@ -282,7 +300,7 @@ class Encoder(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
     x = Embeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(input_ids, positions, deterministic)
     hidden_states, attentions = Transformer(
-      cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, name="transformer"
+      cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, self.int8, name="transformer"
     )(x, segment_ids, positions, deterministic, output_attentions)
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:

@@ -1,0 +1,93 @@
+"""Int8 dense layers: quantization against a NumPy reference written independently (loops, not the same
+vectorised formula), the int8 dot exact against int64 arithmetic, and the whole model against float32 on real
+all-MiniLM-L6-v2 weights."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distilbert_jax.model.quantize import int8_dense, quantize_dense_params, quantize_kernel, quantize_tokens
+from distilbert_jax.model.transformer import Linear
+
+
+def _reference_kernel(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Column by column, in float64: scale = max |w| / 127 (1 for a zero column), q = round half to even."""
+  n_in, n_out = kernel.shape
+  q, scales = np.zeros((n_out, n_in), np.int8), np.zeros(n_out, np.float32)
+  for o in range(n_out):
+    column = kernel[:, o].astype(np.float64)
+    scale = np.float32(np.abs(column).max() / 127) if np.abs(column).max() > 0 else np.float32(1)
+    scales[o] = scale
+    for i in range(n_in):
+      q[o, i] = int(np.clip(np.round(np.float32(kernel[i, o]) / scale), -127, 127))
+  return q, scales
+
+
+def test_kernel_quantization_equals_a_loop_reference_and_rounds_within_half_a_step():
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(scale=0.05, size=(48, 20)).astype(np.float32)
+  kernel[:, 3] = 0.0  # a dead channel: scale 1, codes 0
+  kernel[5, 7] = 2.0  # an outlier sets its channel's scale
+  q, scale = quantize_kernel(kernel)
+  want_q, want_scale = _reference_kernel(kernel)
+  np.testing.assert_array_equal(q, want_q)
+  np.testing.assert_allclose(scale, want_scale, rtol=1e-7)
+  assert q.dtype == np.int8 and q.shape == (20, 48) and np.abs(q).max() == 127
+  assert (q[3] == 0).all() and scale[3] == 1
+  error = np.abs(q.T.astype(np.float32) * scale - kernel)
+  assert (error <= scale / 2 * (1 + 1e-6)).all()  # rounding to nearest: at most half a step per weight
+
+
+def test_stacked_kernels_quantize_layer_by_layer_and_the_tree_keeps_other_parameters():
+  rng = np.random.default_rng(1)
+  stacked = rng.normal(size=(3, 16, 8)).astype(np.float32)  # [L, in, out] (scan_layers)
+  q, scale = quantize_kernel(stacked)
+  for layer in range(3):
+    q1, s1 = quantize_kernel(stacked[layer])
+    np.testing.assert_array_equal(q[layer], q1)
+    np.testing.assert_array_equal(scale[layer], s1)
+  tree = {"a": {"kernel": stacked[0], "bias": np.ones(8, np.float32)}, "norm": {"scale": np.ones(16, np.float32)}}
+  out = quantize_dense_params(tree)
+  assert set(out["a"]) == {"kernel_int8", "kernel_scale", "bias"} and out["norm"] == tree["norm"]
+  with pytest.raises(ValueError, match=r"shape \(16, 8\) holds NaN or inf"):
+    bad = stacked[0].copy()
+    bad[2, 2] = np.nan
+    quantize_kernel(bad)
+
+
+def test_token_quantization_and_the_int8_dot_are_exact_where_they_should_be():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 5, 48)).astype(np.float32)
+  x[1, 2] = 0.0  # a zero token: scale 1, no division by zero
+  xq, x_scale = map(np.asarray, quantize_tokens(jnp.asarray(x)))
+  for b in range(2):
+    for t in range(5):
+      absmax = np.abs(x[b, t]).max()
+      s = np.float32(absmax / 127) if absmax > 0 else np.float32(1)
+      np.testing.assert_allclose(x_scale[b, t], s, rtol=2e-7)  # XLA may divide as a multiply: one ulp
+      assert (np.abs(xq[b, t].astype(np.float32) * x_scale[b, t] - x[b, t]) <= x_scale[b, t] / 2 * (1 + 1e-5)).all()
+  assert (xq[1, 2] == 0).all() and x_scale[1, 2] == 1 and np.abs(xq).max() == 127
+  kernel = rng.normal(size=(48, 24)).astype(np.float32)
+  wq, w_scale = quantize_kernel(kernel)
+  got = np.asarray(int8_dense(jnp.asarray(x), jnp.asarray(wq), jnp.asarray(w_scale)))
+  exact = np.einsum("bti,oi->bto", xq.astype(np.int64), wq.astype(np.int64))  # the int32 accumulation is exact
+  np.testing.assert_allclose(got, exact * x_scale[..., None] * w_scale, rtol=2e-7, atol=0)
+  # and the whole approximation is what two roundings allow (|x| within half a step of its code, same for w)
+  np.testing.assert_allclose(got, x @ kernel, atol=0.05 * np.abs(x @ kernel).max())
+
+
+def test_int8_linear_module_uses_the_quantized_parameters():
+  rng = np.random.default_rng(3)
+  kernel, bias = rng.normal(size=(32, 16)).astype(np.float32), rng.normal(size=16).astype(np.float32)
+  x = jnp.asarray(rng.normal(size=(4, 32)).astype(np.float32))
+  params = quantize_dense_params({"kernel": kernel, "bias": bias})
+  y = Linear(16, int8=True).apply({"params": params}, x)
+  want = int8_dense(x, params["kernel_int8"], params["kernel_scale"]) + bias
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+  float_y = Linear(16).apply({"params": {"kernel": kernel, "bias": bias}}, x)
+  cos = np.sum(np.asarray(y) * np.asarray(float_y), -1) / (
+    np.linalg.norm(np.asarray(y), axis=-1) * np.linalg.norm(np.asarray(float_y), axis=-1)
+  )
+  assert cos.min() > 0.999, cos
