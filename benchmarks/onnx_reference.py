@@ -1,0 +1,116 @@
+"""The ONNX Runtime and OpenVINO references of encode_throughput.py, run as sentence-transformers'
+`backend="onnx"` / `backend="openvino"` would run them, without optimum (whose releases pin an older
+transformers than ours): the checkpoint's transformer exported to ONNX (torch.onnx, opset 17, dynamic batch and
+length), dynamically quantized as `export_dynamic_quantized_onnx_model(..., "avx512_vnni")` does (int8 weights
+per tensor, uint8 activations per tensor computed at run time, the MatMul nodes), then batches as
+sentence-transformers' `encode` builds them (texts sorted by length, longest first, padded per batch), masked
+mean pooling in NumPy. Needs the benchmark extras: pip install onnxruntime onnx onnxscript openvino.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def export(checkpoint: Path, out_dir: Path) -> dict[str, Path]:
+  """checkpoint (sentence-transformers layout) -> {"f32": model.onnx, "int8": model_qint8_avx512_vnni.onnx},
+  made once per checkpoint."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {"f32": out_dir / "model.onnx", "int8": out_dir / "model_qint8_avx512_vnni.onnx"}
+  if not paths["f32"].exists():
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(checkpoint)).eval()
+    ids = torch.ones((2, 16), dtype=torch.int64)
+    partial = paths["f32"].with_suffix(".partial.onnx")
+    torch.onnx.export(
+      model,
+      (ids, torch.ones_like(ids)),
+      str(partial),
+      input_names=["input_ids", "attention_mask"],
+      output_names=["last_hidden_state"],
+      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "last_hidden_state")},
+      opset_version=17,
+      dynamo=False,
+    )
+    partial.rename(paths["f32"])
+  if not paths["int8"].exists():
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    partial = paths["int8"].with_suffix(".partial.onnx")
+    quantize_dynamic(
+      str(paths["f32"]), str(partial), weight_type=QuantType.QInt8, per_channel=False, op_types_to_quantize=["MatMul"]
+    )
+    partial.rename(paths["int8"])
+  return paths
+
+
+def st_batches(docs: list[str], tokenizer, batch_size: int, max_length: int):
+  """(indices, tokenized batch) in sentence-transformers' encode order: by length, longest first; each batch
+  padded to its longest text."""
+  order = np.argsort([-len(d) for d in docs], kind="stable")
+  for start in range(0, len(docs), batch_size):
+    indices = order[start : start + batch_size]
+    batch = [docs[i].strip() for i in indices]
+    yield indices, tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  m = mask[..., None].astype(np.float32)
+  return (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+
+
+def run(
+  runtime: str,
+  model_path: Path,
+  checkpoint: Path,
+  docs: list[str],
+  batch_size: int,
+  repeats: int,
+  threads: int,
+  compared: int,
+) -> dict:
+  """{"seconds": fastest pass, "tokens": real tokens, "embeddings": of the first `compared` docs}: `runtime`
+  "onnxruntime" or "openvino" (its default CPU inference precision: bfloat16 where the CPU has it)."""
+  from transformers import AutoTokenizer
+
+  tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+  max_length = json.loads((checkpoint / "sentence_bert_config.json").read_text())["max_seq_length"]
+  if runtime == "onnxruntime":
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    infer = lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+  else:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(model_path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    infer = lambda ids, mask: compiled({"input_ids": ids, "attention_mask": mask})[0]
+
+  def encode(texts):
+    out = np.zeros((len(texts), 0), np.float32)
+    for indices, batch in st_batches(texts, tokenizer, batch_size, max_length):
+      ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+      pooled = mean_pool(np.asarray(infer(ids, mask), np.float32), mask)
+      if out.shape[1] == 0:
+        out = np.zeros((len(texts), pooled.shape[1]), np.float32)
+      out[indices] = pooled
+    return out
+
+  encode(docs[:batch_size])  # warm-up
+  encoded = tokenizer([d.strip() for d in docs], truncation=True, max_length=max_length)
+  tokens = sum(len(t) for t in encoded["input_ids"])
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    encode(docs)
+    times.append(time.perf_counter() - start)
+  return {"seconds": min(times), "tokens": tokens, "embeddings": encode(docs[:compared]).tolist()}
