@@ -195,12 +195,14 @@ def main():
     if variant != "torch-f32":
       e = np.asarray(results[variant]["embeddings"], np.float32)
       cos = (e * reference).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(reference, axis=1))
+      results[variant]["min_cos_to_torch"] = float(cos.min())
       line += f"  {tokens_per_s / rate['torch-f32']:5.2f}x torch-f32"
       if "ort-int8" in rate:
         line += f"  {tokens_per_s / rate['ort-int8']:5.2f}x ort-int8"
       line += f"  min cos to torch-f32 {cos.min():.5f}"
       if variant.endswith("int8"):
-        line += f"  dense layers at {tokens_per_s * dense_ops_per_token(path) / peak_int8:.0%} of the int8 GEMM peak"
+        results[variant]["int8_peak_fraction"] = tokens_per_s * dense_ops_per_token(path) / peak_int8
+        line += f"  dense layers at {results[variant]['int8_peak_fraction']:.0%} of the int8 GEMM peak"
     r = results[variant]
     if "padding_efficiency" in r:
       line += f"  padding efficiency {r['padding_efficiency']:.1%}"

@@ -53,15 +53,31 @@ def throughput_section(plots: list) -> list[str]:
     return out + ["", "not measured (no `benchmarks/results/encode_throughput_cpu.txt`)", ""]
   header, data = read_log(log)
   base = data["torch-f32"]["tokens"] / data["torch-f32"]["seconds"]
+  int8_ref = data["ort-int8"]["tokens"] / data["ort-int8"]["seconds"] if "ort-int8" in data else None
   out += [f"({provenance(header, log)}):", ""]
-  out += ["| variant | tokens/s | vs torch f32 | padding efficiency | shapes | warm-up |", "|---|---|---|---|---|---|"]
+  out += [
+    "| variant | tokens/s | vs torch f32 | vs ONNX Runtime int8 | min cosine to torch f32 "
+    "| dense layers / int8 GEMM peak | padding efficiency | shapes | warm-up |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   rows = []
   for name, r in data.items():
+    if "tokens" not in r:  # the GEMM peaks, below
+      continue
     rate = r["tokens"] / r["seconds"]
     eff = f"{r['padding_efficiency']:.1%}" if "padding_efficiency" in r else "-"
     warm = f"{r['warmup_seconds']:.0f} s" if "warmup_seconds" in r else "-"
-    out.append(f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {eff} | {r.get('shapes', '-')} | {warm} |")
+    vs_int8 = f"{rate / int8_ref:.2f}x" if int8_ref else "-"
+    cos = f"{r['min_cos_to_torch']:.5f}" if "min_cos_to_torch" in r else "-"
+    peak = f"{r['int8_peak_fraction']:.0%}" if "int8_peak_fraction" in r else "-"
+    out.append(
+      f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {vs_int8} | {cos} | {peak} | {eff} | {r.get('shapes', '-')} "
+      f"| {warm} |"
+    )
     rows.append((name, rate))
+  gemms = [f"{name[5:]} {r['ops_per_second'] / 1e9:,.0f}" for name, r in data.items() if name.startswith("gemm-")]
+  if gemms:
+    out += ["", "GEMM peaks, GOP/s ([768, 768] x [768, 3072], 2 threads): " + ", ".join(gemms)]
   plots.append(("throughput.png", "tokens/s per variant, this CPU", rows))
   return out + [""]
 

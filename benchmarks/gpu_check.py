@@ -4,7 +4,8 @@ The full msmarco-distilbert-dot-v5 config (random weights) on the first N SciFac
 texts when SciFact is not found). Every variant runs in its own process:
   torch-*        sentence-transformers' `encode`: float32, and its best half-precision configurations (bfloat16 and
                  float16 with SDPA attention, the default of transformers 5; flash-attention 2 when installed)
-  jax-*-ATTN     ours per dtype and attention implementation (dense, xla, cudnn; splash on TPU)
+  jax-*-ATTN     ours per dtype (float32, bfloat16, int8) and attention implementation (dense, xla, cudnn;
+                 splash on TPU)
   jax-bfloat16-dense is run twice with one fresh compile-cache directory: cold, then warm.
 Prints tokens/s over real tokens, ratios against torch float32 and against sentence-transformers' best, MFU over
 real tokens and over computed (padded) tokens, the fraction of end-to-end wall time the device is busy (the same
@@ -154,6 +155,7 @@ def default_variants() -> list[str]:
     "jax-bfloat16-dense",
     "jax-bfloat16-xla",
     "jax-bfloat16-cudnn",
+    "jax-int8-dense",  # XLA's int8 dot on the device's integer units (parity against torch float32)
   ]
   return variants
 

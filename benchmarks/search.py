@@ -97,9 +97,10 @@ def child_ours(args) -> dict:
   if min(map(int, args.counts.split(","))) < CPU_JAX_MIN_QUERIES:
     corpora["aligned"] = aligned_empty(corpora["ram"].shape, np.float32)  # what XLA:CPU reads in place
     corpora["aligned"][:] = corpora["ram"]
-  # The untimed pass compiles on a prefix with every compiled shape of the whole search: one full chunk and one
-  # block of the tail (the step's shapes follow the chunk and the query count, not the corpus length).
-  prefix = CPU_SCORE_BLOCK * CPU_CHUNK_BLOCKS + 1
+  # The untimed pass compiles on a prefix with every compiled shape of the whole search: one full chunk and the
+  # same tail (the step's shapes follow the chunk, the tail's pieces and the query count, not the corpus length).
+  chunk, n = CPU_SCORE_BLOCK * CPU_CHUNK_BLOCKS, len(corpora["ram"])
+  prefix = n if n <= chunk else chunk + n % chunk
   out = {}
 
   def run(name, count, layout, **kw):

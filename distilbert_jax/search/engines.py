@@ -393,11 +393,18 @@ def _device_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, b
 def _host_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):
   """The same for one CPU device, which computes on host memory: XLA takes a 64-byte-aligned host array without a
   copy, so a chunk is the corpus' own rows where they are aligned (else one reused aligned staging copy). The
-  corpus' last rows go a block at a time, so at most one block is padding (two compiled shapes)."""
+  corpus' last rows go in pieces of 4, 2 and 1 blocks (the binary digits of their block count), so at most one
+  block is padding, a tail takes at most three steps (a step of one block cost ~1.3x a block inside a scan), and
+  at most four shapes compile."""
   device = mesh.devices.flat[0]
   staging = {}  # size -> one aligned buffer, reused (fresh large allocations cost page faults of scoring's order)
   for c0 in range(0, n_corpus, chunk):
-    sizes = [chunk] if n_corpus - c0 >= chunk else [block] * -(-(n_corpus - c0) // block)
+    blocks = -(-(n_corpus - c0) // block)
+    sizes = (
+      [chunk]
+      if n_corpus - c0 >= chunk
+      else [block << i for i in reversed(range(blocks.bit_length())) if blocks >> i & 1]
+    )
     for p0, size in zip(np.cumsum([c0] + sizes[:-1]), sizes):
       rows = min(size, n_corpus - int(p0))
       part = read(int(p0), rows)

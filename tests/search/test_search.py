@@ -73,40 +73,8 @@ def test_scores_and_edge_cases():
     semantic_search(a, np.zeros((2, 3), np.float32))
 
 
-@pytest.mark.parametrize("block", [64, None])
-@pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
-def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, block, tmp_path, monkeypatch):
-  """Integer-valued embeddings: every score is exact in float32 and many tie, so the expected top-k (score
-  descending, then corpus id ascending) is known to the letter. Small blocks make full chunks, a tail of whole
-  blocks and a padded last block; the corpus is used in place (aligned), staged (unaligned) or read from a map."""
-  from distilbert_jax.search import engines as scoring
-
-  if block is not None:
-    monkeypatch.setattr(scoring, "CPU_SCORE_BLOCK", block)
-  rng = np.random.default_rng(1)
-  rows = rng.integers(-3, 4, size=(2000, 16)).astype(np.float32)
-  queries = rng.integers(-3, 4, size=(40, 16)).astype(np.float32)
-  if layout == "aligned":
-    corpus = scoring.aligned_empty(rows.shape, np.float32)
-    corpus[:] = rows
-  elif layout == "unaligned":
-    raw = np.empty(rows.size + 1, np.float32)
-    start = 1 if raw.ctypes.data % 64 == 0 else 0  # 4 bytes off a 64-byte boundary
-    corpus = raw[start : start + rows.size].reshape(rows.shape)
-    corpus[:] = rows
-    assert corpus.ctypes.data % 64
-  else:
-    np.save(tmp_path / "c.npy", rows)
-    corpus = np.load(tmp_path / "c.npy", mmap_mode="r")
-  scores = queries.astype(np.int64) @ rows.astype(np.int64).T
-  want = np.lexsort((np.broadcast_to(np.arange(len(rows)), scores.shape), -scores), axis=1)[:, :7]
-  for query_chunk_size, corpus_chunk_size in [(5, 300), (100, 500_000), (1, 1000)]:
-    values, ids = scoring.top_k_search(queries, corpus, "dot", 7, query_chunk_size, corpus_chunk_size, backend="jax")
-    np.testing.assert_array_equal(ids, want, err_msg=f"{query_chunk_size=} {corpus_chunk_size=}")
-    np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
-
-
-def _layout(rows, layout, tmp_path):
+def _layout(rows, layout, tmp_path, mode="r"):
+  """`rows` copied into a 64-byte aligned array, a 4-byte-off one, or a memory map (np.load, `mode`)."""
   from distilbert_jax.search.rows import aligned_empty
 
   if layout == "aligned":
@@ -118,9 +86,36 @@ def _layout(rows, layout, tmp_path):
     assert corpus.ctypes.data % 64
   else:
     np.save(tmp_path / "c.npy", rows)
-    return np.load(tmp_path / "c.npy", mmap_mode="r+")
+    return np.load(tmp_path / "c.npy", mmap_mode=mode)
   corpus[:] = rows
   return corpus
+
+
+@pytest.mark.parametrize("block", [64, None])
+@pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
+def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, block, tmp_path, monkeypatch):
+  """Integer-valued embeddings: every score is exact in float32 and many tie, so the expected top-k (score
+  descending, then corpus id ascending) is known to the letter. Small blocks make full chunks, tails of 4-, 2-
+  and 1-block pieces and a padded last block; the corpus is used in place (aligned), staged (unaligned) or read
+  from a map."""
+  from distilbert_jax.search import engines as scoring
+
+  if block is not None:
+    monkeypatch.setattr(scoring, "CPU_SCORE_BLOCK", block)
+  rng = np.random.default_rng(1)
+  rows = rng.integers(-3, 4, size=(2000, 16)).astype(np.float32)
+  queries = rng.integers(-3, 4, size=(40, 16)).astype(np.float32)
+  corpus = _layout(rows, layout, tmp_path)
+  # Lengths whose tails (past whole 512-row chunks of 64-row blocks) are 7, 5 and 8 blocks: pieces of 4, 2, 1.
+  for n in (2000, 1536 + 64 * 6 + 5, 1536 + 64 * 4 + 64):
+    scores = queries.astype(np.int64) @ rows[:n].astype(np.int64).T
+    want = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)[:, :7]
+    for query_chunk_size, corpus_chunk_size in [(5, 300), (100, 500_000), (1, 1000)]:
+      values, ids = scoring.top_k_search(
+        queries, corpus[:n], "dot", 7, query_chunk_size, corpus_chunk_size, backend="jax"
+      )
+      np.testing.assert_array_equal(ids, want, err_msg=f"{n=} {query_chunk_size=} {corpus_chunk_size=}")
+      np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
 
 
 @pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
@@ -134,7 +129,7 @@ def test_auto_engine_choice_never_changes_a_result(layout, tmp_path, monkeypatch
   monkeypatch.setattr(engines, "_faiss_top_k", lambda *a, **kw: picked.append(1) or faiss_top_k(*a, **kw))
   rng = np.random.default_rng(3)
   rows = rng.integers(-2, 3, size=(1500, 16)).astype(np.float32)
-  corpus = _layout(rows, layout, tmp_path)
+  corpus = _layout(rows, layout, tmp_path, mode="r+")
   for n in (1, engines.CPU_JAX_MIN_QUERIES - 1, engines.CPU_JAX_MIN_QUERIES, 30):
     queries = rng.integers(-2, 3, size=(n, 16)).astype(np.float32)
     scores = queries.astype(np.int64) @ rows.astype(np.int64).T
