@@ -288,6 +288,7 @@ def _faiss_top_k(
         "values too large for a dot product)"
       )
     best_values, best_ids = merge_top_k(best_values, best_ids, values, idx + c0, k)
+    del part  # before the next chunk is read: never two chunks at once
   return best_values, best_ids
 
 
@@ -361,6 +362,7 @@ def _sharded_top_k(
       # Reading the results back also means this part's buffers are free for the next one.
       best_values[q0 : q0 + q_chunk] = np.asarray(values)[: len(q)]
       best_ids[q0 : q0 + q_chunk] = np.asarray(ids)[: len(q)]
+    del part, valid  # before the next chunk is read: never two chunks at once
   return best_values, best_ids
 
 
@@ -415,3 +417,4 @@ def _host_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, blo
         buffer[:rows], buffer[rows:] = part, 0
         part = buffer
       yield jax.device_put(part, device), jax.device_put(np.arange(size) < rows, device), int(p0), rows
+      del part  # the next read must not overlap this chunk (memory maps are read into fresh copies)
