@@ -9,6 +9,7 @@ mean pooling in NumPy. Needs the benchmark extras: pip install onnxruntime onnx 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,6 +22,12 @@ def export(checkpoint: Path, out_dir: Path) -> dict[str, Path]:
   made once per checkpoint."""
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {"f32": out_dir / "model.onnx", "int8": out_dir / "model_qint8_avx512_vnni.onnx"}
+  # The exports belong to these weights: a rebuilt checkpoint under the same name is exported again.
+  weights = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+  source = out_dir / "source.sha256"
+  if not source.exists() or source.read_text().strip() != weights:
+    for stale in (*paths.values(), source):
+      stale.unlink(missing_ok=True)
   if not paths["f32"].exists():
     import torch
     from transformers import AutoModel
@@ -47,6 +54,7 @@ def export(checkpoint: Path, out_dir: Path) -> dict[str, Path]:
       str(paths["f32"]), str(partial), weight_type=QuantType.QInt8, per_channel=False, op_types_to_quantize=["MatMul"]
     )
     partial.rename(paths["int8"])
+  source.write_text(weights + "\n")
   return paths
 
 

@@ -200,24 +200,25 @@ def top_k_search(
   devices = list(devices) if devices is not None else jax.local_devices()
   platform = platform_of(devices)  # the edge: the platform becomes the engine and its block sizes here
   on_cpu = platform == "cpu"
-  copied = len(devices) > 1 or not host_array_in_place(corpus)
+  # An in-RAM NumPy array the JAX engine would have to copy (unaligned, or split over several devices).
+  in_ram = isinstance(corpus, np.ndarray) and not isinstance(corpus, np.memmap)
+  copied = in_ram and (len(devices) > 1 or not host_array_in_place(corpus))
   if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES and copied:
-    # A handful of queries is one pass over the corpus, bound by memory. Where the JAX engine must first copy an
-    # in-RAM corpus (an unaligned NumPy array, several devices), that copy costs more than the scoring, and faiss,
-    # which reads the array where it lies, is faster; on an aligned array, or a memory map (which both engines
-    # read through copies), the JAX engine is faster at every count (benchmarks/search.py; README "Search").
-    if isinstance(corpus, np.ndarray) and not isinstance(corpus, np.memmap):
-      try:
-        import faiss  # noqa: F401
+    # A handful of queries is one pass over the corpus, bound by memory: there the JAX engine's copy costs more
+    # than the scoring, and faiss, which reads the array where it lies, is faster. On an aligned array, or a
+    # memory map (which both engines read through copies), the JAX engine is faster at every count
+    # (benchmarks/search.py; README "Search").
+    try:
+      import faiss  # noqa: F401
 
-        backend = "faiss"
-      except ImportError:
-        if not _warned_no_faiss:
-          logger.warning(
-            f"faiss-cpu is not installed: searches of fewer than {CPU_JAX_MIN_QUERIES} queries over an unaligned "
-            "array run on the JAX path, which copies the corpus first (pip install 'distilbert-jax[search]')"
-          )
-          _warned_no_faiss = True
+      backend = "faiss"
+    except ImportError:
+      if not _warned_no_faiss:
+        logger.warning(
+          f"faiss-cpu is not installed: searches of fewer than {CPU_JAX_MIN_QUERIES} queries over an unaligned "
+          "array run on the JAX path, which copies the corpus first (pip install 'distilbert-jax[search]')"
+        )
+        _warned_no_faiss = True
   if backend == "faiss":
     if kind not in ("dot", "cosine"):
       raise ValueError(f"the faiss backend computes dot and cosine scores, not {kind!r}")

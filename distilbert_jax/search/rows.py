@@ -98,9 +98,8 @@ HOST_ALIGNMENT = 64  # XLA:CPU computes on a host array without copying it when 
 
 def host_array_in_place(corpus: Any) -> bool:
   """Whether one CPU device can score `corpus` where it lies: an in-RAM float32 array, C-contiguous and aligned to
-  HOST_ALIGNMENT (a memory map is read through copies, see `read_mapped`; a NumPy array is aligned to 16)."""
-  if isinstance(corpus, jax.Array):
-    return corpus.dtype == np.float32
+  HOST_ALIGNMENT (a memory map is read through copies, see `read_mapped`; a NumPy array is aligned to 16; any
+  other row source is read through `read_rows`' copies or slices)."""
   return (
     isinstance(corpus, np.ndarray)
     and not isinstance(corpus, np.memmap)
