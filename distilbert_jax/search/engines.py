@@ -204,10 +204,9 @@ def top_k_search(
   in_ram = isinstance(corpus, np.ndarray) and not isinstance(corpus, np.memmap)
   copied = in_ram and (len(devices) > 1 or not host_array_in_place(corpus))
   if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES and copied:
-    # A handful of queries is one pass over the corpus, bound by memory: there the JAX engine's copy costs more
-    # than the scoring, and faiss, which reads the array where it lies, is faster. On an aligned array, or a
-    # memory map (which both engines read through copies), the JAX engine is faster at every count
-    # (benchmarks/search.py; README "Search").
+    # A handful of queries is one memory-bound pass: the JAX engine's copy costs more than the scoring, and faiss
+    # reads the array where it lies. On an aligned array or a memory map (both engines read it through copies)
+    # the JAX engine is faster at every count (benchmarks/search.py; README "Search").
     try:
       import faiss  # noqa: F401
 
