@@ -63,10 +63,10 @@ def run_torch(docs, path, batch_size, repeats):
   return {"seconds": seconds, "tokens": tokens, "embeddings": model.encode(docs[:COMPARED]).tolist()}
 
 
-def run_jax(docs, path, batch_size, repeats, dtype, packing):
+def run_jax(docs, path, batch_size, repeats, dtype, packing, deterministic=False):
   from distilbert_jax import SentenceTransformer
 
-  model = SentenceTransformer.from_pretrained(path, dtype=dtype)
+  model = SentenceTransformer.from_pretrained(path, dtype=dtype, deterministic=deterministic)
   start = time.perf_counter()
   shapes = model.warmup(docs, batch_size=batch_size, packing=packing)  # compiles each shape, one batch each
   first = time.perf_counter() - start
@@ -143,6 +143,9 @@ VARIANTS = {  # each called as (docs, checkpoint path, batch size, repeats)
   "jax-bf16-pack": functools.partial(run_jax, dtype="bfloat16", packing=True),
   "jax-bf16-nopack": functools.partial(run_jax, dtype="bfloat16", packing=False),
   "jax-int8": functools.partial(run_jax, dtype="int8", packing="auto"),
+  # deterministic=True: batch-invariant embeddings (attention in each text's own frame, texts on tile starts)
+  "jax-f32-det": functools.partial(run_jax, dtype="float32", packing="auto", deterministic=True),
+  "jax-bf16-det": functools.partial(run_jax, dtype="bfloat16", packing="auto", deterministic=True),
   "ort-f32": functools.partial(run_onnx, runtime="onnxruntime", precision="f32"),
   "ort-int8": functools.partial(run_onnx, runtime="onnxruntime", precision="int8"),
   "openvino": functools.partial(run_onnx, runtime="openvino", precision="f32"),  # its CPU default precision

@@ -48,6 +48,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--batch-size", type=count_arg, default=32)
 
 
+def add_deterministic_arg(p: argparse.ArgumentParser) -> None:
+  p.add_argument(
+    "--deterministic",
+    action="store_true",
+    help="batch-invariant embeddings: a text's vector has the same bits whatever the batch size, the other texts, "
+    "packing and the device or process count (slower; README 'Deterministic encoding')",
+  )
+
+
 def model_name(args) -> str:
   """--model as given (never replaced), else the default model or, offline, the embedded one."""
   if args.model:
@@ -56,7 +65,12 @@ def model_name(args) -> str:
 
 
 def load_encoder(args, model: str | None = None, truncate_dim: int | None = None):
-  return SentenceTransformer(model or model_name(args), dtype=args.dtype, truncate_dim=truncate_dim)
+  return SentenceTransformer(
+    model or model_name(args),
+    dtype=args.dtype,
+    truncate_dim=truncate_dim,
+    deterministic=getattr(args, "deterministic", False),
+  )
 
 
 def score_function(args, encoder):

@@ -6,6 +6,7 @@ import sys
 import time
 
 from distilbert_jax.cli.common import (
+  add_deterministic_arg,
   add_model_args,
   count_arg,
   load_encoder,
@@ -49,6 +50,7 @@ def cmd_encode_corpus(args) -> None:
     precision=args.precision,
     truncate_dim=args.truncate_dim,
     calibration_size=args.calibration_size,
+    deterministic=args.deterministic,
   )
   print(
     f"{summary['rows']} embeddings in {summary['shards']} shards at {summary['out']}; encoded now "
@@ -84,6 +86,7 @@ def add_encode(sub) -> None:
   p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   add_model_args(p)
+  add_deterministic_arg(p)
   p.set_defaults(func=cmd_encode)
 
 
@@ -122,6 +125,7 @@ def add_encode_corpus(sub) -> None:
   p.add_argument("--process-count", type=count_arg, help="all processes (default: jax.process_count())")
   p.add_argument("--quiet", action="store_true")
   add_model_args(p)
+  add_deterministic_arg(p)
   p.set_defaults(func=cmd_encode_corpus)
 
 

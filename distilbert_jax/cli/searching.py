@@ -13,6 +13,7 @@ import numpy as np
 from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.cli.common import (
   SCORES,
+  add_deterministic_arg,
   add_model_args,
   count_arg,
   load_encoder,
@@ -161,6 +162,7 @@ def add_search(sub) -> None:
   p.add_argument("--truncate-dim", type=count_arg, help="keep the first N dimensions (Matryoshka)")
   p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
   add_model_args(p)
+  add_deterministic_arg(p)
   p.set_defaults(func=cmd_search)
 
 
@@ -172,4 +174,5 @@ def add_eval(sub) -> None:
   p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
   p.add_argument("--json", action="store_true", help="one JSON line for scripts")
   add_model_args(p)
+  add_deterministic_arg(p)
   p.set_defaults(func=cmd_eval)

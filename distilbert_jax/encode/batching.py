@@ -19,8 +19,17 @@ BUCKET_STEP = 32
 MAX_SEGMENTS = 32  # texts per packed row; fixes the pooling output shape
 
 
-def bucket_lengths(max_seq_length: int) -> tuple[int, ...]:
-  return tuple(range(BUCKET_STEP, max_seq_length, BUCKET_STEP)) + (max_seq_length,)
+def bucket_lengths(max_seq_length: int, whole_steps: bool = False) -> tuple[int, ...]:
+  """Row widths: multiples of BUCKET_STEP, the last one max_seq_length (`whole_steps`: rounded up to a multiple,
+  so that every row is whole blocks of the deterministic path's sums)."""
+  top = -(-max_seq_length // BUCKET_STEP) * BUCKET_STEP if whole_steps else max_seq_length
+  return tuple(range(BUCKET_STEP, top, BUCKET_STEP)) + (top,)
+
+
+def aligned(lengths: np.ndarray, align: int) -> np.ndarray:
+  """Lengths rounded up to a multiple of `align`: the room a text takes in a row whose texts start at multiples
+  of `align`."""
+  return -(-lengths // align) * align
 
 
 def bucket_for(length: int, buckets: Sequence[int]) -> int:
@@ -140,6 +149,7 @@ def plan_batches(
   packing: bool | str = "auto",
   pad_token_id: int = 0,
   small_rows: int | None = None,
+  align: int = 1,
 ) -> Iterator[Batch]:
   """Batches covering every text exactly once, longest rows first, in at most MAX_SHAPES shapes.
 
@@ -147,7 +157,8 @@ def plan_batches(
   texts into rows of the longest text's bucket, so attention runs over longer rows; see the README for
   measurements on SciFact abstracts and on short texts.
   Batches have `rows_per_batch` rows, or `small_rows` (default rows_per_batch // 8) for the remainder of a
-  bucket and for the end.
+  bucket and for the end. `align` > 1 (the deterministic path: BUCKET_STEP): every text starts at a multiple of it
+  in its row, and rows are whole multiples of it.
   """
   if packing not in (True, False, "auto"):
     raise ValueError(f"packing must be True, False or 'auto', not {packing!r}")
@@ -156,8 +167,10 @@ def plan_batches(
   small_rows = min(small_rows or max(1, rows_per_batch // 8), rows_per_batch)
   if not token_ids:
     return
-  lengths = np.fromiter((len(t) for t in token_ids), np.int64, len(token_ids))
-  buckets = bucket_lengths(max_seq_length)
+  lengths = aligned(np.fromiter((len(t) for t in token_ids), np.int64, len(token_ids)), align)
+  buckets = bucket_lengths(max_seq_length, whole_steps=align > 1)
+  if align > 1 and any(b % align for b in buckets):
+    raise ValueError(f"align {align} does not divide the row widths {buckets}")
   if packing == "auto":
     packed = _layout(lengths, buckets, rows_per_batch, small_rows, True)
     plain = _layout(lengths, buckets, rows_per_batch, small_rows, False)
@@ -167,14 +180,20 @@ def plan_batches(
     layout = _layout(lengths, buckets, rows_per_batch, small_rows, bool(packing))
   segments = MAX_SEGMENTS if packing else 1
   for width, height, chunk in layout:
-    yield filled_batch(token_ids, chunk, height, width, segments, pad_token_id)
+    yield filled_batch(token_ids, chunk, height, width, segments, pad_token_id, align)
 
 
 def filled_batch(
-  token_ids: Sequence[np.ndarray], rows: list[list[int]], height: int, width: int, segments: int, pad_token_id: int
+  token_ids: Sequence[np.ndarray],
+  rows: list[list[int]],
+  height: int,
+  width: int,
+  segments: int,
+  pad_token_id: int,
+  align: int = 1,
 ) -> Batch:
-  """A [height, width] batch holding rows[r] (text indices) in row r, one segment per text; rows past
-  len(rows) are padding."""
+  """A [height, width] batch holding rows[r] (text indices) in row r, one segment per text, each starting at a
+  multiple of `align`; rows past len(rows) are padding."""
   batch = Batch(
     input_ids=np.full((height, width), pad_token_id, np.int32),
     segment_ids=np.zeros((height, width), np.int32),
@@ -191,7 +210,7 @@ def filled_batch(
       batch.positions[r, offset : offset + n] = np.arange(n)
       batch.text_index[r, slot] = i
       batch.text_start[r, slot] = offset
-      offset += n
+      offset += -(-n // align) * align
   return batch
 
 

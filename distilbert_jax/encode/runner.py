@@ -25,6 +25,7 @@ from distilbert_jax.checkpoint.names import stack_layers
 from distilbert_jax.core.devices import data_mesh
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.encode.batching import Batch, plan_batches
+from distilbert_jax.model.attention import FRAME_TILE
 from distilbert_jax.model.forward import embed_rows
 from distilbert_jax.model.quantize import quantize_dense_params
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
@@ -80,6 +81,9 @@ class EncodeRunner:
     self.loaded, self.tokenizer, self.devices = loaded, tokenizer, list(devices)
     self.mesh = data_mesh(self.devices)
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+    # The frames attention (deterministic encoding) gives a text its own frame when the text starts on a tile;
+    # the per-token layers then run on tiles too (model/tiles.py).
+    self.align = FRAME_TILE if attention == "frames" else 1
     self.module = Encoder(
       loaded.config,
       dtype=compute_dtype(dtype),
@@ -87,6 +91,7 @@ class EncodeRunner:
       attention=attention,
       scan_layers=scan_layers,
       int8=dtype == "int8",
+      token_tile=self.align if self.align > 1 else None,
     )
     self.params = device_params(loaded, dtype, scan_layers, self.mesh)
     self.step_tokens = step_tokens
@@ -104,6 +109,7 @@ class EncodeRunner:
         outputs=outputs,
         step_tokens=step_tokens,
         interceptor=interceptor,
+        text_block=self.align if self.align > 1 else None,
       )
       # check_vma off: Pallas kernels (splash attention) give outputs without varying-axis types, and with rows
       # in and rows out and no collectives there is nothing for the check to catch here.
@@ -125,7 +131,7 @@ class EncodeRunner:
     rows = -(-min(batch_size, count_bucket(len(token_ids))) // n_dev) * n_dev
     small_rows = -(-max(1, rows // 8) // n_dev) * n_dev
     return plan_batches(
-      token_ids, rows, self.tokenizer.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows
+      token_ids, rows, self.tokenizer.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows, self.align
     )
 
   def dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,9 +28,10 @@ from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.devices import device_names, devices_named, platform_of, resolve_devices
 from distilbert_jax.encode.runner import ENCODE_DTYPES, STEP_TOKENS_BY_PLATFORM, EncodeRunner
-from distilbert_jax.model.attention import check_attention, default_attention
+from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig, normalize
+from distilbert_jax.model.tiles import TILE, over_tiles
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.search.quantization import check_precision, quantize_embeddings
 from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
@@ -72,7 +74,10 @@ class SentenceTransformer:
   `compilation_cache`: JAX's persistent compilation cache, off unless asked (True: ~/.cache/distilbert_jax/jax or
   $DISTILBERT_JAX_COMPILATION_CACHE; or a directory);
   `attention`: an implementation of `attention.IMPLEMENTATIONS` (default: the platform's, `DEFAULT_BY_PLATFORM`);
-  `scan_layers`: one compiled block scanned over stacked parameters (same numbers).
+  `scan_layers`: one compiled block scanned over stacked parameters (same numbers);
+  `deterministic`: batch-invariant encoding: a text's embedding has the same bits whatever else is in the call,
+  their order, `batch_size`, packing, `max_seq_length` (above the text's length) and the device or process count
+  (attention "frames", texts starting at multiples of its tile, pooling summed in blocks; README "Deterministic").
   """
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
@@ -92,6 +97,7 @@ class SentenceTransformer:
     compilation_cache: bool | str | None = None,
     attention: str | None = None,
     scan_layers: bool = False,
+    deterministic: bool = False,
   ):
     # First: JAX reads the cache setting at its first compilation and ignores later changes. Off unless asked
     # for (True or a directory): a library does not change the process's JAX settings unannounced.
@@ -142,7 +148,14 @@ class SentenceTransformer:
     # The edge: the platform becomes plain choices here (attention implementation, tokens per device step);
     # the runner and the model compute what they are told.
     platform = platform_of(self.devices)
-    self.attention = check_attention(attention or default_attention(platform))
+    if deterministic and attention not in (None, DETERMINISTIC_ATTENTION):
+      raise ValueError(
+        f"deterministic=True computes attention with {DETERMINISTIC_ATTENTION!r} (its sums have a fixed order); "
+        f"attention={attention!r} cannot be batch-invariant"
+      )
+    self.deterministic = bool(deterministic)
+    default = DETERMINISTIC_ATTENTION if deterministic else default_attention(platform)
+    self.attention = check_attention(attention or default)
     self.scan_layers = bool(scan_layers)
     self.runner = EncodeRunner(
       loaded,
@@ -164,6 +177,7 @@ class SentenceTransformer:
       "tensor_type": self.tensor_type,
       "attention": self.attention,
       "scan_layers": self.scan_layers,
+      "deterministic": self.deterministic,
       "compilation_cache": self.compilation_cache,
       "interceptor": self.runner.interceptor,
     }
@@ -177,6 +191,7 @@ class SentenceTransformer:
       tensor_type=state["tensor_type"],
       attention=state["attention"],
       scan_layers=state["scan_layers"],
+      deterministic=state["deterministic"],
       compilation_cache=state["compilation_cache"],
     )
     self.max_seq_length = loaded.max_seq_length
@@ -458,7 +473,7 @@ class SentenceTransformer:
     if truncate_dim is not None:
       result = np.ascontiguousarray(result[:, :truncate_dim])
     if normalize_embeddings:
-      result = np.asarray(normalize(jnp.asarray(result)))
+      result = self._normalized(result)
     if precision != "float32" and len(result):
       result = quantize_embeddings(result, precision)
     if convert_to_tensor:
@@ -497,7 +512,15 @@ class SentenceTransformer:
     result = self._encode_sentences(token_ids, batch_size, packing, show_progress_bar, tokenized=True)
     if truncate_dim is not None:
       result = np.ascontiguousarray(result[:, :truncate_dim])
-    return np.asarray(normalize(jnp.asarray(result))) if normalize_embeddings else result
+    return self._normalized(result) if normalize_embeddings else result
+
+  def _normalized(self, embeddings: np.ndarray) -> np.ndarray:
+    """L2-normalised rows; deterministic: in fixed tiles of rows (`tiles.over_tiles`), so that a row's bits do
+    not depend on how many rows the call has."""
+    x = jnp.asarray(embeddings)
+    if self.deterministic and len(embeddings):
+      return np.asarray(jax.jit(lambda x: over_tiles(normalize, x, TILE))(x))
+    return np.asarray(normalize(x))
 
   def _encode_sentences(
     self, texts: list, batch_size: int, packing: bool | str, show_progress_bar: bool | None, tokenized: bool = False

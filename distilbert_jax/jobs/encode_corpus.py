@@ -73,6 +73,7 @@ class JobSpec:
   process_count: int = 1
   show_progress: bool = True
   storage: Storage = Storage()
+  deterministic: bool = False
 
 
 def run_job(
@@ -91,12 +92,15 @@ def run_job(
   precision: str = "float32",
   truncate_dim: int | None = None,
   calibration_size: int = 1000,
+  deterministic: bool = False,
 ) -> dict[str, Any]:
   """Encodes INPUT into OUT_DIR (see the module docstring) under OUT_DIR's lock; returns the closing summary.
 
   `precision` int8/uint8/binary/ubinary stores quantized codes (int8/uint8 ranges from the first
   `calibration_size` records, kept in the manifest); `truncate_dim` keeps the first dimensions (Matryoshka),
-  L2-renormalised when the model's similarity is cosine."""
+  L2-renormalised when the model's similarity is cosine. `deterministic`: batch-invariant encoding, so that a
+  resume with another `batch_size`, device count or process count writes the bytes an uninterrupted run would
+  (part of the job identity: a job resumes in the mode it started in)."""
   import jax
 
   storage = Storage(check_precision(precision), truncate_dim, positive_int(calibration_size, "calibration_size"))
@@ -122,6 +126,7 @@ def run_job(
     process_count=process_count,
     show_progress=show_progress,
     storage=storage,
+    deterministic=bool(deterministic),
   )
   check_output_dir(out_dir, [input_path], overwrite, own=JOB_FILES)  # its own files: checked by the job record
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +178,9 @@ def _job_settings(spec: JobSpec, encoder: SentenceTransformer, fmt: InputFormat,
     "truncate_dim": spec.storage.truncate_dim,
     "renormalized": renormalize,
     "similarity_fn_name": encoder.similarity_fn_name,
+    # Batch size and device count are not pinned: with `deterministic` they leave the bytes alone; without it
+    # they move the last bits (~1e-7), as encoding the same texts in other batches does.
+    "deterministic": spec.deterministic,
   }
   if spec.storage.precision in ("int8", "uint8"):
     settings["calibration_size"] = spec.storage.calibration_size
@@ -181,7 +189,9 @@ def _job_settings(spec: JobSpec, encoder: SentenceTransformer, fmt: InputFormat,
 
 def _run_locked(spec: JobSpec) -> dict[str, Any]:
   storage, out_dir = spec.storage, spec.out_dir
-  encoder = SentenceTransformer(spec.model, dtype=spec.dtype, truncate_dim=storage.truncate_dim)
+  encoder = SentenceTransformer(
+    spec.model, dtype=spec.dtype, truncate_dim=storage.truncate_dim, deterministic=spec.deterministic
+  )
   renormalize = storage.truncate_dim is not None and encoder.similarity_fn_name == "cosine"
   fmt, input_info, all_records = _open_source(spec, encoder)
 

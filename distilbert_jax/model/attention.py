@@ -11,6 +11,11 @@ to tokens of its own segment (`segment_ids` [B, T], 0 = padding). They differ in
                     float16/bfloat16.
   splash            TPU splash attention (Pallas) with segment ids, TPU only.
   splash_interpret  the same kernel run by the Pallas interpreter: any platform, slow; for tests.
+  frames            batch-invariant (deterministic encoding): queries in tiles of FRAME_TILE, each tile against
+                    its text's own frame of keys (starting at the text's first token, a power-of-two multiple of
+                    FRAME_TILE long), so every product and sum has a shape and an order that depend on the text alone,
+                    not on its row. Texts that start at multiples of FRAME_TILE then get the same bits whatever the
+                    row's width and whatever else it holds. Any layout is computed correctly.
 
 The fused ones have no attention dropout and do not return weights; asking them for either is an error, never a
 silent switch to another algorithm. `DEFAULT_BY_PLATFORM` is the one place a platform picks a default (used by the
@@ -29,11 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distilbert_jax.model.tiles import TILE, map_isolated
+
 Array = jax.Array
 
 # Measured: per_example is ~3x dense on XLA:CPU (benchmarks/encode_throughput.py history). GPU/TPU keep dense
 # until benchmarks/gpu_check.py measures the fused kernels on the device (issue 15: not measured yet).
 DEFAULT_BY_PLATFORM = {"cpu": "per_example", "gpu": "dense", "tpu": "dense"}
+DETERMINISTIC_ATTENTION = "frames"  # the implementation whose results do not depend on the row (batch-invariant)
 WITH_WEIGHTS = ("dense", "per_example")
 WITH_DROPOUT = ("dense", "per_example")
 
@@ -79,12 +87,12 @@ def _drop(weights: Array, rate: float, rng: Array | None) -> Array:
   return jnp.where(keep, weights / (1.0 - rate), 0.0)
 
 
-def dense(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=None, return_weights=False):
+def dense(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=None, return_weights=False, **_):
   weights = _weights(q, k, segment_mask(segment_ids), dtype)  # [B, H, T, S]
   return _mix(_drop(weights, dropout_rate, dropout_rng), v, dtype), weights if return_weights else None
 
 
-def per_example(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=None, return_weights=False):
+def per_example(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=None, return_weights=False, **_):
   batch = q.shape[0]
   keys = jax.random.split(dropout_rng, batch) if dropout_rate else jnp.zeros((batch, 2), jnp.uint32)
 
@@ -94,6 +102,78 @@ def per_example(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=No
     return _mix(_drop(weights, dropout_rate, key), v, dtype), (weights if return_weights else None)
 
   return jax.lax.map(one, (q, k, v, segment_ids, keys))
+
+
+FRAME_TILE = TILE  # query tokens per tile of `frames`: texts of a deterministic row start at multiples of it
+
+
+def frame_sizes(length: int) -> tuple[int, ...]:
+  """FRAME_TILE, 2 FRAME_TILE, 4 FRAME_TILE, ... up to the first that holds `length` keys."""
+  sizes = [FRAME_TILE]
+  while sizes[-1] < length:
+    sizes.append(2 * sizes[-1])
+  return tuple(sizes)
+
+
+def _frame_tile(q, k, v, seg_q, seg_k, *, dtype):
+  """One tile: q [C, H, K] against its frame k, v [F, H, K]; seg_q [C], seg_k [F]. -> [C, H, K] in dtype."""
+  allowed = (seg_k[None, :] == seg_q[:, None]) & (seg_k[None, :] > 0)  # [C, F]
+  logits = jnp.einsum(
+    "thk,fhk->htf", q, k, precision=matmul_precision(dtype), preferred_element_type=jnp.float32
+  ) / math.sqrt(q.shape[-1])
+  logits = jnp.where(allowed[None], logits, -jnp.inf)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  p = jnp.where(allowed[None], jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)  # [H, C, F]
+  denom = p.sum(-1, keepdims=True)
+  context = jnp.einsum(
+    "htf,fhk->thk", p.astype(dtype), v, precision=matmul_precision(dtype), preferred_element_type=jnp.float32
+  )
+  return (context / jnp.swapaxes(jnp.where(denom > 0, denom, 1.0), 0, 1)).astype(dtype)  # padding queries: 0
+
+
+def frames(q, k, v, segment_ids, *, dtype, max_length=None, **_):
+  batch, length, heads, width = q.shape
+  tiles = -(-length // FRAME_TILE)
+  # The same frame sizes (branches) for every row width up to the model's max_length: measured, the set of branches
+  # compiled beside a text's own changes its bits.
+  sizes = frame_sizes(max(tiles * FRAME_TILE, max_length or 0))
+  pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n - length)] + [(0, 0)] * (x.ndim - 2))
+  # Keys padded by a whole largest frame, so that no frame's slice is ever moved back (clamped) from its start.
+  qp, sq = pad(q, tiles * FRAME_TILE), pad(segment_ids, tiles * FRAME_TILE)
+  kp, vp, sk = (pad(x, tiles * FRAME_TILE + sizes[-1]) for x in (k, v, segment_ids))
+  # Each tile's frame: from the first token of the earliest text in the tile to past the last token of the latest.
+  index = jnp.arange(tiles * FRAME_TILE)
+  span = jax.vmap(
+    lambda s: (
+      jax.ops.segment_min(index, s, num_segments=index.size + 1)[s],
+      jax.ops.segment_max(index, s, num_segments=index.size + 1)[s] + 1,
+    )
+  )(sq)  # [B, T'] each: the start and end of every token's text
+  real = sq > 0
+  start = jnp.where(real, span[0], index).reshape(batch, tiles, FRAME_TILE).min(-1)  # [B, tiles]
+  end = jnp.where(real, span[1], 0).reshape(batch, tiles, FRAME_TILE).max(-1)
+  size = jnp.searchsorted(jnp.asarray(sizes), jnp.maximum(end - start, 0))  # the branch: smallest frame that holds it
+
+  def tile(args):
+    row, j, start, branch = args
+    q_t = jax.lax.dynamic_slice_in_dim(qp[row], j * FRAME_TILE, FRAME_TILE)
+    s_t = jax.lax.dynamic_slice_in_dim(sq[row], j * FRAME_TILE, FRAME_TILE)
+    frame = lambda f: (
+      lambda: _frame_tile(
+        q_t,
+        jax.lax.dynamic_slice_in_dim(kp[row], start, f),
+        jax.lax.dynamic_slice_in_dim(vp[row], start, f),
+        s_t,
+        jax.lax.dynamic_slice_in_dim(sk[row], start, f),
+        dtype=dtype,
+      )
+    )
+    return jax.lax.switch(branch, [frame(f) for f in sizes])
+
+  rows = jnp.repeat(jnp.arange(batch), tiles)
+  js = jnp.tile(jnp.arange(tiles), batch)
+  out = map_isolated(tile, (rows, js, start.reshape(-1), size.reshape(-1)))  # [B * tiles, C, H, K]
+  return out.reshape(batch, tiles * FRAME_TILE, heads, width)[:, :length], None
 
 
 def _dot_product_attention(implementation, q, k, v, segment_ids, *, dtype, dropout_rate=0.0, **_):
@@ -144,6 +224,7 @@ IMPLEMENTATIONS: dict[str, Callable] = {
   "cudnn": functools.partial(_dot_product_attention, "cudnn"),
   "splash": functools.partial(_splash, False),
   "splash_interpret": functools.partial(_splash, True),
+  "frames": frames,
 }
 
 
@@ -164,8 +245,10 @@ def attend(
   dropout_rate: float = 0.0,
   dropout_rng: Array | None = None,
   return_weights: bool = False,
+  max_length: int | None = None,
 ) -> tuple[Array, Array | None]:
-  """q, k, v [B, T, H, K] -> context [B, T, H, K] in dtype, and the weights [B, H, T, S] (float32) on request."""
+  """q, k, v [B, T, H, K] -> context [B, T, H, K] in dtype, and the weights [B, H, T, S] (float32) on request.
+  `max_length`: the longest sequence the model takes (its max_position_embeddings), for "frames"."""
   if dropout_rate and name not in WITH_DROPOUT:
     raise ValueError(
       f"attention {name!r} has no attention dropout: train with attention='dense' or 'per_example', or set the "
@@ -175,5 +258,5 @@ def attend(
     raise ValueError(f"attention {name!r} does not return attention weights; load with attention='dense'")
   return IMPLEMENTATIONS[check_attention(name)](
     q, k, v, segment_ids, dtype=dtype, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-    return_weights=return_weights,
+    return_weights=return_weights, max_length=max_length,
   )  # fmt: skip

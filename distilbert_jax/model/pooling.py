@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from distilbert_jax.model.tiles import map_isolated, over_tiles
+
 Array = jax.Array
 
 # sentence-transformers' legacy boolean keys, in the order it concatenates the outputs.
@@ -63,10 +65,37 @@ class PoolingConfig:
     return hidden_size * len(self.modes)
 
 
+def _sums_in_blocks(x: Array, segment_ids: Array, num_segments: int, block: int) -> Array:
+  """[B, T, D] -> [B, S, D]: each segment's sum, taken a block of `block` tokens at a time and then block after
+  block in order. Every text must start at a multiple of `block` (so a block holds at most one text): a text's sum
+  then has the same bits wherever its row puts it, however wide the row is and however many texts it holds."""
+  batch, length, dim = x.shape
+  blocks = -(-length // block)
+  pad = blocks * block - length
+  x = jnp.pad(jnp.where(segment_ids[..., None] > 0, x, 0.0), [(0, 0), (0, pad), (0, 0)])
+  # One compiled [block, D] sum per block (lax.map): its order cannot depend on how many blocks there are.
+  block_sums = map_isolated(lambda b: b.sum(0), x.reshape(batch * blocks, block, dim))
+  block_sums = block_sums.reshape(batch, blocks, dim)
+  owner = jnp.pad(segment_ids, [(0, 0), (0, pad)]).reshape(batch, blocks, block).max(-1)  # [B, N]
+  seg = jnp.arange(1, num_segments + 1)
+  total = jnp.zeros((batch, num_segments, dim), jnp.float32)
+  for n in range(blocks):  # a chain of adds: XLA does not reorder it, and other texts' blocks add exact zeros
+    total = total + jnp.where((owner[:, n, None] == seg)[..., None], block_sums[:, None, n], 0.0)
+  return total
+
+
 def pool(
-  token_embeddings: Array, segment_ids: Array, positions: Array, num_segments: int, config: PoolingConfig
+  token_embeddings: Array,
+  segment_ids: Array,
+  positions: Array,
+  num_segments: int,
+  config: PoolingConfig,
+  block: int | None = None,
 ) -> Array:
-  """[B, T, D] token embeddings -> [B, num_segments, D * len(modes)] sentence embeddings, float32."""
+  """[B, T, D] token embeddings -> [B, num_segments, D * len(modes)] sentence embeddings, float32.
+
+  `block`: texts start at multiples of it (deterministic encoding), and sums are taken in blocks of it so that
+  they do not depend on the row (`_sums_in_blocks`); None: one matmul over the row."""
   x = token_embeddings.astype(jnp.float32)  # [B, T, D]
   seg = jnp.arange(1, num_segments + 1)
   member = (segment_ids[:, None, :] == seg[None, :, None]).astype(jnp.float32)  # [B, S, T]
@@ -86,12 +115,15 @@ def pool(
       best = jax.ops.segment_max(x.reshape(-1, dim), flat_ids, num_segments=batch * num_segments + 1)
       outputs.append(best[:-1].reshape(batch, num_segments, dim))
     else:
-      total = jnp.einsum("bst,btd->bsd", member, x, precision=hp)  # [B, S, D]
+      if block:
+        total = _sums_in_blocks(x, segment_ids, num_segments, block)
+      else:
+        total = jnp.einsum("bst,btd->bsd", member, x, precision=hp)  # [B, S, D]
       denom = jnp.maximum(count, 1e-9)
       outputs.append(total / (denom if mode == "mean" else jnp.sqrt(denom)))
   pooled = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
-  if config.normalize:
-    pooled = normalize(pooled)
+  if config.normalize:  # on the deterministic path in fixed tiles of embeddings, as the per-token layers
+    pooled = over_tiles(normalize, pooled, block) if block else normalize(pooled)
   return pooled
 
 

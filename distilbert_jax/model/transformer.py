@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from distilbert_jax.model.attention import attend, matmul_precision
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.quantize import int8_dense
+from distilbert_jax.model.tiles import over_tiles
 
 Array = jax.Array
 
@@ -58,29 +59,32 @@ class Linear(nn.Module):
   """y = x @ kernel (+ bias), kernel [in, out] (the transpose of torch's weight), float32 accumulation.
 
   `int8`: the kernel is `kernel_int8` [out, in] with per-channel `kernel_scale` (`quantize.quantize_dense_params`
-  makes them from a checkpoint), activations are quantized per token, the dot accumulates in int32."""
+  makes them from a checkpoint), activations are quantized per token, the dot accumulates in int32.
+  `token_tile`: the product runs on fixed tiles of that many tokens (deterministic encoding, `tiles.py`)."""
 
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   int8: bool = False
+  token_tile: int | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if self.int8:
       kernel = self.param("kernel_int8", nn.initializers.zeros, (self.features, x.shape[-1]), jnp.int8)
       scale = self.param("kernel_scale", nn.initializers.ones, (self.features,), jnp.float32)
-      y = int8_dense(x, kernel, scale)  # [..., O] float32
+      product = lambda x: int8_dense(x, kernel, scale)  # [..., O] float32
     else:
       kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
-      y = jnp.einsum(
+      product = lambda x: jnp.einsum(
         "...i,io->...o",
         x.astype(self.dtype),
         kernel.astype(self.dtype),
         precision=matmul_precision(self.dtype),
         preferred_element_type=jnp.float32,
       )
+    y = over_tiles(product, x, self.token_tile) if self.token_tile else product(x)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(jnp.float32)
     return y.astype(self.dtype)
@@ -92,19 +96,23 @@ class Norm(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  token_tile: int | None = None  # its means over fixed tiles of tokens (deterministic encoding)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg, d = self.config, x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (d,), self.param_dtype).astype(jnp.float32)
-    x = x.astype(jnp.float32)
-    if cfg.norm_type == "rmsnorm":
-      y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + cfg.layer_norm_eps) * scale
-    else:
+    bias = None if cfg.norm_type == "rmsnorm" else self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
+
+    def norm(x):
+      x = x.astype(jnp.float32)
+      if bias is None:  # RMSNorm
+        return x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + cfg.layer_norm_eps) * scale
       mean = x.mean(-1, keepdims=True)
       var = jnp.square(x - mean).mean(-1, keepdims=True)  # biased, as torch
-      bias = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype).astype(jnp.float32)
-      y = (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps) * scale + bias
+      return (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps) * scale + bias.astype(jnp.float32)
+
+    y = over_tiles(norm, x, self.token_tile) if self.token_tile else norm(x)
     return y.astype(self.dtype)
 
 
@@ -124,6 +132,7 @@ class Embeddings(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  token_tile: int | None = None
 
   @nn.compact
   def __call__(self, input_ids: Array, positions: Array, deterministic: bool) -> Array:
@@ -135,7 +144,7 @@ class Embeddings(nn.Module):
       table = self.param("position_embeddings", init, (cfg.max_position_embeddings, cfg.hidden_size), self.param_dtype)
       x = x + table[positions].astype(jnp.float32)
     if cfg.embedding_norm:
-      x = Norm(cfg, self.dtype, self.param_dtype, name="LayerNorm")(x)
+      x = Norm(cfg, self.dtype, self.param_dtype, self.token_tile, name="LayerNorm")(x)
     return nn.Dropout(cfg.dropout)(x.astype(self.dtype), deterministic=deterministic)
 
 
@@ -145,13 +154,16 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   int8: bool = False
+  token_tile: int | None = None
 
   @nn.compact
   def __call__(
     self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[Array, Array | None]:
     cfg = self.config
-    dense = lambda name: Linear(cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, self.int8, name=name)
+    dense = lambda name: Linear(
+      cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, self.int8, self.token_tile, name=name
+    )
     split_heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, H, K]
     q, k, v = (split_heads(dense(name)(x)) for name in ("q_lin", "k_lin", "v_lin"))
     if cfg.position_embedding == "rotary":
@@ -167,6 +179,7 @@ class Attention(nn.Module):
       dropout_rate=rate,
       dropout_rng=self.make_rng("dropout") if rate else None,
       return_weights=return_weights,
+      max_length=cfg.max_position_embeddings,
     )  # [B, T, H, K], [B, H, T, S]
     context = Hook(name="heads")(context)  # per-head outputs: ablate a head here
     return dense("out_lin")(context.reshape(*context.shape[:-2], cfg.hidden_size)), weights  # [B, T, D]
@@ -177,11 +190,14 @@ class FeedForward(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   int8: bool = False
+  token_tile: int | None = None
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
-    linear = lambda features, name: Linear(features, cfg.use_bias, self.dtype, self.param_dtype, self.int8, name=name)
+    linear = lambda features, name: Linear(
+      features, cfg.use_bias, self.dtype, self.param_dtype, self.int8, self.token_tile, name=name
+    )
     act = activation_fn(cfg.activation)
     h = linear(cfg.intermediate_size, "lin1")(x).astype(jnp.float32)  # [B, T, F]
     if cfg.ffn == "gated":  # GeGLU (gelu) / SwiGLU (silu)
@@ -204,16 +220,17 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   int8: bool = False
+  token_tile: int | None = None
 
   @nn.compact
   def __call__(
     self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[Array, tuple[Array, Array | None]]:
-    cfg = self.config
-    norm1 = Norm(cfg, self.dtype, self.param_dtype, name="sa_layer_norm")
-    norm2 = Norm(cfg, self.dtype, self.param_dtype, name="output_layer_norm")
-    attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, self.int8, name="attention")
-    ffn = FeedForward(cfg, self.dtype, self.param_dtype, self.int8, name="ffn")
+    cfg, tile = self.config, self.token_tile
+    norm1 = Norm(cfg, self.dtype, self.param_dtype, tile, name="sa_layer_norm")
+    norm2 = Norm(cfg, self.dtype, self.param_dtype, tile, name="output_layer_norm")
+    attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, self.int8, tile, name="attention")
+    ffn = FeedForward(cfg, self.dtype, self.param_dtype, self.int8, tile, name="ffn")
     residual = lambda x, y: x.astype(jnp.float32) + y.astype(jnp.float32)
 
     attn_in = norm1(x) if cfg.norm_position == "pre" else x
@@ -239,6 +256,7 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   int8: bool = False
+  token_tile: int | None = None
 
   @nn.compact
   def __call__(
@@ -254,19 +272,20 @@ class Transformer(nn.Module):
         in_axes=(nn.broadcast,) * len(args),
         length=cfg.num_layers,
       )
-      block = scanned(cfg, self.attention, self.dtype, self.param_dtype, self.int8, name="layers")
+      block = scanned(cfg, self.attention, self.dtype, self.param_dtype, self.int8, self.token_tile, name="layers")
       x, (states, weights) = block(x, *args)
       hidden_states = [states[i] for i in range(cfg.num_layers)]
       attentions = [None if weights is None else weights[i] for i in range(cfg.num_layers)]
     else:
       hidden_states, attentions = [], []
       for i in range(cfg.num_layers):
-        block = Block(cfg, self.attention, self.dtype, self.param_dtype, self.int8, name=f"layer_{i}")
+        block = Block(cfg, self.attention, self.dtype, self.param_dtype, self.int8, self.token_tile, name=f"layer_{i}")
         x, (_, weights) = block(x, *args)
         hidden_states.append(x)
         attentions.append(weights)
     if cfg.norm_position == "pre":  # pre-norm stacks end with a norm; it is the last hidden state
-      hidden_states[-1] = Norm(cfg, self.dtype, self.param_dtype, name="final_layer_norm")(hidden_states[-1])
+      final = Norm(cfg, self.dtype, self.param_dtype, self.token_tile, name="final_layer_norm")
+      hidden_states[-1] = final(hidden_states[-1])
     return hidden_states, attentions
 
 
@@ -275,6 +294,8 @@ class Encoder(nn.Module):
 
   `attention` names the implementation (attention.IMPLEMENTATIONS); `scan_layers` stacks the blocks' parameters;
   `int8`: the blocks' dense layers compute in int8 (`quantize.py`; parameters from `quantize_dense_params`).
+  `token_tile`: the per-token layers (dense, norms) run on fixed tiles of that many tokens (deterministic
+  encoding, `tiles.py`; with attention "frames").
   """
 
   config: EncoderConfig
@@ -283,6 +304,7 @@ class Encoder(nn.Module):
   attention: str = "dense"
   scan_layers: bool = False
   int8: bool = False
+  token_tile: int | None = None
 
   @nn.compact
   def __call__(
@@ -298,9 +320,10 @@ class Encoder(nn.Module):
     cfg = self.config
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
-    x = Embeddings(cfg, self.dtype, self.param_dtype, name="embeddings")(input_ids, positions, deterministic)
+    tile = self.token_tile
+    x = Embeddings(cfg, self.dtype, self.param_dtype, tile, name="embeddings")(input_ids, positions, deterministic)
     hidden_states, attentions = Transformer(
-      cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, self.int8, name="transformer"
+      cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, self.int8, tile, name="transformer"
     )(x, segment_ids, positions, deterministic, output_attentions)
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:

@@ -1,0 +1,256 @@
+"""Deterministic (batch-invariant) encoding: a text's embedding has the same bits, held with `np.array_equal` and
+never a tolerance, whatever the other texts of the call, their order, `batch_size`, packing, the row width its
+bucket gives it, a larger `max_seq_length`, the device count (1, 2, 4 CPU devices) and the process count; on the
+full msmarco-distilbert-dot-v5 configuration (float32 and bfloat16) and on real all-MiniLM-L6-v2 weights. Its
+parity with PyTorch stays within 1e-5, and a corpus job resumed with another batch size and device count writes
+the bytes of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distilbert_jax import SentenceTransformer
+from distilbert_jax.jobs.encode_corpus import run_job
+from tests.conftest import TEXTS, assert_close_relative
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "tests" / "scripts"
+WORDS = "the cell of a protein binds vitamin cancer risk study patients with increased levels in mice".split()
+
+
+def texts_for(seed: int, n: int, longest: int = 150) -> list[str]:
+  """Texts of 1 to `longest` words (about 3 to 2 * longest tokens: every bucket a call may use)."""
+  rng = random.Random(seed)
+  return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, longest))) for _ in range(n)]
+
+
+POOL = texts_for(0, 24)
+
+
+class Alone:
+  """Each text's embedding encoded alone (one text, one row, packing off): the reference every call must equal."""
+
+  def __init__(self, model: SentenceTransformer):
+    self.model, self.cache = model, {}
+
+  def __call__(self, text: str) -> np.ndarray:
+    if text not in self.cache:
+      self.cache[text] = self.model.encode([text], batch_size=1, packing=False)[0]
+    return self.cache[text]
+
+
+@pytest.fixture(scope="module")
+def full_f32(full_checkpoint):
+  return Alone(SentenceTransformer(full_checkpoint, deterministic=True))
+
+
+@pytest.fixture(scope="module")
+def full_bf16(full_checkpoint):
+  return Alone(SentenceTransformer(full_checkpoint, deterministic=True, dtype="bfloat16"))
+
+
+@pytest.fixture(scope="module")
+def minilm_f32(minilm):
+  return Alone(SentenceTransformer(minilm, deterministic=True))
+
+
+compositions = st.fixed_dictionaries(
+  {
+    "probes": st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=4, unique=True),
+    "others": st.integers(0, 12),
+    "seed": st.integers(0, 2**16),
+    "batch_size": st.sampled_from([1, 2, 3, 8, 32]),
+    "packing": st.sampled_from([True, False, "auto"]),
+    "longer_max": st.booleans(),
+  }
+)
+
+
+def check_composition(alone: Alone, draw: dict) -> None:
+  """The probes, shuffled among other texts, encoded in one call as drawn: each probe equals its alone encoding."""
+  model = alone.model
+  rng = random.Random(draw["seed"])
+  probes = [POOL[i] for i in draw["probes"]]
+  texts = probes + texts_for(draw["seed"] + 1, draw["others"])
+  rng.shuffle(texts)
+  full = model.max_seq_length
+  try:
+    if draw["longer_max"]:  # the reference ran at a shorter max_seq_length that still holds every probe
+      model.max_seq_length = model.config.max_position_embeddings
+    got = model.encode(texts, batch_size=draw["batch_size"], packing=draw["packing"])
+  finally:
+    model.max_seq_length = full
+  for text in probes:
+    i = texts.index(text)
+    assert np.array_equal(got[i], alone(text)), (
+      f"{draw}: text {i} differs from its alone encoding by {np.abs(got[i] - alone(text)).max():.3g}"
+    )
+
+
+# Each drawn composition compiles a few new shapes of a full-size model: a handful of examples each.
+_settings = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_settings
+@given(compositions)
+def test_full_config_float32_any_composition_gives_the_same_bits(full_f32, draw):
+  check_composition(full_f32, draw)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(compositions)
+def test_full_config_bfloat16_any_composition_gives_the_same_bits(full_bf16, draw):
+  check_composition(full_bf16, draw)
+
+
+@_settings
+@given(compositions)
+def test_real_minilm_any_composition_gives_the_same_bits(minilm_f32, draw):
+  check_composition(minilm_f32, draw)
+
+
+def test_identical_texts_and_the_biggest_batch_the_same_bits(full_f32):
+  """The same text many times in one call (deduplicated) and 40 texts in one batch equal its alone encoding."""
+  texts = POOL + texts_for(7, 16)
+  got = full_f32.model.encode(texts + texts[:5], batch_size=64, packing=True)
+  for i, text in enumerate(texts + texts[:5]):
+    assert np.array_equal(got[i], full_f32(text)), i
+
+
+def test_parity_with_pytorch_stays_within_1e_5(full_checkpoint, minilm):
+  import sentence_transformers
+  import torch
+
+  torch.set_num_threads(2)
+  for path in (full_checkpoint, minilm):
+    expected = sentence_transformers.SentenceTransformer(str(path), device="cpu").encode(TEXTS, convert_to_numpy=True)
+    got = SentenceTransformer(path, deterministic=True).encode(TEXTS, batch_size=4, packing=True)
+    assert_close_relative(got, expected, 1e-5, f"{path.name} deterministic embeddings vs sentence-transformers")
+
+
+def test_deterministic_refuses_another_attention(tiny_checkpoint):
+  with pytest.raises(ValueError, match="cannot be batch-invariant"):
+    SentenceTransformer(tiny_checkpoint, deterministic=True, attention="per_example")
+
+
+def _env(**extra) -> dict:
+  return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def _devices_run(devices: int, checkpoint: Path, dtype: str, out: Path) -> np.ndarray:
+  proc = subprocess.run(
+    [sys.executable, SCRIPTS / "deterministic_check.py", str(checkpoint), dtype, str(out)],
+    capture_output=True,
+    text=True,
+    env=_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"),
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.strip().splitlines()[-1])["devices"] == devices
+  return np.load(out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_two_and_four_devices_give_the_same_bits(full_checkpoint, tmp_path, dtype):
+  """The script encodes its texts in several batch sizes and packings and checks they agree within its process;
+  here the processes with 1, 2 and 4 devices must agree with each other."""
+  runs = {n: _devices_run(n, full_checkpoint, dtype, tmp_path / f"{n}.npy") for n in (1, 2, 4)}
+  for n in (2, 4):
+    assert np.array_equal(runs[n], runs[1]), f"{n} devices vs 1: max diff {np.abs(runs[n] - runs[1]).max():.3g}"
+
+
+def test_two_processes_give_the_bits_of_one(full_checkpoint, tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workers = [
+    subprocess.Popen(
+      [sys.executable, SCRIPTS / "multihost_worker.py", str(i), str(port), str(full_checkpoint)]
+      + [str(tmp_path / f"out{i}.npy"), "deterministic"],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=_env(),
+    )
+    for i in range(2)
+  ]
+  for w in workers:
+    _, err = w.communicate(timeout=600)
+    assert w.returncode == 0, err[-3000:]
+  texts = [f"passage {i}: " + "protein binds receptor " * (i % 9) for i in range(23)]
+  expected = SentenceTransformer(full_checkpoint, deterministic=True).encode(texts, batch_size=32)
+  for i in range(2):
+    assert np.array_equal(np.load(tmp_path / f"out{i}.npy"), expected), i
+
+
+def _corpus(path: Path, n: int) -> Path:
+  rng = random.Random(5)
+  lines = [
+    json.dumps(
+      {"_id": f"d{i}", "title": f"T{i}", "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 90)))}
+    )
+    for i in range(n)
+  ]
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".lock-")}
+
+
+def test_corpus_job_resumed_with_another_batch_size_and_device_count_is_byte_identical(tiny_checkpoint, tmp_path):
+  """Uninterrupted: one device, batch 32. Resumed: a 4-device process with batch 3 killed after its first
+  committed shards, then finished on one device with batch 11. Every file byte for byte the same."""
+  corpus = _corpus(tmp_path / "corpus.jsonl", 600)
+  reference = tmp_path / "reference"
+  run_job(
+    corpus, str(tiny_checkpoint), reference, shard_size=50, batch_size=32, deterministic=True, show_progress=False
+  )
+
+  out = tmp_path / "resumed"
+  command = [sys.executable, "-m", "distilbert_jax.cli", "encode-corpus", str(corpus), "--out", str(out)]
+  command += ["--model", str(tiny_checkpoint), "--shard-size", "50", "--batch-size", "3", "--deterministic", "--quiet"]
+  proc = subprocess.Popen(
+    command,
+    env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
+  deadline = time.time() + 300
+  committed = lambda: (
+    len(json.loads((out / "manifest.json").read_text())["shards"]) if (out / "manifest.json").exists() else 0
+  )
+  while committed() < 2 and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, f"the first run ended before it could be stopped: {proc.stderr.read()[-2000:]}"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = committed()
+  assert 2 <= done < 12, done
+  summary = run_job(
+    corpus, str(tiny_checkpoint), out, shard_size=50, batch_size=11, deterministic=True, show_progress=False
+  )
+  assert summary["encoded_now"] < 600  # it resumed rather than started again
+  assert _files(out) == _files(reference)
+
+
+def test_a_deterministic_job_resumes_only_deterministic(tiny_checkpoint, tmp_path):
+  from distilbert_jax.jobs.outdir import JobError
+
+  corpus = _corpus(tmp_path / "corpus.jsonl", 40)
+  run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=20, deterministic=True, show_progress=False)
+  with pytest.raises(JobError, match="deterministic"):
+    run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=20, show_progress=False)
