@@ -7,6 +7,8 @@ texts when SciFact is not found). Every variant runs in its own process:
   jax-*-ATTN     ours per dtype (float32, bfloat16, int8) and attention implementation (dense, xla, cudnn;
                  splash on TPU)
   jax-bfloat16-dense is run twice with one fresh compile-cache directory: cold, then warm.
+  jax-*-frames   deterministic=True (batch-invariant): also re-encodes the documents reversed, in batches of 7,
+                 packing off, and reports whether every embedding is bit-identical to the first pass.
 Prints tokens/s over real tokens, ratios against torch float32 and against sentence-transformers' best, MFU over
 real tokens and over computed (padded) tokens, the fraction of end-to-end wall time the device is busy (the same
 batches run back to back from device memory, over the end-to-end time), warm-up seconds, and parity per dtype
@@ -103,6 +105,10 @@ def run_jax(docs, path, batch_size, variant, out_file):
   seconds = time.perf_counter() - start
   stats = dict(model.last_encode_stats)
   np.save(out_file, emb)
+  bit_identical = None
+  if attention == "frames":  # the deterministic path: the same bits in another batch composition
+    again = model.encode(docs[::-1], batch_size=7, packing=False)[::-1]
+    bit_identical = bool(np.array_equal(again, emb))
   # Device-only time: the same batches, already in device memory, run back to back.
   placed = []
   for s in range(0, len(docs), 8192):
@@ -137,6 +143,7 @@ def run_jax(docs, path, batch_size, variant, out_file):
     "mfu_real": useful / peak_total if peak_total else None,
     "mfu_computed": computed / peak_total if peak_total else None,
     "attention": model.attention,
+    "bit_identical_across_compositions": bit_identical,
     "device": f"{len(model.devices)} x {kind} ({jax.default_backend()}), jax {jax.__version__}",
   }
 
@@ -156,6 +163,8 @@ def default_variants() -> list[str]:
     "jax-bfloat16-xla",
     "jax-bfloat16-cudnn",
     "jax-int8-dense",  # XLA's int8 dot on the device's integer units (parity against torch float32)
+    "jax-float32-frames",  # deterministic=True: cost, and bits across batch compositions on the device
+    "jax-bfloat16-frames",
   ]
   return variants
 
@@ -202,6 +211,8 @@ def main():
           f"  padding efficiency {r['tokens'] / r['computed_tokens']:.1%}  {r['shapes']} shapes,"
           f" warm-up {r['warmup_seconds']:.1f}s"
         )
+        if r.get("bit_identical_across_compositions") is not None:
+          line += f"  bit-identical across batch compositions: {r['bit_identical_across_compositions']}"
       print(f"{line}   [{r['device']}]", flush=True)
   torch_best = max(
     (k for k in results if k.startswith("torch")),
