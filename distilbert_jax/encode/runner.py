@@ -77,6 +77,7 @@ class EncodeRunner:
     attention: str,
     scan_layers: bool,
     step_tokens: int | None,
+    int8_dot: str = "xla",
   ):
     self.loaded, self.tokenizer, self.devices = loaded, tokenizer, list(devices)
     self.mesh = data_mesh(self.devices)
@@ -90,7 +91,7 @@ class EncodeRunner:
       param_dtype=jnp.float32,
       attention=attention,
       scan_layers=scan_layers,
-      int8=dtype == "int8",
+      int8=int8_dot if dtype == "int8" else False,
       token_tile=self.align if self.align > 1 else None,
     )
     self.params = device_params(loaded, dtype, scan_layers, self.mesh)

@@ -31,6 +31,7 @@ from distilbert_jax.encode.runner import ENCODE_DTYPES, STEP_TOKENS_BY_PLATFORM,
 from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig, normalize
+from distilbert_jax.model.quantize import INT8_DOTS, onednn_gemm
 from distilbert_jax.model.tiles import TILE, over_tiles
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.search.quantization import check_precision, quantize_embeddings
@@ -46,6 +47,18 @@ def _check_texts(sentences: Sequence[Any]) -> None:
   for i, s in enumerate(sentences):
     if not isinstance(s, str):
       raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str")
+
+
+def default_int8_dot(platform: str) -> str:
+  """The int8 dot for a platform: oneDNN's VNNI GEMM on CPU (2.5x XLA:CPU's int8 dot here), XLA's elsewhere. A CPU
+  where oneDNN cannot be loaded falls back to XLA's, and says so."""
+  if platform != "cpu":
+    return "xla"
+  gemm, why = onednn_gemm()
+  if gemm is None:
+    logger.warning("int8 on CPU: oneDNN's int8 GEMM is not available (%s); using XLA's int8 dot, slower", why)
+    return "xla"
+  return "onednn"
 
 
 class ModelCardData:
@@ -77,7 +90,9 @@ class SentenceTransformer:
   `scan_layers`: one compiled block scanned over stacked parameters (same numbers);
   `deterministic`: batch-invariant encoding: a text's embedding has the same bits whatever else is in the call,
   their order, `batch_size`, packing, `max_seq_length` (above the text's length) and the device or process count
-  (attention "frames", texts starting at multiples of its tile, pooling summed in blocks; README "Deterministic").
+  (attention "frames", texts starting at multiples of its tile, pooling summed in blocks; README "Deterministic");
+  `int8_dot`: with dtype "int8", the integer dot's implementation (`quantize.INT8_DOTS`; default: "onednn" on CPU
+  where oneDNN loads, said in a warning where it does not, else "xla").
   """
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
@@ -98,6 +113,7 @@ class SentenceTransformer:
     attention: str | None = None,
     scan_layers: bool = False,
     deterministic: bool = False,
+    int8_dot: str | None = None,
   ):
     # First: JAX reads the cache setting at its first compilation and ignores later changes. Off unless asked
     # for (True or a directory): a library does not change the process's JAX settings unannounced.
@@ -157,6 +173,12 @@ class SentenceTransformer:
     default = DETERMINISTIC_ATTENTION if deterministic else default_attention(platform)
     self.attention = check_attention(attention or default)
     self.scan_layers = bool(scan_layers)
+    self.int8_dot = int8_dot or (default_int8_dot(platform) if dtype == "int8" else "xla")
+    if self.int8_dot not in INT8_DOTS:
+      raise ValueError(f"int8_dot {self.int8_dot!r} is not one of {INT8_DOTS}")
+    if self.int8_dot == "onednn" and (platform != "cpu" or onednn_gemm()[0] is None):
+      why = onednn_gemm()[1] if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
+      raise ValueError(f"int8_dot 'onednn' is not available: {why}")
     self.runner = EncodeRunner(
       loaded,
       self.tokenizer,
@@ -165,6 +187,7 @@ class SentenceTransformer:
       attention=self.attention,
       scan_layers=self.scan_layers,
       step_tokens=STEP_TOKENS_BY_PLATFORM.get(platform),
+      int8_dot=self.int8_dot,
     )
 
   # copy.deepcopy and pickle (sentence-transformers' test fixtures deep-copy a model): the state is the loaded
@@ -178,6 +201,7 @@ class SentenceTransformer:
       "attention": self.attention,
       "scan_layers": self.scan_layers,
       "deterministic": self.deterministic,
+      "int8_dot": self.int8_dot,
       "compilation_cache": self.compilation_cache,
       "interceptor": self.runner.interceptor,
     }
@@ -192,6 +216,7 @@ class SentenceTransformer:
       attention=state["attention"],
       scan_layers=state["scan_layers"],
       deterministic=state["deterministic"],
+      int8_dot=state["int8_dot"],
       compilation_cache=state["compilation_cache"],
     )
     self.max_seq_length = loaded.max_seq_length

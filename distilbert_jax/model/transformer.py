@@ -66,7 +66,7 @@ class Linear(nn.Module):
   use_bias: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  int8: bool = False
+  int8: bool | str = False
   token_tile: int | None = None
 
   @nn.compact
@@ -74,7 +74,8 @@ class Linear(nn.Module):
     if self.int8:
       kernel = self.param("kernel_int8", nn.initializers.zeros, (self.features, x.shape[-1]), jnp.int8)
       scale = self.param("kernel_scale", nn.initializers.ones, (self.features,), jnp.float32)
-      product = lambda x: int8_dense(x, kernel, scale)  # [..., O] float32
+      dot = "xla" if self.int8 is True else self.int8  # the int8 dot's implementation (quantize.INT8_DOTS)
+      product = lambda x: int8_dense(x, kernel, scale, dot)  # [..., O] float32
     else:
       kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
       product = lambda x: jnp.einsum(
@@ -153,7 +154,7 @@ class Attention(nn.Module):
   implementation: str = "dense"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  int8: bool = False
+  int8: bool | str = False
   token_tile: int | None = None
 
   @nn.compact
@@ -189,7 +190,7 @@ class FeedForward(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  int8: bool = False
+  int8: bool | str = False
   token_tile: int | None = None
 
   @nn.compact
@@ -219,7 +220,7 @@ class Block(nn.Module):
   attention: str = "dense"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  int8: bool = False
+  int8: bool | str = False
   token_tile: int | None = None
 
   @nn.compact
@@ -255,7 +256,7 @@ class Transformer(nn.Module):
   scan_layers: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  int8: bool = False
+  int8: bool | str = False
   token_tile: int | None = None
 
   @nn.compact
@@ -293,7 +294,8 @@ class Encoder(nn.Module):
   """Token ids -> contextual token embeddings [B, T, D] (and, on request, every layer's states and attention).
 
   `attention` names the implementation (attention.IMPLEMENTATIONS); `scan_layers` stacks the blocks' parameters;
-  `int8`: the blocks' dense layers compute in int8 (`quantize.py`; parameters from `quantize_dense_params`).
+  `int8`: the blocks' dense layers compute in int8 (`quantize.py`; parameters from `quantize_dense_params`); True
+  or the name of the int8 dot's implementation (`quantize.INT8_DOTS`, True: "xla").
   `token_tile`: the per-token layers (dense, norms) run on fixed tiles of that many tokens (deterministic
   encoding, `tiles.py`; with attention "frames").
   """
@@ -303,7 +305,7 @@ class Encoder(nn.Module):
   param_dtype: Any = jnp.float32
   attention: str = "dense"
   scan_layers: bool = False
-  int8: bool = False
+  int8: bool | str = False
   token_tile: int | None = None
 
   @nn.compact

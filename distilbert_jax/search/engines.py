@@ -241,7 +241,7 @@ def top_k_search(
   )
 
 
-CPU_JAX_MIN_QUERIES = 8  # "auto" on CPU: fewer, over a corpus the JAX engine must copy, go to faiss (search.py)
+CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer, over a corpus the JAX engine must copy, go to faiss (search.py)
 
 
 CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (on this VM 4,096 was slower, 16,384 no faster)

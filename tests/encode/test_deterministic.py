@@ -130,6 +130,20 @@ def test_identical_texts_and_the_biggest_batch_the_same_bits(full_f32):
     assert np.array_equal(got[i], full_f32(text)), i
 
 
+def test_normalized_and_token_embeddings_keep_the_bits_and_the_meaning(tiny_checkpoint):
+  """normalize_embeddings (rows normalised in fixed tiles) and token embeddings of packed texts (which start at
+  tile multiples in their rows): the same bits alone and in company, and the fast path's values within 1e-5."""
+  deterministic, fast = SentenceTransformer(tiny_checkpoint, deterministic=True), SentenceTransformer(tiny_checkpoint)
+  texts = texts_for(3, 9)
+  together = deterministic.encode(texts, batch_size=2, normalize_embeddings=True)
+  for i in (0, 5):
+    assert np.array_equal(together[i], deterministic.encode(texts[i : i + 1], normalize_embeddings=True)[0]), i
+  tokens = deterministic.encode(texts, batch_size=4, packing=True, output_value="token_embeddings")
+  expected = fast.encode(texts, batch_size=4, packing=True, output_value="token_embeddings")
+  for got, want in zip(tokens, expected):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
 def test_parity_with_pytorch_stays_within_1e_5(full_checkpoint, minilm):
   import sentence_transformers
   import torch

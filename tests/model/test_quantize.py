@@ -4,11 +4,13 @@ all-MiniLM-L6-v2 weights."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distilbert_jax.model.quantize import int8_dense, quantize_dense_params, quantize_kernel, quantize_tokens
+from distilbert_jax.model import quantize
+from distilbert_jax.model.quantize import int8_dense, int8_dot, quantize_dense_params, quantize_kernel, quantize_tokens
 from distilbert_jax.model.transformer import Linear
 
 
@@ -91,6 +93,45 @@ def test_int8_linear_module_uses_the_quantized_parameters():
     np.linalg.norm(np.asarray(y), axis=-1) * np.linalg.norm(np.asarray(float_y), axis=-1)
   )
   assert cos.min() > 0.999, cos
+
+
+@pytest.mark.parametrize("shape", [(0, 8, 5), (1, 768, 3072), (7, 33, 3), (300, 3072, 768)])
+def test_onednn_int8_dot_equals_xla_and_int64_exactly(shape):
+  """oneDNN's u8 x s8 GEMM (activations shifted by 128, the offset taken off by oneDNN) against XLA's int8 dot and
+  int64 arithmetic, extremes +-127 included, under jit and under vmap."""
+  m, k, n = shape
+  rng = np.random.default_rng(m + k)
+  x = rng.integers(-127, 128, (m, k)).astype(np.int8)
+  w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+  if m:
+    x[0, :] = 127
+    w[0, :] = -127
+  want = x.astype(np.int64) @ w.astype(np.int64).T
+  assert np.abs(want).max(initial=0) < 2**31
+  for name in quantize.INT8_DOTS:
+    got = np.asarray(jax.jit(int8_dot, static_argnums=2)(jnp.asarray(x), jnp.asarray(w), name))
+    assert got.dtype == np.int32 and np.array_equal(got, want), name
+  stacked = jnp.asarray(np.stack([x, x[::-1]]))
+  batched = jax.vmap(lambda a: int8_dot(a, jnp.asarray(w), "onednn"))(stacked)
+  assert np.array_equal(np.asarray(batched), np.stack([want, want[::-1]]))
+
+
+def test_int8_encoding_with_onednn_equals_xla_bit_for_bit_and_is_the_cpu_default(tiny_checkpoint, monkeypatch, caplog):
+  from distilbert_jax import SentenceTransformer
+
+  texts = ["a first text", "and a second, somewhat longer text", "x"] * 5
+  default = SentenceTransformer(tiny_checkpoint, dtype="int8")
+  assert default.int8_dot == "onednn"
+  xla = SentenceTransformer(tiny_checkpoint, dtype="int8", int8_dot="xla")
+  assert np.array_equal(default.encode(texts, batch_size=4), xla.encode(texts, batch_size=4))
+  # Where oneDNN cannot be loaded: the default falls back to XLA's dot and says so; asking for it is refused.
+  monkeypatch.setattr(quantize, "onednn_gemm", lambda: (None, "libdnnl.so.3 not found (test)"))
+  monkeypatch.setattr("distilbert_jax.encode.sentence_transformer.onednn_gemm", quantize.onednn_gemm)
+  with caplog.at_level("WARNING"):
+    assert SentenceTransformer(tiny_checkpoint, dtype="int8").int8_dot == "xla"
+  assert "oneDNN's int8 GEMM is not available (libdnnl.so.3 not found (test))" in caplog.text
+  with pytest.raises(ValueError, match="int8_dot 'onednn' is not available: libdnnl.so.3 not found"):
+    SentenceTransformer(tiny_checkpoint, dtype="int8", int8_dot="onednn")
 
 
 def test_int8_encoding_with_stacked_layers_equals_unstacked(tiny_checkpoint):
