@@ -10,7 +10,8 @@ fraction of the measured int8 GEMM peak (gemm-* rows: [768 tokens, 768] x [768, 
 
   python benchmarks/encode_throughput.py [--docs 1000] [--variants jax-f32,jax-bf16,jax-int8,ort-f32,ort-int8,...]
 
-jax-* use `encode`'s default (packing="auto"); -pack and -nopack force packing on or off. ort-f32 / ort-int8 /
+jax-* use `encode`'s default (packing="auto"); -pack and -nopack force packing on or off; -det is
+deterministic=True (batch-invariant); jax-int8 runs the platform's int8 dot (oneDNN's VNNI GEMM on CPU). ort-f32 / ort-int8 /
 openvino: benchmarks/onnx_reference.py (the export sentence-transformers' backends load, int8 as its
 export_dynamic_quantized_onnx_model(..., "avx512_vnni")); they need `pip install onnxruntime onnx onnxscript
 openvino` (benchmark extras, never dependencies of the package).
@@ -115,6 +116,12 @@ def run_gemm(docs, path, batch_size, repeats, kind):
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a, b = rng.integers(0, 255, (m, k), dtype=np.uint8), rng.integers(-127, 128, (k, n), dtype=np.int8)
     call = lambda: session.run(None, {"a": a, "b": b})
+  elif kind == "onednn-int8":  # what our int8 dense layers run on CPU: oneDNN's u8 x s8 GEMM (model/quantize.py)
+    from distilbert_jax.model.quantize import _onednn_dot
+
+    a = rng.integers(1, 256, (m, k), dtype=np.uint8)
+    b = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    call = lambda: _onednn_dot(a, b)
   else:
     import jax
     import jax.numpy as jnp
@@ -150,7 +157,7 @@ VARIANTS = {  # each called as (docs, checkpoint path, batch size, repeats)
   "ort-int8": functools.partial(run_onnx, runtime="onnxruntime", precision="int8"),
   "openvino": functools.partial(run_onnx, runtime="openvino", precision="f32"),  # its CPU default precision
 }
-GEMM_KINDS = ("xla-f32", "xla-bf16", "xla-int8", "ort-int8")
+GEMM_KINDS = ("xla-f32", "xla-bf16", "xla-int8", "onednn-int8", "ort-int8")
 GEMMS = {f"gemm-{kind}": functools.partial(run_gemm, kind=kind) for kind in GEMM_KINDS}
 VARIANTS.update(GEMMS)
 
@@ -168,7 +175,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--docs", type=int, default=1000)
   parser.add_argument("--batch-size", type=int, default=32)
-  parser.add_argument("--variants", default="jax-f32,jax-bf16,jax-int8,ort-f32,ort-int8,openvino")
+  parser.add_argument(
+    "--variants", default="jax-f32,jax-bf16,jax-int8,jax-f32-det,jax-bf16-det,ort-f32,ort-int8,openvino"
+  )
   parser.add_argument("--repeats", type=int, default=2, help="timed encodes per variant; the fastest counts")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -187,7 +196,7 @@ def main():
       sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
     results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {variant} done", flush=True)
-  peak_int8 = max(results[g]["ops_per_second"] for g in ("gemm-xla-int8", "gemm-ort-int8"))
+  peak_int8 = max(results[g]["ops_per_second"] for g in ("gemm-xla-int8", "gemm-onednn-int8", "gemm-ort-int8"))
   for g in GEMMS:
     print(f"{g:<16} {results[g]['ops_per_second'] / 1e9:9,.0f} GOP/s")
   rate = {v: r["tokens"] / r["seconds"] for v, r in results.items() if "tokens" in r}

@@ -27,7 +27,7 @@ from distilbert_jax.checkpoint.hub import MODEL_CARD_SIMILARITY, hub_repo_id, re
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.devices import device_names, devices_named, platform_of, resolve_devices
-from distilbert_jax.encode.runner import ENCODE_DTYPES, STEP_TOKENS_BY_PLATFORM, EncodeRunner
+from distilbert_jax.encode.runner import ENCODE_DTYPES, ONEDNN_STEP_TOKENS, STEP_TOKENS_BY_PLATFORM, EncodeRunner
 from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig, normalize
@@ -186,7 +186,9 @@ class SentenceTransformer:
       dtype=dtype,
       attention=self.attention,
       scan_layers=self.scan_layers,
-      step_tokens=STEP_TOKENS_BY_PLATFORM.get(platform),
+      step_tokens=ONEDNN_STEP_TOKENS
+      if dtype == "int8" and self.int8_dot == "onednn"
+      else STEP_TOKENS_BY_PLATFORM.get(platform),
       int8_dot=self.int8_dot,
     )
 

@@ -178,12 +178,14 @@ def _job_settings(spec: JobSpec, encoder: SentenceTransformer, fmt: InputFormat,
     "truncate_dim": spec.storage.truncate_dim,
     "renormalized": renormalize,
     "similarity_fn_name": encoder.similarity_fn_name,
-    # Batch size and device count are not pinned: with `deterministic` they leave the bytes alone; without it
-    # they move the last bits (~1e-7), as encoding the same texts in other batches does.
-    "deterministic": spec.deterministic,
   }
   if spec.storage.precision in ("int8", "uint8"):
     settings["calibration_size"] = spec.storage.calibration_size
+  # Batch size and device count are not pinned: with `deterministic` they leave the bytes alone; without it they
+  # move the last bits (~1e-7), as encoding the same texts in other batches does. The key only when set, so that
+  # jobs recorded before it existed resume as they were.
+  if spec.deterministic:
+    settings["deterministic"] = True
   return settings
 
 
