@@ -11,9 +11,9 @@ fraction of the measured int8 GEMM peak (gemm-* rows: [768 tokens, 768] x [768, 
   python benchmarks/encode_throughput.py [--docs 1000] [--variants jax-f32,jax-bf16,jax-int8,ort-f32,ort-int8,...]
 
 jax-* use `encode`'s default (packing="auto"); -pack and -nopack force packing on or off; -det is
-deterministic=True (batch-invariant); jax-int8 runs the platform's int8 dot (oneDNN's VNNI GEMM on CPU). ort-f32 / ort-int8 /
-openvino: benchmarks/onnx_reference.py (the export sentence-transformers' backends load, int8 as its
-export_dynamic_quantized_onnx_model(..., "avx512_vnni")); they need `pip install onnxruntime onnx onnxscript
+deterministic=True (batch-invariant); jax-int8 runs the platform's int8 dot (oneDNN's VNNI GEMM on CPU).
+ort-f32 / ort-int8 / openvino: benchmarks/onnx_reference.py (the export sentence-transformers' backends load, int8
+as its export_dynamic_quantized_onnx_model(..., "avx512_vnni")); they need `pip install onnxruntime onnx onnxscript
 openvino` (benchmark extras, never dependencies of the package).
 """
 

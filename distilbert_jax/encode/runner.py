@@ -140,6 +140,9 @@ class EncodeRunner:
 
   def dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
     """Starts the batch on the devices (rows sharded over `data`) and returns without waiting."""
+    if self.align > 1 and (batch.text_start % self.align).any():  # the block sums would mix two texts
+      off = sorted(set((batch.text_start % self.align).ravel().tolist()) - {0})
+      raise ValueError(f"a batch places texts {off} tokens off the {self.align}-token tiles deterministic pooling sums")
     arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self.batch_sharding)
     return self.forward(
       self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs, interceptor=self.interceptor

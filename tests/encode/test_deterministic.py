@@ -155,9 +155,16 @@ def test_parity_with_pytorch_stays_within_1e_5(full_checkpoint, minilm):
     assert_close_relative(got, expected, 1e-5, f"{path.name} deterministic embeddings vs sentence-transformers")
 
 
-def test_deterministic_refuses_another_attention(tiny_checkpoint):
+def test_deterministic_refuses_another_attention_and_a_batch_off_the_tiles(tiny_checkpoint):
+  from distilbert_jax.encode.batching import filled_batch
+
   with pytest.raises(ValueError, match="cannot be batch-invariant"):
     SentenceTransformer(tiny_checkpoint, deterministic=True, attention="per_example")
+  model = SentenceTransformer(tiny_checkpoint, deterministic=True)
+  ids = model.tokenizer.encode_batch(["a short text", "another one"])
+  packed = filled_batch(ids, [[0, 1]], height=1, width=32, segments=32, pad_token_id=0)  # the second text starts at 5
+  with pytest.raises(ValueError, match=r"a batch places texts \[5\] tokens off the 32-token tiles"):
+    model.runner.dispatch(packed, ("sentence_embedding",))
 
 
 def _env(**extra) -> dict:
