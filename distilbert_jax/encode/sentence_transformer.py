@@ -49,6 +49,9 @@ def _check_texts(sentences: Sequence[Any]) -> None:
       raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str")
 
 
+_normalize_in_tiles = jax.jit(lambda x: over_tiles(normalize, x, TILE))  # jitted once: compiled per shape, not per call
+
+
 def default_int8_dot(platform: str) -> str:
   """The int8 dot for a platform: oneDNN's VNNI GEMM on CPU (2.5x XLA:CPU's int8 dot here), XLA's elsewhere. A CPU
   where oneDNN cannot be loaded falls back to XLA's, and says so."""
@@ -546,7 +549,7 @@ class SentenceTransformer:
     not depend on how many rows the call has."""
     x = jnp.asarray(embeddings)
     if self.deterministic and len(embeddings):
-      return np.asarray(jax.jit(lambda x: over_tiles(normalize, x, TILE))(x))
+      return np.asarray(_normalize_in_tiles(x))
     return np.asarray(normalize(x))
 
   def _encode_sentences(
