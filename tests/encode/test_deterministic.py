@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.jobs.encode_corpus import run_job
 from tests.conftest import TEXTS, assert_close_relative
+from tests.encode.test_multidevice import WORKER_TEXTS, run_two_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "tests" / "scripts"
@@ -193,27 +193,9 @@ def test_one_two_and_four_devices_give_the_same_bits(full_checkpoint, tmp_path, 
 
 
 def test_two_processes_give_the_bits_of_one(full_checkpoint, tmp_path):
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  workers = [
-    subprocess.Popen(
-      [sys.executable, SCRIPTS / "multihost_worker.py", str(i), str(port), str(full_checkpoint)]
-      + [str(tmp_path / f"out{i}.npy"), "deterministic"],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=_env(),
-    )
-    for i in range(2)
-  ]
-  for w in workers:
-    _, err = w.communicate(timeout=600)
-    assert w.returncode == 0, err[-3000:]
-  texts = [f"passage {i}: " + "protein binds receptor " * (i % 9) for i in range(23)]
-  expected = SentenceTransformer(full_checkpoint, deterministic=True).encode(texts, batch_size=32)
-  for i in range(2):
-    assert np.array_equal(np.load(tmp_path / f"out{i}.npy"), expected), i
+  expected = SentenceTransformer(full_checkpoint, deterministic=True).encode(WORKER_TEXTS, batch_size=32)
+  for i, got in enumerate(run_two_workers(full_checkpoint, tmp_path, "deterministic", timeout=600)):
+    assert np.array_equal(got, expected), i
 
 
 def _corpus(path: Path, n: int) -> Path:

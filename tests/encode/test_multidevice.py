@@ -45,20 +45,18 @@ def test_four_devices_equal_one_device(tiny_checkpoint):
   assert report["train_params_rel"] <= 1e-5, report["train_params_rel"]
 
 
-def test_two_processes_over_loopback_encode_in_input_order(tiny_checkpoint, tmp_path):
+WORKER_TEXTS = [f"passage {i}: " + "protein binds receptor " * (i % 9) for i in range(23)]  # multihost_worker's
+
+
+def run_two_workers(checkpoint, tmp_path, *extra: str, timeout: float = 300) -> list[np.ndarray]:
+  """Two processes of scripts/multihost_worker.py over loopback (`extra`: its mode); each one's embeddings."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+  outs = [tmp_path / f"out{i}.npy" for i in range(2)]
   workers = [
     subprocess.Popen(
-      [
-        sys.executable,
-        SCRIPTS / "multihost_worker.py",
-        str(i),
-        str(port),
-        str(tiny_checkpoint),
-        str(tmp_path / f"out{i}.npy"),
-      ],
+      [sys.executable, SCRIPTS / "multihost_worker.py", str(i), str(port), str(checkpoint), str(outs[i]), *extra],
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -67,12 +65,15 @@ def test_two_processes_over_loopback_encode_in_input_order(tiny_checkpoint, tmp_
     for i in range(2)
   ]
   for w in workers:
-    _, err = w.communicate(timeout=300)
+    _, err = w.communicate(timeout=timeout)
     assert w.returncode == 0, err[-3000:]
-  texts = [f"passage {i}: " + "protein binds receptor " * (i % 9) for i in range(23)]
-  expected = SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts, batch_size=4)
-  for i in range(2):  # every process gets every row, in input order
-    np.testing.assert_allclose(np.load(tmp_path / f"out{i}.npy"), expected, atol=1e-6)
+  return [np.load(out) for out in outs]
+
+
+def test_two_processes_over_loopback_encode_in_input_order(tiny_checkpoint, tmp_path):
+  expected = SentenceTransformer.from_pretrained(tiny_checkpoint).encode(WORKER_TEXTS, batch_size=4)
+  for got in run_two_workers(tiny_checkpoint, tmp_path):  # every process gets every row, in input order
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 @given(st.integers(0, 1000), st.integers(1, 64))
