@@ -172,9 +172,11 @@ class SentenceTransformer:
         f"deterministic=True computes attention with {DETERMINISTIC_ATTENTION!r} (its sums have a fixed order); "
         f"attention={attention!r} cannot be batch-invariant"
       )
-    self.deterministic = bool(deterministic)
     default = DETERMINISTIC_ATTENTION if deterministic else default_attention(platform)
     self.attention = check_attention(attention or default)
+    # One rule, as the runner's: the frames attention is the deterministic path (tiles, aligned texts, and here
+    # the tiled normalisation), whether asked for as deterministic=True or by its name.
+    self.deterministic = self.attention == DETERMINISTIC_ATTENTION
     self.scan_layers = bool(scan_layers)
     self.int8_dot = int8_dot or (default_int8_dot(platform) if dtype == "int8" else "xla")
     if self.int8_dot not in INT8_DOTS:

@@ -160,6 +160,7 @@ def test_deterministic_refuses_another_attention_and_a_batch_off_the_tiles(tiny_
 
   with pytest.raises(ValueError, match="cannot be batch-invariant"):
     SentenceTransformer(tiny_checkpoint, deterministic=True, attention="per_example")
+  assert SentenceTransformer(tiny_checkpoint, attention="frames").deterministic  # the same path by its name
   model = SentenceTransformer(tiny_checkpoint, deterministic=True)
   ids = model.tokenizer.encode_batch(["a short text", "another one"])
   packed = filled_batch(ids, [[0, 1]], height=1, width=32, segments=32, pad_token_id=0)  # the second text starts at 5
