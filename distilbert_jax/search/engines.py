@@ -1,6 +1,7 @@
 """Exact (and on TPU approximate) top-k over a corpus: the engine choice at the edge (`top_k_search`), then the
 engines, which compute with the numbers they are given: the blocked JAX engine (a scan over score blocks per device
-shard, merged per chunk) and faiss' exact scan.
+shard, merged per chunk; few queries score a part in one step; the parts come from `chunks`) and faiss' exact
+scan.
 
 Ties are broken towards the lower corpus id by every engine.
 """
@@ -9,26 +10,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.model.pooling import normalize
-from distilbert_jax.search.rows import (
-  HOST_ALIGNMENT,
-  READ_BLOCK_BYTES,
-  aligned_empty,
-  check_finite,
-  float_chunk,
-  host_array_in_place,
-  read_rows,
-)
+from distilbert_jax.search.chunks import device_chunks, host_chunks
+from distilbert_jax.search.rows import check_finite, float_chunk, host_array_in_place, mapped_in_place, read_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
 logger = logging.getLogger(__name__)
@@ -205,8 +199,8 @@ def top_k_search(
   copied = in_ram and (len(devices) > 1 or not host_array_in_place(corpus))
   if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES and copied:
     # A handful of queries is one memory-bound pass: the JAX engine's copy costs more than the scoring, and faiss
-    # reads the array where it lies. On an aligned array or a memory map (both engines read it through copies)
-    # the JAX engine is faster at every count (benchmarks/search.py; README "Search").
+    # reads the array where it lies. An aligned array or a read-only memory map the JAX engine reads in place (and
+    # any other map both engines read through copies): there it is faster at every count (benchmarks/search.py).
     try:
       import faiss  # noqa: F401
 
@@ -229,11 +223,15 @@ def top_k_search(
     # chunk serves them all (at 100 queries a step the same search ran at half the speed).
     # The corpus goes in chunks of CPU_CHUNK_BLOCKS blocks: a chunk that must be copied (the corpus' last rows, an
     # unaligned array, a memory map) reuses one staging buffer of that size.
+    # Up to CPU_ONE_STEP_MAX_QUERIES queries the search is bound by memory, and a trip of XLA:CPU's loop over the
+    # blocks copied its block out of the chunk: a chunk is then scored in one step (1M rows, 1 / 8 / 100 queries:
+    # 97 / 200 / ~165 ms in one step against 134 / 268 / 180 ms in blocks; at 1,000 queries the blocks win).
     block = min(CPU_SCORE_BLOCK, corpus_chunk_size)
     step_queries = max(query_chunk_size, query_chunk_size * corpus_chunk_size // block)
     chunk = min(corpus_chunk_size, block * CPU_CHUNK_BLOCKS)
+    one_step = n_queries <= CPU_ONE_STEP_MAX_QUERIES
     return _sharded_top_k(
-      queries, corpus, kind, k, step_queries, chunk, devices, None, block, on_host=len(devices) == 1
+      queries, corpus, kind, k, step_queries, chunk, devices, None, block, on_host=len(devices) == 1, one_step=one_step
     )
   tpu = platform == "tpu"
   return _sharded_top_k(
@@ -242,6 +240,9 @@ def top_k_search(
 
 
 CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer, over a corpus the JAX engine must copy, go to faiss (search.py)
+
+
+CPU_ONE_STEP_MAX_QUERIES = 128  # up to this many queries a CPU chunk is one step, not a scan of blocks (search.py)
 
 
 CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (on this VM 4,096 was slower, 16,384 no faster)
@@ -292,22 +293,6 @@ def _faiss_top_k(
   return best_values, best_ids
 
 
-@functools.lru_cache(maxsize=8)
-def _put_rows_fn(sharding: NamedSharding):
-  """buffer[at : at + len(rows)] = rows, in place: the buffer is donated, the result keeps its sharding."""
-
-  def put(buffer, rows, at):
-    room = buffer.shape[0] - rows.shape[0]  # a block that would run past the end is written earlier and clipped
-    start = jnp.minimum(at, room)
-    shift = at - start
-    rows = jnp.roll(rows, shift, axis=0)
-    current = jax.lax.dynamic_slice_in_dim(buffer, start, rows.shape[0], 0)
-    keep = (jnp.arange(rows.shape[0]) < shift)[:, None]
-    return jax.lax.dynamic_update_slice_in_dim(buffer, jnp.where(keep, current, rows), start, 0)
-
-  return jax.jit(put, donate_argnums=0, out_shardings=sharding)
-
-
 def _sharded_top_k(
   queries: np.ndarray,
   corpus: Any,
@@ -319,9 +304,12 @@ def _sharded_top_k(
   recall_target: float | None,
   block_rows: int | None = None,
   on_host: bool = False,
+  one_step: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
   """`block_rows`: each device scans its shard this many rows at a time (None: the whole shard in one step).
-  `on_host`: the one device computes on host memory (one CPU device), so chunks are host arrays used in place."""
+  `one_step`: every part is scored in one step whatever its size (`block_rows` then only sizes the host path's
+  last pieces). `on_host`: the one device computes on host memory (one CPU device), so chunks are host arrays
+  used in place."""
   mesh = data_mesh(devices)
   n_dev = mesh.devices.size
   n_queries, n_corpus = len(queries), int(corpus.shape[0])
@@ -332,15 +320,22 @@ def _sharded_top_k(
   # 3,897 (22% of the work was padding).
   n_steps = -(-n_queries // query_chunk_size)
   q_chunk = min(query_chunk_size, query_bucket(-(-n_queries // n_steps)))
-  step = _chunk_search_fn(mesh, k, kind, recall_target, block, TOP_K_GROUP)
+  step_for = lambda rows: _chunk_search_fn(
+    mesh, k, kind, recall_target, rows // n_dev if one_step else block, TOP_K_GROUP
+  )  # a part's compiled step (cached): its own size in one step, or a scan of blocks
   best_values = np.full((n_queries, k), -np.inf, np.float32)
   best_ids = np.zeros((n_queries, k), np.int32)
   float_scores = kind in ("dot", "cosine")
   dtype = np.float32 if float_scores else np.dtype(corpus.dtype)
   # Float rows are read as they are: the step's own finite flag is the corpus check (queries come checked).
   read = lambda start, size: np.asarray(read_rows(corpus, start, size), dtype)
-  chunks = _host_chunks if on_host else _device_chunks
-  for part, valid, offset, rows in chunks(read, n_corpus, corpus.shape[1], dtype, chunk, block, mesh):
+  if on_host:  # a read-only memory map XLA can read where it lies is scored in place, its pages released after
+    view = (lambda start, stop: corpus[start:stop]) if mapped_in_place(corpus) else None
+    chunks = host_chunks(read, n_corpus, corpus.shape[1], dtype, chunk, block, mesh, view)
+  else:
+    chunks = device_chunks(read, n_corpus, corpus.shape[1], dtype, chunk, block, mesh)
+  for part, valid, offset, rows in chunks:
+    step = step_for(part.shape[0])
     for q0 in range(0, n_queries, q_chunk):
       q = queries[q0 : q0 + q_chunk]
       pad = q_chunk - len(q)
@@ -370,51 +365,3 @@ def query_bucket(n: int) -> int:
   """The query rows of a compiled search step: a step's shape is its query count, and a CPU step takes thousands
   of queries, so searches of 500, 501 and 502 queries would each compile (0.3-0.5 s); buckets share one."""
   return count_bucket(n)
-
-
-def _device_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):
-  """(device chunk, valid mask, first row) per `chunk` rows. The device chunk is filled a read block at a time, in
-  place (donated): never a host copy of the whole chunk next to the device one. Rows past the corpus end keep
-  older values; the mask hides them."""
-  n_dev = mesh.devices.size
-  sharding = NamedSharding(mesh, PartitionSpec("data"))
-  part = jax.device_put(np.zeros((chunk, dim), dtype), sharding)
-  put_rows = _put_rows_fn(sharding)
-  read_block = min(chunk, max(n_dev, READ_BLOCK_BYTES // (dim * np.dtype(dtype).itemsize) // n_dev * n_dev))
-  for c0 in range(0, n_corpus, chunk):
-    rows = min(chunk, n_corpus - c0)
-    for b0 in range(0, rows, read_block):
-      size = min(read_block, rows - b0)
-      rows_read = read(c0 + b0, size)
-      if size < read_block:  # the chunk's last block, padded to the one compiled block shape
-        rows_read = np.pad(rows_read, ((0, read_block - size), (0, 0)))
-      part = put_rows(part, rows_read, np.int32(b0))
-    yield part, jax.device_put(np.arange(chunk) < rows, sharding), c0, rows
-
-
-def _host_chunks(read: Callable, n_corpus: int, dim: int, dtype, chunk: int, block: int, mesh):
-  """The same for one CPU device, which computes on host memory: XLA takes a 64-byte-aligned host array without a
-  copy, so a chunk is the corpus' own rows where they are aligned (else one reused aligned staging copy). The
-  corpus' last rows go in pieces of 4, 2 and 1 blocks (the binary digits of their block count), so at most one
-  block is padding, a tail takes at most three steps (a step of one block cost ~1.3x a block inside a scan), and
-  at most four shapes compile."""
-  device = mesh.devices.flat[0]
-  staging = {}  # size -> one aligned buffer, reused (fresh large allocations cost page faults of scoring's order)
-  for c0 in range(0, n_corpus, chunk):
-    blocks = -(-(n_corpus - c0) // block)
-    sizes = (
-      [chunk]
-      if n_corpus - c0 >= chunk
-      else [block << i for i in reversed(range(blocks.bit_length())) if blocks >> i & 1]
-    )
-    for p0, size in zip(np.cumsum([c0] + sizes[:-1]), sizes):
-      rows = min(size, n_corpus - int(p0))
-      part = read(int(p0), rows)
-      if rows < size or part.ctypes.data % HOST_ALIGNMENT or not part.flags.c_contiguous:
-        if size not in staging:
-          staging[size] = aligned_empty((size, dim), dtype)
-        buffer = staging[size]
-        buffer[:rows], buffer[rows:] = part, 0
-        part = buffer
-      yield jax.device_put(part, device), jax.device_put(np.arange(size) < rows, device), int(p0), rows
-      del part  # the next read must not overlap this chunk (memory maps are read into fresh copies)

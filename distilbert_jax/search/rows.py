@@ -98,11 +98,24 @@ HOST_ALIGNMENT = 64  # XLA:CPU computes on a host array without copying it when 
 
 def host_array_in_place(corpus: Any) -> bool:
   """Whether one CPU device can score `corpus` where it lies: an in-RAM float32 array, C-contiguous and aligned to
-  HOST_ALIGNMENT (a memory map is read through copies, see `read_mapped`; a NumPy array is aligned to 16; any
+  HOST_ALIGNMENT (a memory map: see `mapped_in_place`; a NumPy array is aligned to 16; any
   other row source is read through `read_rows`' copies or slices)."""
   return (
     isinstance(corpus, np.ndarray)
     and not isinstance(corpus, np.memmap)
+    and corpus.dtype == np.float32
+    and corpus.flags.c_contiguous
+    and corpus.ctypes.data % HOST_ALIGNMENT == 0
+  )
+
+
+def mapped_in_place(corpus: Any) -> bool:
+  """Whether one CPU device can score a memory map's rows where they lie: float32, C-contiguous, aligned (a .npy
+  file's data starts at a multiple of 64 bytes) and read-only, so its pages may be released once scored (a
+  copy-on-write or writable map may hold the caller's changes: it is read through copies, see `read_mapped`)."""
+  return (
+    isinstance(corpus, np.memmap)
+    and getattr(corpus, "mode", None) == "r"
     and corpus.dtype == np.float32
     and corpus.flags.c_contiguous
     and corpus.ctypes.data % HOST_ALIGNMENT == 0
@@ -153,15 +166,16 @@ def read_mapped(array: np.memmap, start: int, stop: int) -> np.ndarray:
     block = rows[r : r + step]
     out[r : r + len(block)] = block
     if releasable:
-      _release_pages(block)
+      release_pages(block)
   return out
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _release_pages(block: np.ndarray) -> None:
-  """madvise(MADV_DONTNEED) on the whole pages inside a read-only file map's block (never beyond it)."""
+def release_pages(block: np.ndarray) -> None:
+  """madvise(MADV_DONTNEED) on the whole pages inside a read-only file map's block (never beyond it): the kernel
+  reads them from the file again if they are needed."""
   page = mmap.PAGESIZE
   first = -(-block.ctypes.data // page) * page
   last = (block.ctypes.data + block.nbytes) // page * page

@@ -91,17 +91,19 @@ def _layout(rows, layout, tmp_path, mode="r"):
   return corpus
 
 
+@pytest.mark.parametrize("one_step", [True, False])
 @pytest.mark.parametrize("block", [64, None])
 @pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
-def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, block, tmp_path, monkeypatch):
+def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, block, one_step, tmp_path, monkeypatch):
   """Integer-valued embeddings: every score is exact in float32 and many tie, so the expected top-k (score
   descending, then corpus id ascending) is known to the letter. Small blocks make full chunks, tails of 4-, 2-
-  and 1-block pieces and a padded last block; the corpus is used in place (aligned), staged (unaligned) or read
-  from a map."""
+  and 1-block pieces and a padded last block; the corpus is used in place (aligned, and the read-only map),
+  staged (unaligned); each part is scored in one step (few queries) or as a scan of blocks (many)."""
   from distilbert_jax.search import engines as scoring
 
   if block is not None:
     monkeypatch.setattr(scoring, "CPU_SCORE_BLOCK", block)
+  monkeypatch.setattr(scoring, "CPU_ONE_STEP_MAX_QUERIES", 10_000 if one_step else 0)
   rng = np.random.default_rng(1)
   rows = rng.integers(-3, 4, size=(2000, 16)).astype(np.float32)
   queries = rng.integers(-3, 4, size=(40, 16)).astype(np.float32)
@@ -143,8 +145,34 @@ def test_auto_engine_choice_never_changes_a_result(layout, tmp_path, monkeypatch
       np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
 
 
+def test_a_read_only_map_is_scored_in_place_and_its_pages_released(tmp_path, monkeypatch):
+  """A read-only .npy map is scored where it lies (no copy through `read_mapped`), each part's pages released
+  once it is scored (the whole corpus in the end), with the exact ranking; a copy-on-write map is copied."""
+  from distilbert_jax.search import chunks, engines, rows
+
+  monkeypatch.setattr(engines, "CPU_SCORE_BLOCK", 64)
+  released = []
+  monkeypatch.setattr(chunks, "release_pages", lambda view: released.append(view.shape[0]))
+  copied = []
+  read_mapped = rows.read_mapped
+  monkeypatch.setattr(rows, "read_mapped", lambda *a: copied.append(a[1:]) or read_mapped(*a))
+  rng = np.random.default_rng(5)
+  data = rng.integers(-3, 4, size=(1300, 16)).astype(np.float32)
+  queries = rng.integers(-3, 4, size=(3, 16)).astype(np.float32)
+  scores = queries.astype(np.int64) @ data.astype(np.int64).T
+  want = np.lexsort((np.broadcast_to(np.arange(len(data)), scores.shape), -scores), axis=1)[:, :6]
+  mapped = _layout(data, "memmap", tmp_path)
+  _, ids = engines.top_k_search(queries, mapped, "dot", 6, backend="jax")
+  np.testing.assert_array_equal(ids, want)
+  assert copied == [] and sum(released) == len(data) and len(released) == 4  # 512 + 512 + tail pieces 256, 20
+  released.clear()
+  _, ids = engines.top_k_search(queries, _layout(data, "memmap", tmp_path, mode="c"), "dot", 6, backend="jax")
+  np.testing.assert_array_equal(ids, want)
+  assert copied and released == []
+
+
 @pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
-@pytest.mark.parametrize("n_queries", [1, 40])
+@pytest.mark.parametrize("n_queries", [1, 40, 200])
 def test_non_finite_or_overflowing_corpus_rows_are_named_by_every_engine(layout, n_queries, tmp_path, monkeypatch):
   """The JAX engine checks the corpus inside its scan: a NaN or inf past the first chunk, in the tail blocks, is
   named by row, and finite rows whose dot products overflow float32 are refused, not ranked."""
