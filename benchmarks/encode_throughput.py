@@ -116,12 +116,13 @@ def run_gemm(docs, path, batch_size, repeats, kind):
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a, b = rng.integers(0, 255, (m, k), dtype=np.uint8), rng.integers(-127, 128, (k, n), dtype=np.int8)
     call = lambda: session.run(None, {"a": a, "b": b})
-  elif kind == "onednn-int8":  # what our int8 dense layers run on CPU: oneDNN's u8 x s8 GEMM (model/quantize.py)
-    from distilbert_jax.model.quantize import _onednn_dot
+  elif kind == "onednn-int8":  # what our int8 dense layers run on CPU: oneDNN's u8 x s8 GEMM (model/onednn.py)
+    from distilbert_jax.model.onednn import gemm_u8s8s32
 
     a = rng.integers(1, 256, (m, k), dtype=np.uint8)
     b = rng.integers(-127, 128, (n, k), dtype=np.int8)
-    call = lambda: _onednn_dot(a, b)
+    c = np.empty((m, n), np.int32)
+    call = lambda: gemm_u8s8s32(a.ctypes.data, b.ctypes.data, c.ctypes.data, m, n, k)
   else:
     import jax
     import jax.numpy as jnp

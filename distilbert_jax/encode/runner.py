@@ -39,9 +39,9 @@ CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory o
 # Tokens a device computes at once, by platform. CPU: 512-2048 measured alike on SciFact shapes, a whole batch
 # 1.3x slower (activations leave the cache). Accelerators: the whole batch.
 STEP_TOKENS_BY_PLATFORM: dict[str, int | None] = {"cpu": 768}
-# The oneDNN int8 dot is a host call per dense layer and step: larger steps amortise it (measured by hand, one pass
-# over 200 SciFact abstracts, full msmarco config: 4,522 tokens/s at 768 tokens a step, 5,547 at 1,536, 5,073 at
-# 3,072, 4,505 whole batches).
+# The oneDNN int8 dot is a custom call per dense layer and step: larger steps amortise it (measured by hand, one pass
+# over 300 SciFact abstracts, full msmarco config, each in its own process: 5,630 tokens/s at 768 tokens a step,
+# 6,801 at 1,536, 6,115 at 3,072).
 ONEDNN_STEP_TOKENS = 1536
 
 

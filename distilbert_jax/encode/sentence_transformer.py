@@ -30,8 +30,9 @@ from distilbert_jax.core.devices import device_names, devices_named, platform_of
 from distilbert_jax.encode.runner import ENCODE_DTYPES, ONEDNN_STEP_TOKENS, STEP_TOKENS_BY_PLATFORM, EncodeRunner
 from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.onednn import onednn_gemm
 from distilbert_jax.model.pooling import PoolingConfig, normalize
-from distilbert_jax.model.quantize import INT8_DOTS, onednn_gemm
+from distilbert_jax.model.quantize import INT8_DOTS
 from distilbert_jax.model.tiles import TILE, over_tiles
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.search.quantization import check_precision, quantize_embeddings

@@ -8,8 +8,8 @@ Kernels are stored [out, in] (the contraction axis last on both sides): XLA:CPU'
 
 The integer dot has two implementations, chosen by name by the caller (the encoder, at the edge): "xla"
 (`lax.dot_general`, int8 x int8 -> int32: any platform, XLA's integer units on GPU/TPU) and "onednn" (CPU: oneDNN's
-`dnnl_gemm_u8s8s32`, VNNI int8 with int32 accumulation, from the `onednn-cpu-gomp` wheel, called through
-`jax.pure_callback`; GEMM peaks 1,667 GOP/s against XLA:CPU's 651 on this machine, benchmarks/encode_throughput.py).
+`dnnl_gemm_u8s8s32`, VNNI int8 with int32 accumulation, from the `onednn-cpu-gomp` wheel, an XLA custom call:
+`onednn.py`; GEMM peaks 1,667 GOP/s against XLA:CPU's 651 on this machine, benchmarks/encode_throughput.py).
 Both are exact, so they give the same bits.
 
 Axis letters: T tokens (any leading axes), I input width, O output width.
@@ -17,15 +17,13 @@ Axis letters: T tokens (any leading axes), I input width, O output width.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from distilbert_jax.model.onednn import dot_u8s8s32
 
 INT8_LIMIT = 127  # symmetric range: -128 is never used, so negation never overflows
 
@@ -70,46 +68,6 @@ def quantize_tokens(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return q, scale
 
 
-ONEDNN_LIBRARY = "libdnnl.so.3"  # what the onednn-cpu-gomp wheel installs into <prefix>/lib
-
-
-@functools.cache
-def onednn_gemm() -> tuple[Any, str | None]:
-  """(oneDNN's dnnl_gemm_u8s8s32, None), or (None, why it cannot be loaded)."""
-  path = Path(sys.prefix) / "lib" / ONEDNN_LIBRARY
-  if not path.is_file():
-    return None, f"{path} not found (pip install onednn-cpu-gomp, the 'int8' extra)"
-  try:
-    gemm = ctypes.CDLL(str(path)).dnnl_gemm_u8s8s32
-  except (OSError, AttributeError) as e:
-    return None, f"{path}: {e}"
-  i64 = ctypes.c_int64
-  gemm.argtypes = [ctypes.c_char] * 3 + [i64] * 3 + [ctypes.c_float, ctypes.c_void_p, i64, ctypes.c_uint8]
-  gemm.argtypes += [ctypes.c_void_p, i64, ctypes.c_int8, ctypes.c_float, ctypes.c_void_p, i64, ctypes.c_void_p]
-  gemm.restype = ctypes.c_int
-  return gemm, None
-
-
-_NO_OFFSET = np.zeros(1, np.int32)
-
-
-def _onednn_dot(shifted: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-  """[M, I] uint8 (int8 + 128), [O, I] int8 -> [M, O] int32 = (shifted - 128) @ kernel.T, exactly (oneDNN
-  subtracts the A offset 128 itself)."""
-  gemm, why = onednn_gemm()
-  if gemm is None:
-    raise RuntimeError(f"int8 dot 'onednn' is not available: {why}")
-  a, b = np.ascontiguousarray(shifted), np.ascontiguousarray(kernel)
-  (m, k), n = a.shape, b.shape[0]
-  c = np.empty((m, n), np.int32)
-  if m and n:
-    status = gemm(b"N", b"T", b"F", m, n, k, 1.0, a.ctypes.data, k, 128, b.ctypes.data, k, 0, 0.0, c.ctypes.data, n,
-                  _NO_OFFSET.ctypes.data)  # fmt: skip
-    if status != 0:
-      raise RuntimeError(f"oneDNN dnnl_gemm_u8s8s32 failed (status {status}) on [{m}, {k}] x [{n}, {k}]")
-  return c
-
-
 def int8_dot(xq: jax.Array, kernel_int8: jax.Array, implementation: str = "xla") -> jax.Array:
   """xq [T.., I] int8, kernel [O, I] int8 -> [T.., O] int32, exact, by the named implementation."""
   if implementation == "xla":
@@ -118,14 +76,7 @@ def int8_dot(xq: jax.Array, kernel_int8: jax.Array, implementation: str = "xla")
     raise ValueError(f"int8 dot {implementation!r} is not one of {INT8_DOTS}")
   lead, width, out = xq.shape[:-1], xq.shape[-1], kernel_int8.shape[0]
   shifted = (xq.reshape(-1, width).astype(jnp.int16) + 128).astype(jnp.uint8)  # oneDNN's A operand is unsigned
-  acc = jax.pure_callback(
-    _onednn_dot,
-    jax.ShapeDtypeStruct((shifted.shape[0], out), jnp.int32),
-    shifted,
-    kernel_int8,
-    vmap_method="sequential",
-  )
-  return acc.reshape(*lead, out)
+  return dot_u8s8s32(shifted, kernel_int8).reshape(*lead, out)
 
 
 INT8_DOTS = ("xla", "onednn")

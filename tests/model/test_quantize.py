@@ -125,8 +125,9 @@ def test_int8_encoding_with_onednn_equals_xla_bit_for_bit_and_is_the_cpu_default
   xla = SentenceTransformer(tiny_checkpoint, dtype="int8", int8_dot="xla")
   assert np.array_equal(default.encode(texts, batch_size=4), xla.encode(texts, batch_size=4))
   # Where oneDNN cannot be loaded: the default falls back to XLA's dot and says so; asking for it is refused.
-  monkeypatch.setattr(quantize, "onednn_gemm", lambda: (None, "libdnnl.so.3 not found (test)"))
-  monkeypatch.setattr("distilbert_jax.encode.sentence_transformer.onednn_gemm", quantize.onednn_gemm)
+  missing = lambda: (None, "libdnnl.so.3 not found (test)")
+  monkeypatch.setattr("distilbert_jax.model.onednn.onednn_gemm", missing)
+  monkeypatch.setattr("distilbert_jax.encode.sentence_transformer.onednn_gemm", missing)
   with caplog.at_level("WARNING"):
     assert SentenceTransformer(tiny_checkpoint, dtype="int8").int8_dot == "xla"
   assert "oneDNN's int8 GEMM is not available (libdnnl.so.3 not found (test))" in caplog.text
@@ -169,3 +170,24 @@ def test_int8_encoding_of_real_minilm_stays_close_to_float32_and_ranks_scifact_a
   first = np.mean([w[0] == g[0] for w, g in zip(want, got)])
   overlap = np.mean([len(set(w) & set(g)) / 10 for w, g in zip(want, got)])
   assert first >= 0.93 and overlap >= 0.92, (first, overlap)
+
+
+def test_a_failing_onednn_call_is_an_error_in_the_caller_not_a_silent_result(monkeypatch):
+  """The custom call's handler turns oneDNN's failure status, or any exception inside it, into an XLA error that
+  names it: never a result left unwritten."""
+  from distilbert_jax.model import onednn
+
+  x = jnp.ones((3, 16), jnp.int8)
+  w = jnp.ones((4, 16), jnp.int8)
+  dot = jax.jit(lambda x, w: int8_dot(x, w, "onednn"))
+  assert np.array_equal(np.asarray(dot(x, w)), np.full((3, 4), 16))
+  monkeypatch.setattr(onednn, "onednn_gemm", lambda: ((lambda *args: 7), None))
+  with pytest.raises(Exception, match=r"dnnl_gemm_u8s8s32 failed \(status 7\) on \[3, 16\] x \[4, 16\]"):
+    np.asarray(dot(x, w))
+
+  def broken(*args):
+    raise OSError("simulated")
+
+  monkeypatch.setattr(onednn, "onednn_gemm", lambda: (broken, None))
+  with pytest.raises(Exception, match=r"int8 dot 'onednn': OSError: simulated"):
+    np.asarray(dot(x, w))
