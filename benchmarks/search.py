@@ -14,10 +14,10 @@ alternating between rounds, with one process per query count (a faiss process th
 was up to 25% slower on the next). Each times its count as the median of at least 3 passes (one for passes over
 5 s) after one untimed pass: ours compiles there, on a prefix of the corpus with the same compiled shapes.
 The ratio of a cell is the median of its rounds' ratios (this VM drifts 10-15% over minutes).
-Below CPU_JAX_MIN_QUERIES `auto` sends a search over a plain (16-byte aligned) NumPy array to faiss: "ours, JAX
-engine" is the engine it does not pick there (it must copy the array first), "64-byte aligned" is auto on an array
-XLA reads in place (it picks the JAX engine). "memory-mapped" is ours searching np.load(mmap_mode="r"); each is
-set against faiss' in-RAM time of the same round. Top-10 lists are compared
+Below CPU_JAX_MIN_QUERIES `auto` sends a search over a plain (16-byte aligned) NumPy array to NumPy's BLAS: "ours,
+JAX engine" is the engine it does not pick there (it must copy the array first), "64-byte aligned" is auto on an
+array XLA reads in place (NumPy up to NUMPY_GEMV_MAX_QUERIES, the JAX engine beyond). "memory-mapped" is ours
+searching np.load(mmap_mode="r"); each is set against faiss' in-RAM time of the same round. Top-10 lists are compared
 with faiss' (identical lists, and recall@10). At 1,000 queries the quantized variants run in round 1.
 Writes benchmarks/results/search.txt.
 """
@@ -138,7 +138,7 @@ def child_ours(args) -> dict:
   else:
     for count in map(int, args.counts.split(",")):
       run("ours", count, "ram")
-      if count < CPU_JAX_MIN_QUERIES:  # below it auto runs faiss on a plain array: the JAX engine shows why
+      if count < CPU_JAX_MIN_QUERIES:  # below it auto runs NumPy on a plain array: the JAX engine shows why
         run("jax", count, "ram", backend="jax")
         run("aligned", count, "aligned")
       if count in map(int, args.mmap_counts.split(",")):

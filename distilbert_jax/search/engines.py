@@ -1,7 +1,7 @@
 """Exact (and on TPU approximate) top-k over a corpus: the engine choice at the edge (`top_k_search`), then the
 engines, which compute with the numbers they are given: the blocked JAX engine (a scan over score blocks per device
-shard, merged per chunk; few queries score a part in one step; the parts come from `chunks`) and faiss' exact
-scan.
+shard, merged per chunk; few queries score a part in one step; the parts come from `chunks`), faiss' exact
+scan, and NumPy's BLAS product (a few queries over an array XLA cannot read in place).
 
 Ties are broken towards the lower corpus id by every engine.
 """
@@ -9,7 +9,6 @@ Ties are broken towards the lower corpus id by every engine.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,10 +24,10 @@ from distilbert_jax.search.chunks import device_chunks, host_chunks
 from distilbert_jax.search.rows import check_finite, float_chunk, host_array_in_place, mapped_in_place, read_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
-logger = logging.getLogger(__name__)
 
 
 SCORE_KINDS = ("dot", "cosine", "int", "hamming")
+BACKENDS = ("auto", "jax", "faiss", "numpy")
 
 
 def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
@@ -162,9 +161,6 @@ def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, kind: str, recall_target: 
   return step
 
 
-_warned_no_faiss = False
-
-
 def top_k_search(
   queries: np.ndarray,
   corpus: Any,
@@ -178,11 +174,10 @@ def top_k_search(
 ) -> tuple[np.ndarray, np.ndarray]:
   """[Q, k] best scores and corpus ids, score descending then id ascending, for a score `kind` (SCORE_KINDS):
   the engine choice lives here, at the edge; `chunk_scores` computes."""
-  global _warned_no_faiss
   if kind not in SCORE_KINDS:
     raise ValueError(f"score kind {kind!r} is not one of {SCORE_KINDS}")
-  if backend not in ("auto", "jax", "faiss"):
-    raise ValueError(f"backend {backend!r} is not one of ('auto', 'jax', 'faiss')")
+  if backend not in BACKENDS:
+    raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
   if recall_target is not None and not 0 < recall_target <= 1:
     raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
   n_queries, n_corpus = len(queries), int(corpus.shape[0])
@@ -197,25 +192,18 @@ def top_k_search(
   # An in-RAM NumPy array the JAX engine would have to copy (unaligned, or split over several devices).
   in_ram = isinstance(corpus, np.ndarray) and not isinstance(corpus, np.memmap)
   copied = in_ram and (len(devices) > 1 or not host_array_in_place(corpus))
-  if backend == "auto" and kind in ("dot", "cosine") and on_cpu and n_queries < CPU_JAX_MIN_QUERIES and copied:
-    # A handful of queries is one memory-bound pass: the JAX engine's copy costs more than the scoring, and faiss
-    # reads the array where it lies. An aligned array or a read-only memory map the JAX engine reads in place (and
-    # any other map both engines read through copies): there it is faster at every count (benchmarks/search.py).
-    try:
-      import faiss  # noqa: F401
-
-      backend = "faiss"
-    except ImportError:
-      if not _warned_no_faiss:
-        logger.warning(
-          f"faiss-cpu is not installed: searches of fewer than {CPU_JAX_MIN_QUERIES} queries over an unaligned "
-          "array run on the JAX path, which copies the corpus first (pip install 'distilbert-jax[search]')"
-        )
-        _warned_no_faiss = True
-  if backend == "faiss":
+  few = n_queries <= NUMPY_GEMV_MAX_QUERIES or (n_queries < CPU_JAX_MIN_QUERIES and copied)
+  if backend == "auto" and kind in ("dot", "cosine") and on_cpu and in_ram and few:
+    # A handful of queries is one memory-bound pass: the JAX engine's copy costs more than the scoring, and NumPy's
+    # BLAS reads the array where it lies (faiss would too, but needs a separate pass for the finite check). Up to
+    # NUMPY_GEMV_MAX_QUERIES its GEMVs outrun XLA's dot even on an array XLA reads in place; beyond, an aligned
+    # array or a read-only memory map goes to the JAX engine, faster there at every count (benchmarks/search.py).
+    backend = "numpy"
+  if backend in ("faiss", "numpy"):
     if kind not in ("dot", "cosine"):
-      raise ValueError(f"the faiss backend computes dot and cosine scores, not {kind!r}")
-    return _faiss_top_k(queries, corpus, kind == "cosine", k, corpus_chunk_size)
+      raise ValueError(f"the {backend} backend computes dot and cosine scores, not {kind!r}")
+    host_top_k = _faiss_top_k if backend == "faiss" else _numpy_top_k
+    return host_top_k(queries, corpus, kind == "cosine", k, corpus_chunk_size)
   if on_cpu:
     # Scores in cache-sized blocks: a [Q, 8192] block of scores stays in cache between the GEMM and its top-k.
     # The scores of one step are then [Q, 8192], not [Q, corpus chunk], so a step takes as many queries as keep
@@ -239,7 +227,7 @@ def top_k_search(
   )
 
 
-CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer, over a corpus the JAX engine must copy, go to faiss (search.py)
+CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer, over an array the JAX engine must copy, go to NumPy (search.py)
 
 
 CPU_ONE_STEP_MAX_QUERIES = 128  # up to this many queries a CPU chunk is one step, not a scan of blocks (search.py)
@@ -260,21 +248,33 @@ def merge_top_k(
   return np.take_along_axis(values, order, 1), np.take_along_axis(ids, order, 1)
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(np.asarray(normalize(jnp.asarray(x))))
+
+
+def _refuse_scores(part: np.ndarray, c0: int) -> None:
+  """Non-finite scores of finite queries: name the NaN or inf row, else refuse the overflow."""
+  check_finite(part, "corpus_embeddings", offset=c0)
+  raise ValueError(
+    f"corpus_embeddings: the scores of rows {c0}..{c0 + len(part) - 1} overflow float32 (finite rows, values too "
+    "large for a dot product)"
+  )
+
+
 def _faiss_top_k(
   queries: np.ndarray, corpus: Any, cosine: bool, k: int, corpus_chunk_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
   import faiss
 
-  unit = lambda x: np.ascontiguousarray(np.asarray(normalize(jnp.asarray(x))))
-  queries = unit(queries) if cosine else np.ascontiguousarray(queries)
+  queries = _unit_rows(queries) if cosine else np.ascontiguousarray(queries)
   best_values = np.full((len(queries), 0), -np.inf, np.float32)
   best_ids = np.zeros((len(queries), 0), np.int64)
   for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
-    part = float_chunk(corpus, c0, corpus_chunk_size)
+    part = float_chunk(corpus, c0, corpus_chunk_size)  # checked finite: faiss skips NaN scores without a word
     # faiss.knn: IndexFlatIP's exact search without copying the chunk into an index. One candidate more than
     # needed shows where a tie crosses the top-k boundary; faiss orders such ties its own way, so those queries
     # are ranked again exactly (score, then lower id), as the JAX engine ranks them.
-    part = unit(part) if cosine else part
+    part = _unit_rows(part) if cosine else part
     kk = min(k + 1, len(part))
     values, idx = faiss.knn(queries, part, kk, metric=faiss.METRIC_INNER_PRODUCT)
     tied = np.flatnonzero(values[:, k - 1] == values[:, k]) if kk > k else np.zeros(0, np.int64)
@@ -283,13 +283,63 @@ def _faiss_top_k(
       order = np.lexsort((np.arange(len(part)), -scores))[:kk]
       values[q], idx[q] = scores[order], order
     values, idx = values[:, :k], idx[:, :k]
-    if not np.isfinite(values).all():  # the rows were finite (float_chunk), their products were not
-      raise ValueError(
-        f"corpus_embeddings: the scores of rows {c0}..{c0 + len(part) - 1} overflow float32 (finite rows, "
-        "values too large for a dot product)"
-      )
+    if not np.isfinite(values).all():  # the rows were finite, their products were not
+      _refuse_scores(part, c0)
     best_values, best_ids = merge_top_k(best_values, best_ids, values, idx + c0, k)
     del part  # before the next chunk is read: never two chunks at once
+  return best_values, best_ids
+
+
+NUMPY_BLOCK_ROWS = 1024  # 3 MiB of 768-d rows: each block is read from memory once and scored from cache
+NUMPY_GEMV_MAX_QUERIES = 4
+
+
+def _host_scores(queries: np.ndarray, part: np.ndarray) -> np.ndarray:
+  """[Q, rows] scores by NumPy's BLAS, block by block. OpenBLAS' GEMM of a handful of columns runs far below the
+  memory bound (1M x 768 rows: 200 ms at 4 queries, against 68 ms for one GEMV); one GEMV per query over a
+  cache-resident block reads the rows once (122 ms at 4), and from 8 queries a GEMM per block is faster (by hand,
+  this VM)."""
+  scores = np.empty((len(queries), len(part)), np.float32)
+  for r0 in range(0, len(part), NUMPY_BLOCK_ROWS):
+    block = part[r0 : r0 + NUMPY_BLOCK_ROWS]
+    if len(queries) <= NUMPY_GEMV_MAX_QUERIES:
+      for q, query in enumerate(queries):
+        np.dot(block, query, out=scores[q, r0 : r0 + len(block)])
+    else:
+      scores[:, r0 : r0 + len(block)] = queries @ block.T
+  return scores
+
+
+def _numpy_top_k(
+  queries: np.ndarray, corpus: Any, cosine: bool, k: int, corpus_chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """NumPy's BLAS product over each corpus chunk where it lies (any alignment), checked finite on the scores
+  themselves (a NaN or inf row makes its every score non-finite), then the exact top k per query: every
+  candidate at or above the k-th largest score, ranked by score, then lower id."""
+  queries = _unit_rows(queries) if cosine else np.ascontiguousarray(queries)
+  best_values = np.full((len(queries), 0), -np.inf, np.float32)
+  best_ids = np.zeros((len(queries), 0), np.int64)
+  for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
+    part = np.asarray(read_rows(corpus, c0, corpus_chunk_size), np.float32)
+    part = _unit_rows(part) if cosine else part
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores are refused just below
+      scores = _host_scores(queries, part)
+    if not np.isfinite(scores).all():
+      _refuse_scores(part, c0)
+    kk = min(k, scores.shape[1])
+    ids = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]  # some k best; ties at the k-th score cut anyhow
+    values = np.take_along_axis(scores, ids, 1)
+    order = np.lexsort((ids, -values), axis=1)
+    ids, values = np.take_along_axis(ids, order, 1), np.take_along_axis(values, order, 1)
+    # Where more rows than fit tie with the k-th score, the lowest ids among them are kept: rank those queries
+    # again over every candidate at or above it.
+    tied = np.flatnonzero((scores >= values[:, -1:]).sum(1) > kk)
+    for q in tied:
+      candidates = np.flatnonzero(scores[q] >= values[q, -1])
+      best = candidates[np.lexsort((candidates, -scores[q, candidates]))[:kk]]
+      values[q], ids[q] = scores[q, best], best
+    best_values, best_ids = merge_top_k(best_values, best_ids, values, ids + c0, k)
+    del part, scores  # before the next chunk is read: never two chunks at once
   return best_values, best_ids
 
 

@@ -24,7 +24,7 @@ def _assert_same(ours, theirs):
     np.testing.assert_allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "jax"])
+@pytest.mark.parametrize("backend", ["faiss", "jax", "numpy"])
 @pytest.mark.parametrize("score_function", ["dot", "cos_sim"])
 @pytest.mark.parametrize(
   "top_k,query_chunk_size,corpus_chunk_size", [(10, 100, 500_000), (5, 7, 13), (3, 1, 1), (250, 3, 17), (40, 64, 50)]
@@ -41,7 +41,7 @@ def test_equals_sentence_transformers(score_function, top_k, query_chunk_size, c
   assert all(len(hits) == min(top_k, len(c)) for hits in ours)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "jax"])
+@pytest.mark.parametrize("backend", ["faiss", "jax", "numpy"])
 def test_ties_are_kept_and_ordered_by_corpus_id(backend):
   rng = np.random.default_rng(0)
   base = rng.normal(size=(20, 8)).astype(np.float32)
@@ -122,24 +122,28 @@ def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, bl
 
 @pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
 def test_auto_engine_choice_never_changes_a_result(layout, tmp_path, monkeypatch):
-  """`auto` picks faiss only for a few queries over an array the JAX engine would copy; whatever it picks, the
-  top-k equals both engines' and the exact integer ranking, ties by corpus id included."""
+  """`auto` picks NumPy's BLAS only for a few queries over an in-RAM array (up to NUMPY_GEMV_MAX_QUERIES, or up to
+  CPU_JAX_MIN_QUERIES where the JAX engine would copy it); whatever it picks, the top-k equals every engine's and
+  the exact integer ranking, ties by corpus id included."""
   from distilbert_jax.search import engines
 
   picked = []
-  faiss_top_k = engines._faiss_top_k
-  monkeypatch.setattr(engines, "_faiss_top_k", lambda *a, **kw: picked.append(1) or faiss_top_k(*a, **kw))
+  numpy_top_k = engines._numpy_top_k
+  monkeypatch.setattr(engines, "_numpy_top_k", lambda *a, **kw: picked.append(1) or numpy_top_k(*a, **kw))
   rng = np.random.default_rng(3)
   rows = rng.integers(-2, 3, size=(1500, 16)).astype(np.float32)
   corpus = _layout(rows, layout, tmp_path, mode="r+")
-  for n in (1, engines.CPU_JAX_MIN_QUERIES - 1, engines.CPU_JAX_MIN_QUERIES, 30):
+  few = engines.NUMPY_GEMV_MAX_QUERIES
+  for n in (1, few, few + 1, engines.CPU_JAX_MIN_QUERIES - 1, engines.CPU_JAX_MIN_QUERIES, 30):
     queries = rng.integers(-2, 3, size=(n, 16)).astype(np.float32)
     scores = queries.astype(np.int64) @ rows.astype(np.int64).T
     want = np.lexsort((np.broadcast_to(np.arange(len(rows)), scores.shape), -scores), axis=1)[:, :9]
     picked.clear()
-    results = {b: engines.top_k_search(queries, corpus, "dot", 9, backend=b) for b in ("auto", "jax", "faiss")}
-    auto_ran_faiss = len(picked) == 2  # the explicit faiss run is one
-    assert auto_ran_faiss == (n < engines.CPU_JAX_MIN_QUERIES and layout == "unaligned"), (n, layout)
+    backends = ("auto", "jax", "faiss", "numpy")
+    results = {b: engines.top_k_search(queries, corpus, "dot", 9, 7, 400, backend=b) for b in backends}
+    auto_ran_numpy = len(picked) == 2  # the explicit numpy run is one
+    in_ram_few = layout != "memmap" and (n <= few or (n < engines.CPU_JAX_MIN_QUERIES and layout == "unaligned"))
+    assert auto_ran_numpy == in_ram_few, (n, layout)
     for backend, (values, ids) in results.items():
       np.testing.assert_array_equal(ids, want, err_msg=f"{backend=} {n=}")
       np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
@@ -185,7 +189,7 @@ def test_non_finite_or_overflowing_corpus_rows_are_named_by_every_engine(layout,
     rows = rng.normal(size=(1400, 16)).astype(np.float32)
     rows[row, 3] = value
     corpus = _layout(rows, layout, tmp_path)
-    for backend in ("auto", "jax", "faiss"):
+    for backend in ("auto", "jax", "faiss", "numpy"):
       with pytest.raises(ValueError, match=f"corpus_embeddings: row {row} holds NaN or inf"):
         engines.top_k_search(queries, corpus, "dot", 5, backend=backend)
   rows = rng.normal(size=(1400, 16)).astype(np.float32)
@@ -193,7 +197,7 @@ def test_non_finite_or_overflowing_corpus_rows_are_named_by_every_engine(layout,
   corpus = _layout(rows, layout, tmp_path)
   with pytest.raises(ValueError, match=r"corpus_embeddings: the scores of rows 512\.\.1023 overflow float32"):
     engines.top_k_search(np.abs(queries) + 2, corpus, "dot", 5, backend="jax")
-  for backend in ("auto", "faiss"):
+  for backend in ("auto", "faiss", "numpy"):
     with pytest.raises(ValueError, match=r"corpus_embeddings: the scores of rows \d+\.\.\d+ overflow float32"):
       engines.top_k_search(np.abs(queries) + 2, corpus, "dot", 5, backend=backend)
 
