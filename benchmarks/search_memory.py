@@ -55,7 +55,7 @@ def main() -> None:
       f"# {args.rows:,} x {args.dim} float32 memory-mapped ({path.stat().st_size / 2**30:.2f} GiB), "
       f"corpus_chunk_size {args.chunk:,} ({chunk_mib:.0f} MiB), {args.queries} queries, top 10"
     )
-    for backend in ("faiss", "jax"):
+    for backend in ("faiss", "jax", "numpy"):
       out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), str(args.chunk), backend, str(args.queries)],
         capture_output=True,

@@ -202,8 +202,9 @@ def top_k_search(
   if backend in ("faiss", "numpy"):
     if kind not in ("dot", "cosine"):
       raise ValueError(f"the {backend} backend computes dot and cosine scores, not {kind!r}")
-    host_top_k = _faiss_top_k if backend == "faiss" else _numpy_top_k
-    return host_top_k(queries, corpus, kind == "cosine", k, corpus_chunk_size)
+    if backend == "faiss":
+      return _faiss_top_k(queries, corpus, kind == "cosine", k, corpus_chunk_size)
+    return _numpy_top_k(queries, corpus, kind == "cosine", k, query_chunk_size, corpus_chunk_size)
   if on_cpu:
     # Scores in cache-sized blocks: a [Q, 8192] block of scores stays in cache between the GEMM and its top-k.
     # The scores of one step are then [Q, 8192], not [Q, corpus chunk], so a step takes as many queries as keep
@@ -311,36 +312,44 @@ def _host_scores(queries: np.ndarray, part: np.ndarray) -> np.ndarray:
 
 
 def _numpy_top_k(
-  queries: np.ndarray, corpus: Any, cosine: bool, k: int, corpus_chunk_size: int
+  queries: np.ndarray, corpus: Any, cosine: bool, k: int, query_chunk_size: int, corpus_chunk_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-  """NumPy's BLAS product over each corpus chunk where it lies (any alignment), checked finite on the scores
-  themselves (a NaN or inf row makes its every score non-finite), then the exact top k per query: every
-  candidate at or above the k-th largest score, ranked by score, then lower id."""
+  """NumPy's BLAS product over each corpus chunk where it lies (any alignment), at most query_chunk_size x
+  corpus_chunk_size scores at a time (sentence-transformers' bound), checked finite on the scores themselves (a
+  NaN or inf row makes its every score non-finite), then the exact top k per query."""
   queries = _unit_rows(queries) if cosine else np.ascontiguousarray(queries)
   best_values = np.full((len(queries), 0), -np.inf, np.float32)
   best_ids = np.zeros((len(queries), 0), np.int64)
   for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
     part = np.asarray(read_rows(corpus, c0, corpus_chunk_size), np.float32)
     part = _unit_rows(part) if cosine else part
-    with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores are refused just below
-      scores = _host_scores(queries, part)
-    if not np.isfinite(scores).all():
-      _refuse_scores(part, c0)
-    kk = min(k, scores.shape[1])
-    ids = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]  # some k best; ties at the k-th score cut anyhow
-    values = np.take_along_axis(scores, ids, 1)
-    order = np.lexsort((ids, -values), axis=1)
-    ids, values = np.take_along_axis(ids, order, 1), np.take_along_axis(values, order, 1)
-    # Where more rows than fit tie with the k-th score, the lowest ids among them are kept: rank those queries
-    # again over every candidate at or above it.
-    tied = np.flatnonzero((scores >= values[:, -1:]).sum(1) > kk)
-    for q in tied:
-      candidates = np.flatnonzero(scores[q] >= values[q, -1])
-      best = candidates[np.lexsort((candidates, -scores[q, candidates]))[:kk]]
-      values[q], ids[q] = scores[q, best], best
+    kk = min(k, len(part))
+    values, ids = np.empty((len(queries), kk), np.float32), np.empty((len(queries), kk), np.int64)
+    for q0 in range(0, len(queries), query_chunk_size):
+      with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores are refused just below
+        scores = _host_scores(queries[q0 : q0 + query_chunk_size], part)
+      if not np.isfinite(scores).all():
+        _refuse_scores(part, c0)
+      values[q0 : q0 + len(scores)], ids[q0 : q0 + len(scores)] = _exact_top_k(scores, kk)
+      del scores
     best_values, best_ids = merge_top_k(best_values, best_ids, values, ids + c0, k)
-    del part, scores  # before the next chunk is read: never two chunks at once
+    del part  # before the next chunk is read: never two chunks at once
   return best_values, best_ids
+
+
+def _exact_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """[Q, k] best scores of [Q, rows] and their row ids, score descending, then lower id."""
+  ids = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # some k best; ties at the k-th score cut anyhow
+  values = np.take_along_axis(scores, ids, 1)
+  order = np.lexsort((ids, -values), axis=1)
+  ids, values = np.take_along_axis(ids, order, 1), np.take_along_axis(values, order, 1)
+  # Where more rows than fit tie with the k-th score, the lowest ids among them are kept: rank those queries
+  # again over every candidate at or above it.
+  for q in np.flatnonzero((scores >= values[:, -1:]).sum(1) > k):
+    candidates = np.flatnonzero(scores[q] >= values[q, -1])
+    best = candidates[np.lexsort((candidates, -scores[q, candidates]))[:k]]
+    values[q], ids[q] = scores[q, best], best
+  return values, ids
 
 
 def _sharded_top_k(

@@ -149,6 +149,28 @@ def test_auto_engine_choice_never_changes_a_result(layout, tmp_path, monkeypatch
       np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
 
 
+def test_the_numpy_engine_keeps_the_score_bound_and_the_exact_ranking(monkeypatch):
+  """At most query_chunk_size x corpus_chunk_size scores at a time (sentence-transformers' bound), in blocks of
+  rows scored by GEMVs (a query chunk of up to NUMPY_GEMV_MAX_QUERIES) or a GEMM, and the exact integer ranking
+  with ties by corpus id."""
+  from distilbert_jax.search import engines
+
+  monkeypatch.setattr(engines, "NUMPY_BLOCK_ROWS", 64)
+  shapes = []
+  host_scores = engines._host_scores
+  monkeypatch.setattr(engines, "_host_scores", lambda q, p: shapes.append((len(q), len(p))) or host_scores(q, p))
+  rng = np.random.default_rng(11)
+  rows = rng.integers(-2, 3, size=(700, 8)).astype(np.float32)
+  queries = rng.integers(-2, 3, size=(43, 8)).astype(np.float32)  # query chunks of 10 and a last one of 3
+  scores = queries.astype(np.int64) @ rows.astype(np.int64).T
+  want = np.lexsort((np.broadcast_to(np.arange(len(rows)), scores.shape), -scores), axis=1)[:, :6]
+  values, ids = engines.top_k_search(queries, rows, "dot", 6, 10, 300, backend="numpy")
+  np.testing.assert_array_equal(ids, want)
+  np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
+  assert max(q * p for q, p in shapes) <= 10 * 300 and sum(q * p for q, p in shapes) == 43 * 700
+  assert {q for q, _ in shapes} == {10, 3}
+
+
 def test_a_read_only_map_is_scored_in_place_and_its_pages_released(tmp_path, monkeypatch):
   """A read-only .npy map is scored where it lies (no copy through `read_mapped`), each part's pages released
   once it is scored (the whole corpus in the end), with the exact ranking; a copy-on-write map is copied."""
