@@ -56,7 +56,7 @@ def semantic_search(
   computed by `backend`; any other callable is called on (query chunk, corpus chunk) as theirs is.
   `backend`: "jax" (sharded over `devices`; on CPU the corpus is scored in cache-sized blocks), "faiss" (exact
   IndexFlatIP on the host), "numpy" (NumPy's BLAS product on the host), or "auto": on CPU, numpy over an in-RAM
-  array for up to `engines.NUMPY_GEMV_MAX_QUERIES` queries, or fewer than `engines.CPU_JAX_MIN_QUERIES` where the
+  array for up to `search.host.NUMPY_GEMV_MAX_QUERIES` queries, or fewer than `engines.CPU_JAX_MIN_QUERIES` where the
   JAX engine would copy the array (one memory-bound pass, where that copy costs more than the scoring), else jax.
   The engines are tested to give the same results.
   `recall_target`: on TPU, jax.lax.approx_max_k with that expected recall; exact top-k elsewhere.

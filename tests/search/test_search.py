@@ -24,6 +24,13 @@ def _assert_same(ours, theirs):
     np.testing.assert_allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5, rtol=1e-5)
 
 
+def _exact_ranking(queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """[Q, k] exact scores and ids of integer-valued embeddings: score descending, then lower id (int64, no rounding)."""
+  scores = queries.astype(np.int64) @ rows.astype(np.int64).T
+  ids = np.lexsort((np.broadcast_to(np.arange(len(rows)), scores.shape), -scores), axis=1)[:, :k]
+  return np.take_along_axis(scores, ids, 1), ids
+
+
 @pytest.mark.parametrize("backend", ["faiss", "jax", "numpy"])
 @pytest.mark.parametrize("score_function", ["dot", "cos_sim"])
 @pytest.mark.parametrize(
@@ -110,14 +117,13 @@ def test_cpu_blocked_engine_is_exact_with_ties_on_every_memory_layout(layout, bl
   corpus = _layout(rows, layout, tmp_path)
   # Lengths whose tails (past whole 512-row chunks of 64-row blocks) are 7, 5 and 8 blocks: pieces of 4, 2, 1.
   for n in (2000, 1536 + 64 * 6 + 5, 1536 + 64 * 4 + 64):
-    scores = queries.astype(np.int64) @ rows[:n].astype(np.int64).T
-    want = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)[:, :7]
+    want_values, want = _exact_ranking(queries, rows[:n], 7)
     for query_chunk_size, corpus_chunk_size in [(5, 300), (100, 500_000), (1, 1000)]:
       values, ids = scoring.top_k_search(
         queries, corpus[:n], "dot", 7, query_chunk_size, corpus_chunk_size, backend="jax"
       )
       np.testing.assert_array_equal(ids, want, err_msg=f"{n=} {query_chunk_size=} {corpus_chunk_size=}")
-      np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
+      np.testing.assert_array_equal(values, want_values)
 
 
 @pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
@@ -125,19 +131,18 @@ def test_auto_engine_choice_never_changes_a_result(layout, tmp_path, monkeypatch
   """`auto` picks NumPy's BLAS only for a few queries over an in-RAM array (up to NUMPY_GEMV_MAX_QUERIES, or up to
   CPU_JAX_MIN_QUERIES where the JAX engine would copy it); whatever it picks, the top-k equals every engine's and
   the exact integer ranking, ties by corpus id included."""
-  from distilbert_jax.search import engines
+  from distilbert_jax.search import engines, host
 
   picked = []
-  numpy_top_k = engines._numpy_top_k
-  monkeypatch.setattr(engines, "_numpy_top_k", lambda *a, **kw: picked.append(1) or numpy_top_k(*a, **kw))
+  numpy_top_k = host.numpy_top_k
+  monkeypatch.setattr(host, "numpy_top_k", lambda *a, **kw: picked.append(1) or numpy_top_k(*a, **kw))
   rng = np.random.default_rng(3)
   rows = rng.integers(-2, 3, size=(1500, 16)).astype(np.float32)
   corpus = _layout(rows, layout, tmp_path, mode="r+")
-  few = engines.NUMPY_GEMV_MAX_QUERIES
+  few = host.NUMPY_GEMV_MAX_QUERIES
   for n in (1, few, few + 1, engines.CPU_JAX_MIN_QUERIES - 1, engines.CPU_JAX_MIN_QUERIES, 30):
     queries = rng.integers(-2, 3, size=(n, 16)).astype(np.float32)
-    scores = queries.astype(np.int64) @ rows.astype(np.int64).T
-    want = np.lexsort((np.broadcast_to(np.arange(len(rows)), scores.shape), -scores), axis=1)[:, :9]
+    want_values, want = _exact_ranking(queries, rows, 9)
     picked.clear()
     backends = ("auto", "jax", "faiss", "numpy")
     results = {b: engines.top_k_search(queries, corpus, "dot", 9, 7, 400, backend=b) for b in backends}
@@ -146,27 +151,26 @@ def test_auto_engine_choice_never_changes_a_result(layout, tmp_path, monkeypatch
     assert auto_ran_numpy == in_ram_few, (n, layout)
     for backend, (values, ids) in results.items():
       np.testing.assert_array_equal(ids, want, err_msg=f"{backend=} {n=}")
-      np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
+      np.testing.assert_array_equal(values, want_values)
 
 
 def test_the_numpy_engine_keeps_the_score_bound_and_the_exact_ranking(monkeypatch):
   """At most query_chunk_size x corpus_chunk_size scores at a time (sentence-transformers' bound), in blocks of
   rows scored by GEMVs (a query chunk of up to NUMPY_GEMV_MAX_QUERIES) or a GEMM, and the exact integer ranking
   with ties by corpus id."""
-  from distilbert_jax.search import engines
+  from distilbert_jax.search import engines, host
 
-  monkeypatch.setattr(engines, "NUMPY_BLOCK_ROWS", 64)
+  monkeypatch.setattr(host, "NUMPY_BLOCK_ROWS", 64)
   shapes = []
-  host_scores = engines._host_scores
-  monkeypatch.setattr(engines, "_host_scores", lambda q, p: shapes.append((len(q), len(p))) or host_scores(q, p))
+  host_scores = host._host_scores
+  monkeypatch.setattr(host, "_host_scores", lambda q, p: shapes.append((len(q), len(p))) or host_scores(q, p))
   rng = np.random.default_rng(11)
   rows = rng.integers(-2, 3, size=(700, 8)).astype(np.float32)
   queries = rng.integers(-2, 3, size=(43, 8)).astype(np.float32)  # query chunks of 10 and a last one of 3
-  scores = queries.astype(np.int64) @ rows.astype(np.int64).T
-  want = np.lexsort((np.broadcast_to(np.arange(len(rows)), scores.shape), -scores), axis=1)[:, :6]
+  want_values, want = _exact_ranking(queries, rows, 6)
   values, ids = engines.top_k_search(queries, rows, "dot", 6, 10, 300, backend="numpy")
   np.testing.assert_array_equal(ids, want)
-  np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
+  np.testing.assert_array_equal(values, want_values)
   assert max(q * p for q, p in shapes) <= 10 * 300 and sum(q * p for q, p in shapes) == 43 * 700
   assert {q for q, _ in shapes} == {10, 3}
 
@@ -185,8 +189,7 @@ def test_a_read_only_map_is_scored_in_place_and_its_pages_released(tmp_path, mon
   rng = np.random.default_rng(5)
   data = rng.integers(-3, 4, size=(1300, 16)).astype(np.float32)
   queries = rng.integers(-3, 4, size=(3, 16)).astype(np.float32)
-  scores = queries.astype(np.int64) @ data.astype(np.int64).T
-  want = np.lexsort((np.broadcast_to(np.arange(len(data)), scores.shape), -scores), axis=1)[:, :6]
+  _, want = _exact_ranking(queries, data, 6)
   mapped = _layout(data, "memmap", tmp_path)
   _, ids = engines.top_k_search(queries, mapped, "dot", 6, backend="jax")
   np.testing.assert_array_equal(ids, want)
@@ -235,11 +238,9 @@ def test_searches_of_similar_query_counts_share_one_compiled_step():
   rng = np.random.default_rng(2)
   corpus = rng.integers(-3, 4, size=(3000, 16)).astype(np.float32)
   queries = rng.integers(-3, 4, size=(520, 16)).astype(np.float32)
-  scores = queries.astype(np.int64) @ corpus.astype(np.int64).T
   for n in range(490, 512, 3):
     _, ids = scoring.top_k_search(queries[:n], corpus, "dot", 5, backend="jax")
-    want = np.lexsort((np.broadcast_to(np.arange(len(corpus)), (n, len(corpus))), -scores[:n]), axis=1)[:, :5]
-    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_array_equal(ids, _exact_ranking(queries[:n], corpus, 5)[1])
   step = scoring._chunk_search_fn(data_mesh(jax.local_devices()), 5, "dot", None, len(corpus), scoring.TOP_K_GROUP)
   assert step._cache_size() == 1, step._cache_size()
 
@@ -288,9 +289,8 @@ def test_cpu_engine_with_grouped_block_top_k_is_exact(monkeypatch):
   rng = np.random.default_rng(3)
   corpus = rng.integers(-2, 3, size=(2100, 16)).astype(np.float32)
   queries = rng.integers(-2, 3, size=(30, 16)).astype(np.float32)
-  scores = queries.astype(np.int64) @ corpus.astype(np.int64).T
-  want = np.lexsort((np.broadcast_to(np.arange(len(corpus)), scores.shape), -scores), axis=1)[:, :7]
+  want_values, want = _exact_ranking(queries, corpus, 7)
   values, ids = scoring.top_k_search(queries, corpus, "dot", 7, backend="jax")
   assert traced and all(args == (7, 8) for args in traced), traced  # the grouped path ran (k 7, groups of 8)
   np.testing.assert_array_equal(ids, want)
-  np.testing.assert_array_equal(values, np.take_along_axis(scores, want, 1))
+  np.testing.assert_array_equal(values, want_values)
