@@ -27,6 +27,12 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.asarray(normalize(jnp.asarray(x))))
 
 
+def _query_rows(queries: np.ndarray, cosine: bool) -> np.ndarray:
+  """Contiguous float32 queries (unit rows for cosine), as both host engines and the JAX engine score them."""
+  queries = np.ascontiguousarray(queries, np.float32)
+  return _unit_rows(queries) if cosine else queries
+
+
 def _refuse_scores(part: np.ndarray, c0: int) -> None:
   """Non-finite scores of finite queries: name the NaN or inf row, else refuse the overflow."""
   check_finite(part, "corpus_embeddings", offset=c0)
@@ -41,7 +47,7 @@ def faiss_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
   import faiss
 
-  queries = _unit_rows(queries) if cosine else np.ascontiguousarray(queries)
+  queries = _query_rows(queries, cosine)
   best_values = np.full((len(queries), 0), -np.inf, np.float32)
   best_ids = np.zeros((len(queries), 0), np.int64)
   for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
@@ -54,9 +60,8 @@ def faiss_top_k(
     values, idx = faiss.knn(queries, part, kk, metric=faiss.METRIC_INNER_PRODUCT)
     tied = np.flatnonzero(values[:, k - 1] == values[:, k]) if kk > k else np.zeros(0, np.int64)
     for q in tied:
-      scores = np.einsum("d,cd->c", queries[q], part)  # exact float32 dot products, like faiss' IP
-      order = np.lexsort((np.arange(len(part)), -scores))[:kk]
-      values[q], idx[q] = scores[order], order
+      exact = np.einsum("d,cd->c", queries[q], part)[None]  # exact float32 dot products, like faiss' IP
+      (values[q],), (idx[q],) = _exact_top_k(exact, kk)
     values, idx = values[:, :k], idx[:, :k]
     if not np.isfinite(values).all():  # the rows were finite, their products were not
       _refuse_scores(part, c0)
@@ -91,7 +96,7 @@ def numpy_top_k(
   """NumPy's BLAS product over each corpus chunk where it lies (any alignment), at most query_chunk_size x
   corpus_chunk_size scores at a time (sentence-transformers' bound), checked finite on the scores themselves (a
   NaN or inf row makes its every score non-finite), then the exact top k per query."""
-  queries = _unit_rows(queries) if cosine else np.ascontiguousarray(queries)
+  queries = _query_rows(queries, cosine)
   best_values = np.full((len(queries), 0), -np.inf, np.float32)
   best_ids = np.zeros((len(queries), 0), np.int64)
   for c0 in range(0, int(corpus.shape[0]), corpus_chunk_size):
