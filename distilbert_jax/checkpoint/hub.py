@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import uuid
 from pathlib import Path
+
+from distilbert_jax.core.storage import Store, is_url
 
 # The files a sentence-transformers encoder needs (configs, vocab, weights, also under 0_Transformer/ in older
 # layouts); safetensors first, pytorch_model.bin only for repositories without it. Nothing else is downloaded.
@@ -19,7 +28,10 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
-  """A local directory as given; otherwise a hub id (a bare name means sentence-transformers/NAME)."""
+  """A local directory as given; a URL (s3://, gs://) copied once into the local model cache; otherwise a hub id
+  (a bare name means sentence-transformers/NAME)."""
+  if is_url(name_or_path):
+    return _fetch_model_dir(str(name_or_path))
   path = Path(name_or_path).expanduser()
   if path.is_dir():
     return path
@@ -56,6 +68,33 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
       f"(e.g. one copied from a machine with internet via `huggingface-cli download {repo_id}`), "
       f"or one converted with `distilbert-jax convert`."
     ) from None
+
+
+def _fetch_model_dir(url: str) -> Path:
+  """The model directory at `url` in `$DISTILBERT_JAX_MODEL_CACHE` (default ~/.cache/distilbert_jax/models), under
+  the digest of the URL and of its files' names, sizes and store versions: fetched once, again when they change;
+  built beside its final name and renamed, so a killed fetch leaves nothing loadable."""
+  store = Store(url)
+  files = [
+    n for n in store.walk() if any(fnmatch.fnmatch(posixpath.basename(n), p) for p in (*_MODEL_FILES, *_FALLBACK_FILES))
+  ]
+  if not files:
+    raise ModelNotFoundError(f"{url}: no model files there (config.json, tokenizer files, model.safetensors)")
+  listing = json.dumps([url] + [[n, store.size(n), store.version(n)] for n in files])
+  root = Path(os.environ.get("DISTILBERT_JAX_MODEL_CACHE", Path.home() / ".cache" / "distilbert_jax" / "models"))
+  final = root / hashlib.sha256(listing.encode()).hexdigest()[:24]
+  if final.is_dir():
+    return final
+  partial = root / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+  for name in files:
+    (partial / name).parent.mkdir(parents=True, exist_ok=True)
+    (partial / name).write_bytes(store.read_bytes(name))
+  (partial / "source-url.txt").write_text(url + "\n")
+  try:
+    os.rename(partial, final)
+  except OSError:  # another process fetched the same files first: use its copy
+    shutil.rmtree(partial, ignore_errors=True)
+  return final
 
 
 DEFAULT_MODEL = "msmarco-distilbert-dot-v5"

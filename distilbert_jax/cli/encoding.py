@@ -17,6 +17,7 @@ from distilbert_jax.cli.common import (
 from distilbert_jax.core.files import npy_bytes, npy_path, write_atomic
 from distilbert_jax.data.records import ON_ERROR
 from distilbert_jax.jobs.encode_corpus import run_job
+from distilbert_jax.jobs.shards import FORMATS
 from distilbert_jax.jobs.tokenize_corpus import tokenize_corpus
 from distilbert_jax.search.quantization import PRECISIONS
 
@@ -33,6 +34,10 @@ def cmd_encode(args) -> None:
 
 
 def cmd_encode_corpus(args) -> None:
+  if args.distributed:  # every host runs this same command; JAX finds the pod or cluster, or is told
+    import jax
+
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   fields = {"id_field": args.id_field, "title_field": args.title_field, "text_field": args.text_field}
   summary = run_job(
     args.input,
@@ -51,6 +56,7 @@ def cmd_encode_corpus(args) -> None:
     truncate_dim=args.truncate_dim,
     calibration_size=args.calibration_size,
     deterministic=args.deterministic,
+    format=args.format,
   )
   print(
     f"{summary['rows']} embeddings in {summary['shards']} shards at {summary['out']}; encoded now "
@@ -94,10 +100,15 @@ def add_encode_corpus(sub) -> None:
   p = sub.add_parser("encode-corpus", help="encode a large corpus to shards: streaming, resumable, safe on bad input")
   p.add_argument(
     "input",
-    help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, plain text lines (id = line number), or a tokenize-corpus "
-    "directory",
+    help="BEIR corpus.jsonl[.gz], TSV of id<TAB>text, plain text lines (id = line number), a .parquet file, a "
+    "directory or glob of them, or a tokenize-corpus directory; a local path or a URL (s3://, gs://: the cloud extra)",
   )
-  p.add_argument("--out", required=True, help="output directory (shards, ids, manifest.json, rejects.jsonl)")
+  p.add_argument(
+    "--out", required=True, help="output directory or URL (shards, ids, manifest.json, rejects.jsonl, lock.json)"
+  )
+  p.add_argument(
+    "--format", choices=FORMATS, default="npy", help="shards as .npy + ids JSON (default) or Parquet (id, embedding)"
+  )
   p.add_argument("--shard-size", type=count_arg, default=10_000)
   p.add_argument(
     "--on-error",
@@ -123,6 +134,15 @@ def add_encode_corpus(sub) -> None:
   p.add_argument("--text-field", default="text")
   p.add_argument("--process-index", type=non_negative_arg, help="this process (default: jax.process_index())")
   p.add_argument("--process-count", type=count_arg, help="all processes (default: jax.process_count())")
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="call jax.distributed.initialize() first (TPU pods and SLURM/Kubernetes clusters are found by JAX): "
+    "the processes agree through its coordination service and need no shared directory",
+  )
+  p.add_argument("--coordinator", help="with --distributed where JAX cannot find the cluster: HOST:PORT of process 0")
+  p.add_argument("--num-processes", type=count_arg, help="with --coordinator: how many processes")
+  p.add_argument("--process-id", type=non_negative_arg, help="with --coordinator: this process's id")
   p.add_argument("--quiet", action="store_true")
   add_model_args(p)
   add_deterministic_arg(p)

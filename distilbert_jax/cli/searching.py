@@ -22,6 +22,7 @@ from distilbert_jax.cli.common import (
   score_function,
 )
 from distilbert_jax.core.files import npy_bytes, npy_path, write_atomic
+from distilbert_jax.core.storage import is_url
 from distilbert_jax.data import beir as retrieval
 from distilbert_jax.data.beir import find_beir_file
 from distilbert_jax.jobs.embeddings import check_same_model, job_texts, load_embeddings, read_manifests
@@ -35,7 +36,7 @@ def cmd_search(args) -> None:
   queries = list(args.query or []) + (read_text_lines(args.queries) if args.queries else [])
   if not queries:
     sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
-  embeddings_dir = args.embeddings and Path(args.embeddings).is_dir()
+  embeddings_dir = args.embeddings and (is_url(args.embeddings) or Path(args.embeddings).is_dir())
   if args.embeddings and not embeddings_dir:
     args.embeddings = str(npy_path(args.embeddings))
   if not args.corpus and not embeddings_dir:
@@ -88,8 +89,10 @@ def _search_corpus_job(args, queries: list[str]) -> None:
   corpus_ids, corpus = load_embeddings(args.embeddings)
   texts = [""] * len(corpus_ids)
   if args.corpus:
-    path = Path(args.corpus)
-    texts = job_texts(args.embeddings, find_beir_file(path, "corpus") if path.is_dir() else path)
+    path = args.corpus if is_url(args.corpus) else Path(args.corpus)
+    texts = job_texts(
+      args.embeddings, find_beir_file(path, "corpus") if isinstance(path, Path) and path.is_dir() else path
+    )
   query_embeddings = encoder.encode(
     queries, batch_size=args.batch_size, normalize_embeddings=bool(manifest.get("renormalized"))
   )

@@ -28,7 +28,7 @@ def check_on_error(on_error: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class InputFormat:
-  kind: str  # "beir", "tsv" or "lines"
+  kind: str  # "beir", "tsv", "lines" or "parquet"
   id_field: str = "_id"
   title_field: str = "title"
   text_field: str = "text"
@@ -50,6 +50,22 @@ class Record:
   text: str | None = None
   error: str | None = None
   tokens: np.ndarray | None = None  # from a pre-tokenised corpus (token_corpus.py) instead of text
+  file: str | None = None  # Parquet: the file, row group and row in the group it came from
+  row_group: int | None = None
+  row: int | None = None
+
+  def where(self, source: str) -> str:
+    """How an error names the record: `FILE:LINE`, or for Parquet `FILE (row group G, row R)`."""
+    if self.row_group is not None:
+      return f"{self.file or source} (row group {self.row_group}, row {self.row})"
+    return f"{self.file or source}:{self.line}" if self.file else f"{source}:{self.line}"
+
+  def reject(self, source: str) -> dict:
+    """The rejects.jsonl entry of this bad record."""
+    entry = {"file": self.file or source, "line": self.line, "reason": self.error}
+    if self.row_group is not None:
+      entry |= {"row_group": self.row_group, "row": self.row}
+    return entry
 
 
 def open_input(path: Path):

@@ -5,6 +5,8 @@ Output directory:
                             shard size) and the committed shards; rewritten atomically after each shard
   shard-000000.npy          embeddings of records [k * shard_size, (k + 1) * shard_size)
   shard-000000.ids.json     their ids
+  (shard-000000.parquet     with --format parquet: ids and embeddings in one file instead)
+  lock.json                 the job lock with its leases (`jobs.lease`)
   rejects.jsonl             rejected lines (file, line, reason) up to the last committed shard
 
 With P processes, process p commits its shards in its own `manifest-p.json`; `load_embeddings` puts the shards of
@@ -23,8 +25,10 @@ import numpy as np
 
 from distilbert_jax.checkpoint.names import params_sha256
 from distilbert_jax.core.files import file_sha256
-from distilbert_jax.data.records import InputFormat, read_records
+from distilbert_jax.core.storage import Store
+from distilbert_jax.data.sources import open_corpus
 from distilbert_jax.jobs.identity import RUN_KEYS, differences, records_sha256, tokenizer_sha256
+from distilbert_jax.jobs.shards import read_shard
 from distilbert_jax.search.rows import read_mapped
 
 MANIFEST_FORMAT = "distilbert-jax-embeddings"
@@ -35,10 +39,6 @@ MANIFEST_VERSION = 1
 
 def shard_name(index: int) -> str:
   return f"shard-{index:06d}"
-
-
-def manifest_name(process_index: int, process_count: int) -> str:
-  return "manifest.json" if process_count == 1 else f"manifest-{process_index}.json"
 
 
 def stored_width(manifest: dict[str, Any]) -> int:
@@ -153,39 +153,38 @@ PER_PROCESS_KEYS = {
 }
 
 
-def read_manifests(out_dir: str | Path) -> list[dict[str, Any]]:
-  """Every manifest of an encode-corpus directory, checked complete and consistent."""
-  out_dir = Path(out_dir)
-  paths = sorted(out_dir.glob("manifest*.json"))
-  if not paths:
-    raise FileNotFoundError(f"{out_dir}: no manifest.json; not an encode-corpus output directory")
+def read_manifests(out_dir: str | Path | Store) -> list[dict[str, Any]]:
+  """Every manifest of an encode-corpus directory (a path or URL), checked complete and consistent."""
+  store = out_dir if isinstance(out_dir, Store) else Store(out_dir)
+  names = store.list("manifest*.json")
+  if not names:
+    raise FileNotFoundError(f"{store.url}: no manifest.json; not an encode-corpus output directory")
   manifests = []
-  for path in paths:
+  for name in names:
     try:
-      manifest = json.loads(path.read_text())
+      manifest = json.loads(store.read_bytes(name))
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-      raise ValueError(f"{path}: not a {MANIFEST_FORMAT} manifest")
+      raise ValueError(f"{store.where(name)}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+      raise ValueError(f"{store.where(name)}: not a {MANIFEST_FORMAT} manifest")
     if not manifest.get("complete"):
-      raise ValueError(f"{path}: the job is not complete; re-run encode-corpus to finish it")
-    manifest["_path"] = str(path)
+      raise ValueError(f"{store.where(name)}: the job is not complete; re-run encode-corpus to finish it")
+    manifest["_path"] = store.where(name)
     manifests.append(manifest)
   # Every manifest, and every job record beside them, describes one job: the same identity throughout.
   keys = sorted(set(manifests[0]) - PER_PROCESS_KEYS)
   records = [
-    {k: v for k, v in json.loads(p.read_text()).items() if k not in RUN_KEYS}
-    for p in sorted(out_dir.glob("job-*.json"))
+    {k: v for k, v in json.loads(store.read_bytes(n)).items() if k not in RUN_KEYS} for n in store.list("job-*.json")
   ]
   for other in [*manifests[1:], *records]:
     changed = differences({k: manifests[0].get(k) for k in keys}, {k: other.get(k) for k in keys})
     if changed:
       source = other.get("_path", "a job record")
-      raise ValueError(f"{out_dir}: {manifests[0]['_path']} and {source} disagree on {', '.join(changed)}")
+      raise ValueError(f"{store.url}: {manifests[0]['_path']} and {source} disagree on {', '.join(changed)}")
   if len({json.dumps(m.get("ranges")) for m in manifests}) > 1:
-    raise ValueError(f"{out_dir}: the manifests disagree on the quantization ranges")
+    raise ValueError(f"{store.url}: the manifests disagree on the quantization ranges")
   if len(manifests) != manifests[0]["process_count"]:
-    raise ValueError(f"{out_dir}: {len(manifests)} manifests for a job of {manifests[0]['process_count']} processes")
+    raise ValueError(f"{store.url}: {len(manifests)} manifests for a job of {manifests[0]['process_count']} processes")
   return manifests
 
 
@@ -207,36 +206,47 @@ def check_same_model(out_dir: str | Path, encoder: Any) -> None:
       )
 
 
+def _checked_shard(store: Store, shard: dict, fmt: str, verify: bool) -> tuple[list[str], np.ndarray]:
+  """A shard's (ids, array), its files' sha256 checked against the manifest's (`verify`; ids always)."""
+  data, local = None, store.path(shard["file"])
+  if verify or local is None or fmt != "npy":
+    data = store.read_bytes(shard["file"]) if local is None or fmt != "npy" else None
+    digest = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(local)
+    if verify and digest != shard["sha256"]:
+      raise ValueError(
+        f"{store.where(shard['file'])}: sha256 differs from the manifest's (the shard was changed or replaced)"
+      )
+  if "ids" in shard and "ids_sha256" in shard:
+    if hashlib.sha256(store.read_bytes(shard["ids"])).hexdigest() != shard["ids_sha256"]:
+      raise ValueError(
+        f"{store.where(shard['ids'])}: sha256 differs from the manifest's (the ids were changed or replaced)"
+      )
+  return read_shard(store, shard, fmt, data)
+
+
 def load_embeddings(out_dir: str | Path, verify: bool = True) -> tuple[list[str], EmbeddingShards]:
-  """(ids, embeddings) of an encode-corpus directory, in input order. Refuses an incomplete job, and any shard
-  whose row count, ids or width disagree with the manifest; `verify` (default) also checks each shard's sha256
-  (pass False to skip hashing on a huge corpus)."""
-  out_dir = Path(out_dir)
+  """(ids, embeddings) of an encode-corpus directory (a path or URL), in input order. Refuses an incomplete job,
+  and any shard whose row count, ids or width disagree with the manifest; `verify` (default) also checks each
+  shard's sha256 (pass False to skip hashing on a huge local corpus). Local `npy` shards are memory-mapped; Parquet
+  shards and remote ones are read into memory."""
+  store = Store(out_dir)
   shards = {}
-  manifests = read_manifests(out_dir)
+  manifests = read_manifests(store)
   for manifest in manifests:
     for shard in manifest["shards"]:
       shards[shard["index"]] = shard
   if sorted(shards) != list(range(len(shards))):
-    raise ValueError(f"{out_dir}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
-  dim = stored_width(manifests[0])
+    raise ValueError(f"{store.url}: shards {sorted(set(range(max(shards) + 1)) - set(shards))} are missing")
+  dim, fmt = stored_width(manifests[0]), manifests[0].get("shard_format", "npy")
   ids: list[str] = []
   arrays = []
   for k in range(len(shards)):
     shard = shards[k]
-    path = out_dir / shard["file"]
-    if verify and file_sha256(path) != shard["sha256"]:
-      raise ValueError(f"{path}: sha256 differs from the manifest's (the shard was changed or replaced)")
-    ids_path = out_dir / shard["ids"]
-    ids_bytes = ids_path.read_bytes()
-    if "ids_sha256" in shard and hashlib.sha256(ids_bytes).hexdigest() != shard["ids_sha256"]:
-      raise ValueError(f"{ids_path}: sha256 differs from the manifest's (the ids were changed or replaced)")
-    array = np.load(path, mmap_mode="r")
-    shard_ids = json.loads(ids_bytes)
+    shard_ids, array = _checked_shard(store, shard, fmt, verify)
     if array.shape != (shard["rows"], dim) or len(shard_ids) != shard["rows"]:
       raise ValueError(
-        f"{path}: {array.shape[0]} vectors of width {array.shape[1:]} and {len(shard_ids)} ids; the "
-        f"manifest says {shard['rows']} rows of width {dim}"
+        f"{store.where(shard['file'])}: {array.shape[0]} vectors of width {array.shape[1:]} and {len(shard_ids)} "
+        f"ids; the manifest says {shard['rows']} rows of width {dim}"
       )
     ids += shard_ids
     arrays.append(array)
@@ -250,13 +260,13 @@ def job_texts(out_dir: str | Path, corpus: str | Path) -> list[str]:
   """The text of every row of an encode-corpus directory, read from `corpus` and checked to be the job's input:
   each shard's records (ids, lines, texts) must hash to the shard's `records_sha256`, else an error naming the
   file and the shard. Rows are matched by position, so duplicate ids print their own texts."""
-  out_dir, corpus = Path(out_dir), Path(corpus)
   manifests = read_manifests(out_dir)
   shards = sorted((s for m in manifests for s in m["shards"]), key=lambda s: s["index"])
   fmt = manifests[0]["input"]["format"]
   if fmt.get("kind") == "tokens":
     raise ValueError(f"{out_dir} was encoded from token ids; its texts cannot be checked against {corpus}")
-  records = (r for r in read_records(corpus, InputFormat(**fmt)) if r.error is None)
+  source = open_corpus(str(corpus), {k: v for k, v in fmt.items() if k != "kind"})
+  records = (r for r in source.records() if r.error is None)
   texts: list[str] = []
   for shard in shards:
     batch = list(itertools.islice(records, shard["rows"]))
@@ -265,8 +275,8 @@ def job_texts(out_dir: str | Path, corpus: str | Path) -> list[str]:
     if len(batch) != shard["rows"] or records_sha256(batch) != shard["records_sha256"]:
       first = batch[0].line if batch else "end"
       raise ValueError(
-        f"{corpus}: from line {first} it is not the input shard {shard['index']} of {out_dir} was encoded from "
-        f"(lines {shard['first_line']}..{shard['last_line']} of {manifests[0]['input']['name']})"
+        f"{corpus}: from record {first} it is not the input shard {shard['index']} of {out_dir} was encoded from "
+        f"(records {shard['first_line']}..{shard['last_line']} of {manifests[0]['input']['name']})"
       )
     texts += [r.text for r in batch]
   return texts

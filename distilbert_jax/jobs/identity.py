@@ -17,13 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from distilbert_jax.core.files import write_atomic
+from distilbert_jax.core.storage import Store
 from distilbert_jax.model.tokenizer import TOKENIZER_FILES
 
 # What the processes of one run must also agree on, though a later run may differ (the input past the committed
 # shards, a fixed line): compared between peers, not with an earlier run's records.
 RUN_KEYS = ("input_sha256",)
 PEER_TIMEOUT_S = 600.0  # how long a process of a multi-host job waits for the others' records before its commit
+# A peer's refusal counts when written at most this long before this process started: the processes of one run
+# start together, and an older refusal is an earlier run's, left until that process runs again.
+PEER_START_WINDOW_S = 120.0
 
 
 class JobError(RuntimeError):
@@ -62,62 +65,109 @@ def differences(a: dict, b: dict) -> list[str]:
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def _read(path: Path) -> dict:
+def _read(store: Store, name: str) -> dict:
   try:
-    record = json.loads(path.read_text())
+    record = json.loads(store.read_bytes(name))
   except (OSError, ValueError) as e:
-    raise JobError(f"{path}: unreadable job record ({e}); use --overwrite to start the job again") from None
+    raise JobError(
+      f"{store.where(name)}: unreadable job record ({e}); use --overwrite to start the job again"
+    ) from None
   if not isinstance(record, dict):
-    raise JobError(f"{path}: not a job record; use --overwrite to start the job again")
+    raise JobError(f"{store.where(name)}: not a job record; use --overwrite to start the job again")
   return record
 
 
-def claim(out_dir: Path, identity: dict, process_index: int, overwrite: bool = False, run: dict | None = None) -> None:
-  """Refuses when any job record in OUT_DIR disagrees with `identity` (another job's, or a process of this job
-  started with other settings), then writes this process's record. With `overwrite` the other processes'
+def claim(store: Store, identity: dict, process_index: int, overwrite: bool = False, run: dict | None = None) -> None:
+  """Refuses when any job record in the directory disagrees with `identity` (another job's, or a process of this
+  job started with other settings), then writes this process's record. With `overwrite` the other processes'
   records may still be the old job's (each clears its own): `wait_for_peers` then waits for them."""
-  refusal = out_dir / f"refused-{process_index}.txt"  # tells the other processes, which wait for this one
-  for path in sorted(out_dir.glob("job-*.json")):
-    if overwrite and path.name != identity_name(process_index):
+  refusal = f"refused-{process_index}.txt"  # tells the other processes, which wait for this one
+  for name in store.list("job-*.json"):
+    if overwrite and name != identity_name(process_index):
       continue
-    changed = differences(identity, {k: v for k, v in _read(path).items() if k not in RUN_KEYS})
+    changed = differences(identity, {k: v for k, v in _read(store, name).items() if k not in RUN_KEYS})
     if changed:
       message = (
-        f"{path} was written for a different job ({', '.join(changed)} differ); use another --out, or "
-        "--overwrite to start again"
+        f"{store.where(name)} was written for a different job ({', '.join(changed)} differ); use another --out, "
+        "or --overwrite to start again"
       )
-      write_atomic(refusal, message.encode())
+      refuse(store, process_index, message)
       raise JobError(message)
-  refusal.unlink(missing_ok=True)
+  store.delete(refusal)
   record = {**identity, **(run or {})}
-  write_atomic(out_dir / identity_name(process_index), (json.dumps(record, indent=1) + "\n").encode())
+  store.put(identity_name(process_index), (json.dumps(record, indent=1) + "\n").encode())
+
+
+def refuse(store: Store, process_index: int, message: str) -> None:
+  """Leaves this process's refusal for its peers (`wait_for_peers` reads it): the time, then the reason."""
+  store.put(f"refused-{process_index}.txt", f"{time.time()}\n{message}".encode())
+
+
+def _refusal(store: Store, name: str) -> tuple[float, str]:
+  when, _, message = store.read_bytes(name).decode(errors="replace").partition("\n")
+  try:
+    return float(when), message
+  except ValueError:  # written by an older version: no time, so counted as current
+    return float("inf"), when + message
 
 
 def wait_for_peers(
-  out_dir: Path, identity: dict, process_count: int, timeout: float = PEER_TIMEOUT_S, overwrite: bool = False
+  store: Store,
+  identity: dict,
+  process_count: int,
+  timeout: float = PEER_TIMEOUT_S,
+  overwrite: bool = False,
+  started: float = 0.0,
 ) -> None:
   """Before a process commits its first shard: every process's record is there and equal to its own, so two
   processes given different inputs, shard sizes or process counts are refused before either commits (`identity`
-  here includes the run's input checksum: all processes of a run are started together). With
-  `overwrite` a disagreeing record may be the old job's, not yet replaced: it is waited for, then refused."""
+  here includes the run's input checksum: all processes of a run are started together). A peer that failed
+  first left its refusal, read within a poll. With `overwrite` a disagreeing record may be the old job's, not yet
+  replaced: it is waited for, then refused. Refusals written before `started` (unix time) are an earlier run's."""
   deadline = time.monotonic() + timeout
   while True:
-    present = {p: out_dir / identity_name(p) for p in range(process_count)}
-    missing = [p for p, path in present.items() if not path.exists()]
-    for p, path in present.items():
+    names = set(store.list("job-*.json"))
+    missing = [p for p in range(process_count) if identity_name(p) not in names]
+    for p in range(process_count):
       if p not in missing:
-        changed = differences(identity, _read(path))
+        name = identity_name(p)
+        changed = describe_differences(identity, _read(store, name))
         if changed and not (overwrite and time.monotonic() < deadline):
-          raise JobError(f"process {p} of this job runs with other settings ({', '.join(changed)} differ): {path}")
+          raise JobError(
+            f"process {p} of this job runs with other settings ({'; '.join(changed)}): {store.where(name)}"
+          )
         if changed:
           missing.append(p)
-    for refusal in sorted(out_dir.glob("refused-*.txt")):
-      raise JobError(f"another process of this job was refused ({refusal}: {refusal.read_text()})")
-    strays = [p for p in out_dir.glob("job-*.json") if int(p.stem.split("-")[1]) >= process_count]
+    for refusal in store.list("refused-*.txt"):
+      when, message = _refusal(store, refusal)
+      if when >= started:  # a refusal of an earlier run stays until its process runs again: not this run's
+        raise JobError(f"another process of this job was refused ({store.where(refusal)}: {message})")
+    strays = [n for n in names if int(n[len("job-") : -len(".json")]) >= process_count]
     if strays:
-      raise JobError(f"{strays[0]}: a process of a job with more than {process_count} processes wrote here")
+      raise JobError(
+        f"{store.where(strays[0])}: a process of a job with more than {process_count} processes wrote here"
+      )
     if not missing:
       return
     if time.monotonic() > deadline:
-      raise JobError(f"{out_dir}: processes {missing} of {process_count} did not start within {timeout:.0f} s")
+      raise JobError(f"{store.url}: processes {missing} of {process_count} did not start within {timeout:.0f} s")
     time.sleep(0.2)
+
+
+def describe_differences(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
+  """`field: A here, B there` for each differing field, nested keys joined by dots."""
+  out = []
+  for key in sorted(set(mine) | set(theirs)):
+    a, b = mine.get(key), theirs.get(key)
+    if a == b:
+      continue
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += describe_differences(a, b, f"{prefix}{key}.")
+    else:
+      out.append(f"{prefix}{key}: {_short(a)} here, {_short(b)} there")
+  return out
+
+
+def _short(value: Any) -> str:
+  text = json.dumps(value, sort_keys=True)
+  return text if len(text) <= 200 else text[:200] + "..."

@@ -212,7 +212,7 @@ def _corpus(path: Path, n: int) -> Path:
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-  return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".lock-")}
+  return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name not in ("lock.json", ".commit.lock")}
 
 
 def test_corpus_job_resumed_with_another_batch_size_and_device_count_is_byte_identical(tiny_checkpoint, tmp_path):

@@ -46,7 +46,7 @@ def _env():
 
 def _files(directory: Path) -> dict[str, bytes]:
   """Every output file; the lock file (it names the last holder) aside. No temporary file may be left."""
-  files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if not p.name.startswith(".lock-")}
+  files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name not in ("lock.json", ".commit.lock")}
   assert not [name for name in files if name.endswith(".tmp")], files.keys()
   return files
 
@@ -222,7 +222,7 @@ def test_two_concurrent_jobs_on_one_directory_one_is_refused(tiny_checkpoint, tm
   args = ("--model", tiny_checkpoint, "--shard-size", "100", "--out", out)
   running = subprocess.Popen(_cli(first, *args), env=_env(), stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120
-  while not (out / ".lock-0").exists() or not (out / ".lock-0").read_text():
+  while not (out / "lock.json").exists() or not (out / "lock.json").read_text():
     assert time.time() < deadline and running.poll() is None
     time.sleep(0.01)
   refused = subprocess.run(_cli(second, *args), env=_env(), capture_output=True, text=True)

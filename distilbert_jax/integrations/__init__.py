@@ -1,0 +1,1 @@
+"""Adapters to other engines' APIs (Ray Data), over the library's own encoding."""
