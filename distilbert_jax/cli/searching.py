@@ -87,6 +87,8 @@ def _search_corpus_job(args, queries: list[str]) -> None:
   encoder = load_encoder(args, args.model or manifest["model"], truncate_dim=manifest.get("truncate_dim"))
   check_same_model(args.embeddings, encoder)
   corpus_ids, corpus = load_embeddings(args.embeddings)
+  if not corpus_ids:
+    raise ValueError(f"{args.embeddings}: the corpus is empty (the job encoded no record); nothing to search")
   texts = [""] * len(corpus_ids)
   if args.corpus:
     path = args.corpus if is_url(args.corpus) else Path(args.corpus)

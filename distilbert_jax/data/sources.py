@@ -75,6 +75,45 @@ class CorpusSource:
       return sum(1 for _ in _raw_lines(stream))
 
 
+@dataclasses.dataclass(frozen=True)
+class ArrowSource:
+  """An in-memory corpus: an Arrow table (or a `datasets.Dataset`), read as a Parquet file would be."""
+
+  table: Any
+  fmt: InputFormat
+  name: str = "arrow-table"
+
+  def sizes(self) -> list[int]:
+    return [int(self.table.nbytes)]
+
+  def fingerprint(self) -> str:
+    digest = hashlib.sha256()
+    for column in (self.fmt.id_field, self.fmt.title_field, self.fmt.text_field):
+      if column in self.table.schema.names:
+        for chunk in self.table.column(column).chunks:
+          digest.update(column.encode() + b"\0" + json.dumps(chunk.to_pylist()).encode())
+    return digest.hexdigest()
+
+  def records(self) -> Iterator[Record]:
+    for start in range(0, self.table.num_rows, PARQUET_BATCH_ROWS):
+      yield from arrow_records(self.table.slice(start, PARQUET_BATCH_ROWS), self.fmt, first_line=start + 1)
+
+  def count(self) -> int:
+    return self.table.num_rows
+
+
+def is_arrow(value: Any) -> bool:
+  """An Arrow table or a `datasets.Dataset` (whose `.data.table` is one)."""
+  return hasattr(value, "schema") and hasattr(value, "column") or hasattr(getattr(value, "data", None), "table")
+
+
+def arrow_source(value: Any, fields: dict[str, str] | None = None) -> ArrowSource:
+  table = value.data.table if hasattr(getattr(value, "data", None), "table") else value
+  fmt = InputFormat("parquet", **{k: v for k, v in (fields or {}).items() if v is not None})
+  _columns(table.schema.names, fmt, "the Arrow table")
+  return ArrowSource(table, fmt)
+
+
 def open_corpus(spec: str, fields: dict[str, str] | None = None) -> CorpusSource:
   """The corpus named by `spec`: a file, a directory of `.parquet` files, or a glob of them; local or by URL.
   A path that does not exist, an empty directory or glob, or a directory without Parquet files is an error

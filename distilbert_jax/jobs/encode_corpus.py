@@ -32,7 +32,7 @@ from distilbert_jax.core.files import file_sha256
 from distilbert_jax.core.progress import progress_bar
 from distilbert_jax.core.storage import Store, is_url, local_path
 from distilbert_jax.data.records import InputFormat, Record, check_on_error
-from distilbert_jax.data.sources import CorpusSource, open_corpus
+from distilbert_jax.data.sources import ArrowSource, CorpusSource, arrow_source, is_arrow, open_corpus
 from distilbert_jax.encode.sentence_transformer import SentenceTransformer
 from distilbert_jax.jobs.embeddings import MANIFEST_FORMAT, MANIFEST_VERSION, _ranges
 from distilbert_jax.jobs.identity import (
@@ -88,7 +88,7 @@ class JobSpec:
 
 
 def run_job(
-  input_path: str | Path,
+  input_path: Any,
   model: str,
   out_dir: str | Path,
   dtype: str = "float32",
@@ -106,8 +106,8 @@ def run_job(
   deterministic: bool = False,
   format: str = "npy",
 ) -> dict[str, Any]:
-  """Encodes INPUT into OUT_DIR (paths or URLs; see the module docstring) under OUT_DIR's lock; returns the
-  closing summary.
+  """Encodes INPUT (a path or URL, or an Arrow table or `datasets.Dataset`) into OUT_DIR (a path or URL; see the
+  module docstring) under OUT_DIR's lock; returns the closing summary.
 
   `precision` int8/uint8/binary/ubinary stores quantized codes (int8/uint8 ranges from the first
   `calibration_size` records, kept in the manifest); `truncate_dim` keeps the first dimensions (Matryoshka),
@@ -120,7 +120,7 @@ def run_job(
   client = runtime_client()
   process_index, process_count = _process_of(client, process_index, process_count)
   spec = JobSpec(
-    input_path=str(input_path),
+    input_path=_input_name(input_path),
     model=str(model),
     out_dir=str(out_dir),
     dtype=dtype,
@@ -138,7 +138,7 @@ def run_job(
   peers = RuntimePeers(client, spec.out_dir, process_index, process_count) if client is not None else None
   store = Store(spec.out_dir)
   try:
-    source = _open_input(spec)
+    source = arrow_source(input_path, fields) if is_arrow(input_path) else _open_input(spec)
     check_job_output(store, [spec.input_path], spec.overwrite)
     request = _request(spec)
   except Exception as e:
@@ -195,6 +195,13 @@ def _tell_peers(peers, store: Store, spec: JobSpec, stage: str, error: Exception
       refuse(store, spec.process_index, message)
 
 
+def _input_name(input_path: Any) -> str:
+  """The input as the job names it: its path or URL, or for an Arrow table `arrow-table:` and a digest of it."""
+  if is_arrow(input_path):
+    return "arrow-table:" + arrow_source(input_path).fingerprint()[:16]
+  return str(input_path)
+
+
 def _open_input(spec: JobSpec) -> CorpusSource | Path:
   if not is_url(spec.input_path) and is_token_dir(local_path(spec.input_path)):
     return local_path(spec.input_path)
@@ -228,7 +235,7 @@ def _source_records(spec: JobSpec, source: CorpusSource | Path, encoder: Sentenc
       "sha256": file_sha256(source / TOKEN_MANIFEST),
     }
     return InputFormat("tokens"), info, lambda: read_token_records(source)
-  info = {"name": source.name, "bytes": sum(source.sizes()), "sha256": source.fingerprint()}
+  info = {"name": source.name, "bytes": sum(source.sizes()), "sha256": source.fingerprint()}  # files or a table
   return source.fmt, info, source.records
 
 
@@ -304,7 +311,7 @@ def _run_locked(spec: JobSpec, store: Store, source, peers, lease: JobLease) -> 
     # share one code book; a resume reads them from the manifest.
     sample = list(itertools.islice((r for r in all_records() if r.error is None), storage.calibration_size))
     committer.manifest["ranges"] = quantization_ranges(embed(sample), storage.precision).tolist() if sample else None
-  total = source.count() if isinstance(source, CorpusSource) and spec.show_progress else None
+  total = source.count() if isinstance(source, (CorpusSource, ArrowSource)) and spec.show_progress else None
   progress = progress_bar(spec.show_progress, total=total, unit="record", desc="encode-corpus")
   start, encoded, tokens = time.perf_counter(), 0, 0
   committed = {s["index"]: s for s in committer.manifest["shards"]}
