@@ -135,7 +135,7 @@ def run_job(
     storage=storage,
     deterministic=bool(deterministic),
   )
-  peers = RuntimePeers(client, spec.out_dir, process_index, process_count) if client is not None else None
+  peers = RuntimePeers(client, "encode-corpus", process_index, process_count) if client is not None else None
   store = Store(spec.out_dir)
   try:
     source = arrow_source(input_path, fields) if is_arrow(input_path) else _open_input(spec)

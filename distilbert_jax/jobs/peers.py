@@ -37,7 +37,9 @@ def runtime_client() -> Any | None:
 
 
 class RuntimePeers:
-  """Agreement through the coordination service's key-value store and barriers (see the module docstring)."""
+  """Agreement through the coordination service's key-value store and barriers (see the module docstring).
+  `job_key` names the kind of job, not its settings (a process given another output directory must still meet
+  its peers, to be told so): the n-th agreement of a process meets the n-th of every other."""
 
   def __init__(self, client: Any, job_key: str, process_index: int, process_count: int):
     self.client, self.index, self.count = client, process_index, process_count

@@ -168,13 +168,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _two_processes(env: dict, model: Path, inputs: list, out: str, timeout: float = 240) -> list:
+def _two_processes(env: dict, model: Path, inputs: list, outs: list, timeout: float = 240) -> list:
   """Two processes of `encode-corpus --distributed` on localhost (the pod recipe's command, with the coordinator
   given as JAX cannot find a cluster here); their CompletedProcesses."""
   port = _free_port()
   procs = [
     subprocess.Popen(
-      _cli("encode-corpus", inputs[i], "--out", out, "--model", model, "--shard-size", "50", "--quiet", "--distributed")
+      _cli(
+        "encode-corpus", inputs[i], "--out", outs[i], "--model", model, "--shard-size", "50", "--quiet", "--distributed"
+      )
       + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
       env=env,
       stdout=subprocess.PIPE,
@@ -194,7 +196,7 @@ def test_two_hosts_under_jax_distributed_share_only_the_bucket(bucket, cloud_env
   corpus = _parquet_corpus(tmp_path / "c.parquet", 230)
   Store(bucket).put("c.parquet", corpus.read_bytes())
   env = _env(cloud_env)
-  results = _two_processes(env, tiny_checkpoint, [f"{bucket}/c.parquet"] * 2, f"{bucket}/multi")
+  results = _two_processes(env, tiny_checkpoint, [f"{bucket}/c.parquet"] * 2, [f"{bucket}/multi"] * 2)
   assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
   run_job(corpus, str(tiny_checkpoint), tmp_path / "single", shard_size=50, show_progress=False)
   ids, multi = load_embeddings(f"{bucket}/multi")
@@ -204,16 +206,20 @@ def test_two_hosts_under_jax_distributed_share_only_the_bucket(bucket, cloud_env
   assert Store(f"{bucket}/multi").list("manifest*") == ["manifest-0.json", "manifest-1.json"]
 
 
-def test_two_processes_given_different_inputs_both_fail_within_30_s_naming_the_input(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("differs", ["input_path", "out_dir"])
+def test_two_processes_given_different_inputs_both_fail_within_30_s_naming_it(differs, tiny_checkpoint, tmp_path):
   a, b = _parquet_corpus(tmp_path / "a.parquet", 120, seed=1), _parquet_corpus(tmp_path / "b.parquet", 120, seed=2)
+  inputs, outs = (
+    ([a, b], [tmp_path / "out"] * 2) if differs == "input_path" else ([a, a], [tmp_path / "a", tmp_path / "b"])
+  )
   started = time.monotonic()
-  results = _two_processes(_env({}), tiny_checkpoint, [a, b], str(tmp_path / "out"))
+  results = _two_processes(_env({}), tiny_checkpoint, inputs, outs)
   elapsed = time.monotonic() - started
   for r in results:
     assert r.returncode != 0
-    assert "input_path" in r.stderr and "a.parquet" in r.stderr and "b.parquet" in r.stderr, r.stderr[-2000:]
+    assert f"{differs}: " in r.stderr and "here" in r.stderr and "there" in r.stderr, r.stderr[-2000:]
   assert elapsed < 30 + 20, elapsed  # 30 s to agree, plus two interpreters' start-up on a 2-core machine
-  assert not list((tmp_path / "out").glob("shard-*"))
+  assert not [p for out in outs if out.exists() for p in out.glob("shard-*")]
 
 
 def test_a_manifest_changed_by_another_writer_is_never_overwritten(bucket, tiny_checkpoint, tmp_path, monkeypatch):
@@ -274,3 +280,18 @@ def test_a_model_directory_by_url_loads_as_the_local_one(bucket, tiny_checkpoint
   assert len(fetched) == 1 and (fetched[0] / "source-url.txt").read_text().strip() == f"{bucket}/models/tiny"
   SentenceTransformer(f"{bucket}/models/tiny")  # the second load uses the fetched copy
   assert list((tmp_path / "cache").iterdir()) == fetched
+
+
+def test_a_gzipped_jsonl_corpus_by_url_gives_the_local_shards(bucket, tiny_checkpoint, tmp_path):
+  import gzip
+
+  corpus = tmp_path / "corpus.jsonl.gz"
+  with gzip.open(corpus, "wt") as f:
+    for i in range(130):
+      f.write(json.dumps({"_id": f"d{i}", "title": "", "text": f"protein {i} binds receptor"}) + "\n")
+  Store(bucket).put("corpus.jsonl.gz", corpus.read_bytes())
+  run_job(f"{bucket}/corpus.jsonl.gz", str(tiny_checkpoint), f"{bucket}/run", shard_size=50, show_progress=False)
+  run_job(corpus, str(tiny_checkpoint), tmp_path / "local", shard_size=50, show_progress=False)
+  remote, local = _objects(f"{bucket}/run"), _objects(str(tmp_path / "local"))
+  assert sorted(n for n in remote if n.startswith("shard-")) == sorted(n for n in local if n.startswith("shard-"))
+  assert all(remote[n] == local[n] for n in local if n.startswith("shard-"))
