@@ -4,8 +4,10 @@ table has no precondition to commit by and is refused by name (it would let two 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -25,19 +27,26 @@ def _lost(e: BaseException) -> bool:
   )
 
 
+@contextlib.contextmanager
+def _conditional(fs: Any, url: str) -> Iterator[None]:
+  """A conditional write: the store's 412 as PreconditionFailed; the client's caches of the key dropped after."""
+  try:
+    yield
+  except Exception as e:
+    if _lost(e):
+      raise PreconditionFailed(f"{url}: changed by another writer") from None
+    raise
+  finally:
+    fs.invalidate_cache(url.split("://", 1)[1])
+
+
 class S3:
   @staticmethod
   def publish(fs: Any, key: str, data: bytes, expect: str, absent: str) -> str:
     bucket, name = key.split("/", 1)
     match = {"IfNoneMatch": "*"} if expect == absent else {"IfMatch": expect}
-    try:
+    with _conditional(fs, f"s3://{key}"):
       out = fs.call_s3("put_object", Bucket=bucket, Key=name, Body=data, **match)
-    except Exception as e:
-      if _lost(e):
-        raise PreconditionFailed(f"s3://{key}: changed by another writer") from None
-      raise
-    finally:
-      fs.invalidate_cache(key)
     return str(out["ETag"])
 
 
@@ -55,7 +64,7 @@ class GCS:
       + data
       + b"\n--==0==--"
     )
-    try:
+    with _conditional(fs, f"gs://{key}"):
       out = fs.call(
         "POST",
         f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
@@ -65,12 +74,6 @@ class GCS:
         json_out=True,
         ifGenerationMatch="0" if expect == absent else expect,
       )
-    except Exception as e:
-      if _lost(e):
-        raise PreconditionFailed(f"gs://{key}: changed by another writer") from None
-      raise
-    finally:
-      fs.invalidate_cache(key)
     return str(out["generation"])
 
 
