@@ -17,6 +17,12 @@ from distilbert_jax.search.similarity import (
 
 pytorch_cos_sim = cos_sim  # sentence-transformers' old name
 
+
+def truncate_embeddings(embeddings, truncate_dim: int | None):
+  """The first `truncate_dim` dimensions of each embedding (Matryoshka), NumPy, JAX or torch in and the same out;
+  None keeps them all (sentence-transformers' `util.truncate_embeddings`)."""
+  return embeddings[..., :truncate_dim]
+
 __all__ = [
   "community_detection",
   "cos_sim",
@@ -33,4 +39,5 @@ __all__ = [
   "pytorch_cos_sim",
   "quantize_embeddings",
   "semantic_search",
+  "truncate_embeddings",
 ]

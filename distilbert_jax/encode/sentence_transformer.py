@@ -519,8 +519,8 @@ class SentenceTransformer:
     torch = sys.modules.get("torch") if self.tensor_type == "auto" else None
     if self.tensor_type == "torch":
       import torch
-    if torch is not None:
-      return torch.from_numpy(np.ascontiguousarray(array))
+    if torch is not None:  # torch shares the memory: a read-only view (of a jax.Array, a map) is copied first
+      return torch.from_numpy(np.array(array) if not array.flags.writeable else np.ascontiguousarray(array))
     return jnp.asarray(array)
 
   def encode_tokenized(
@@ -551,9 +551,10 @@ class SentenceTransformer:
     """L2-normalised rows; deterministic: in fixed tiles of rows (`tiles.over_tiles`), so that a row's bits do
     not depend on how many rows the call has."""
     x = jnp.asarray(embeddings)
+    # np.array, not np.asarray: a view of a jax.Array is read-only, and callers write into (or torch wraps) it
     if self.deterministic and len(embeddings):
-      return np.asarray(_normalize_in_tiles(x))
-    return np.asarray(normalize(x))
+      return np.array(_normalize_in_tiles(x))
+    return np.array(normalize(x))
 
   def _encode_sentences(
     self, texts: list, batch_size: int, packing: bool | str, show_progress_bar: bool | None, tokenized: bool = False

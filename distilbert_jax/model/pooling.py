@@ -130,6 +130,12 @@ def pool(
 def normalize(x: Array) -> Array:
   """L2 normalisation as torch.nn.functional.normalize (eps 1e-12): x / max(|x|, 1e-12), with the norm taken as
   sqrt(max(|x|^2, 1e-24)), the same value, so that the gradient at a zero vector (an empty packed slot) is 0
-  rather than NaN (jnp.linalg.norm's gradient at 0 is 0/0)."""
+  rather than NaN (jnp.linalg.norm's gradient at 0 is 0/0). A row whose squared norm overflows float32 (any
+  entry past ~1.8e19) is scaled by its largest magnitude first, so every finite vector gets its direction; other
+  rows take the plain formula, bit for bit."""
   x = x.astype(jnp.float32)
-  return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
+  squares = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  plain = x / jnp.sqrt(jnp.maximum(squares, 1e-24))
+  scaled = x / jnp.maximum(jnp.max(jnp.abs(x), axis=-1, keepdims=True), 1e-30)
+  rescued = scaled / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(scaled), axis=-1, keepdims=True), 1e-24))
+  return jnp.where(jnp.isinf(squares), rescued, plain)

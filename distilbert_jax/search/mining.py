@@ -53,6 +53,8 @@ def paraphrase_mining_embeddings(
   top_k = positive_int(top_k, "top_k")
   max_pairs = positive_int(max_pairs, "max_pairs")
   rows = as_rows(embeddings, "embeddings")
+  if len(rows) < 2:  # no pair to mine (sentence-transformers returns [] too)
+    return []
   hits = semantic_search(rows, rows, query_chunk_size, corpus_chunk_size, min(top_k + 1, len(rows)), score_function)
   pairs: list[tuple[float, int, int]] = []
   queued: set[tuple[int, int]] = set()
