@@ -37,6 +37,8 @@ def cmd_search(args) -> None:
   if not queries:
     sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
   embeddings_dir = args.embeddings and (is_url(args.embeddings) or Path(args.embeddings).is_dir())
+  if not embeddings_dir:
+    args.dtype, args.deterministic = args.dtype or "float32", bool(args.deterministic)
   if args.embeddings and not embeddings_dir:
     args.embeddings = str(npy_path(args.embeddings))
   if not args.corpus and not embeddings_dir:
@@ -84,6 +86,8 @@ def _search_corpus_job(args, queries: list[str]) -> None:
       f"{manifest['_path']}: the corpus was stored with truncate_dim {manifest.get('truncate_dim')}, not "
       f"{args.truncate_dim}"
     )
+  args.dtype = args.dtype or manifest.get("dtype", "float32")
+  args.deterministic = bool(manifest.get("deterministic")) if args.deterministic is None else True
   encoder = load_encoder(args, args.model or manifest["model"], truncate_dim=manifest.get("truncate_dim"))
   check_same_model(args.embeddings, encoder)
   corpus_ids, corpus = load_embeddings(args.embeddings)
@@ -168,7 +172,8 @@ def add_search(sub) -> None:
   p.add_argument("--score", choices=SCORES, help="default: the model's own similarity function")
   add_model_args(p)
   add_deterministic_arg(p)
-  p.set_defaults(func=cmd_search)
+  # Unset (None) unless given: a corpus job's queries then take the job's own dtype and mode (its manifest).
+  p.set_defaults(func=cmd_search, dtype=None, deterministic=None)
 
 
 def add_eval(sub) -> None:
