@@ -140,8 +140,8 @@ def tokenize_corpus(
         token_bytes, offset_bytes = npy_bytes(flat), npy_bytes(np.concatenate(offsets))
         write_atomic(out_dir / f"{name}.npy", token_bytes)
         write_atomic(out_dir / f"{name}.offsets.npy", offset_bytes)
-        rows_json = {"ids": [r.id for r in done_batch], "lines": [r.line for r in done_batch]}
-        write_atomic(out_dir / f"{name}.ids.json", json.dumps(rows_json).encode())
+        rows_json = json.dumps({"ids": [r.id for r in done_batch], "lines": [r.line for r in done_batch]}).encode()
+        write_atomic(out_dir / f"{name}.ids.json", rows_json)
         manifest["shards"].append(
           {
             "file": f"{name}.npy",
@@ -152,6 +152,7 @@ def tokenize_corpus(
             "first_line": done_batch[0].line,
             "last_line": done_batch[-1].line,
             "sha256": hashlib.sha256(token_bytes + offset_bytes).hexdigest(),
+            "ids_sha256": hashlib.sha256(rows_json).hexdigest(),  # ids and lines are trusted as much as the tokens
           }
         )
         tokens, rows = tokens + len(flat), rows + len(done_batch)
@@ -171,7 +172,7 @@ def read_token_manifest(token_dir: Path) -> dict[str, Any]:
 
 
 def read_token_records(token_dir: Path) -> Iterator[Any]:
-  """Records (line, id, tokens) in input order, each shard's sha256 checked before use."""
+  """Records (line, id, tokens) in input order, each shard's files checked against their sha256 before use."""
   manifest = read_token_manifest(token_dir)
   for shard in manifest["shards"]:
     token_bytes = (token_dir / shard["file"]).read_bytes()
@@ -180,7 +181,10 @@ def read_token_records(token_dir: Path) -> Iterator[Any]:
       raise ValueError(f"{token_dir / shard['file']}: sha256 differs from {TOKEN_MANIFEST} (changed or corrupt)")
     flat = np.load(token_dir / shard["file"])
     offsets = np.load(token_dir / shard["offsets"])
-    rows = json.loads((token_dir / shard["ids"]).read_text())
+    rows_bytes = (token_dir / shard["ids"]).read_bytes()
+    if "ids_sha256" in shard and hashlib.sha256(rows_bytes).hexdigest() != shard["ids_sha256"]:
+      raise ValueError(f"{token_dir / shard['ids']}: sha256 differs from {TOKEN_MANIFEST} (changed or corrupt)")
+    rows = json.loads(rows_bytes)
     ids, lines = rows["ids"], rows["lines"]
     if not len(ids) == len(lines) == len(offsets) - 1 == shard["rows"]:
       raise ValueError(

@@ -289,3 +289,10 @@ def test_pre_tokenised_corpus_encodes_to_the_same_shards_and_refuses_another_tok
   shard.write_bytes(bytes(data))
   with pytest.raises(ValueError, match="tokens-000001.npy: sha256 differs"):
     run_job(tmp_path / "tok", str(tiny_checkpoint), tmp_path / "ids2", shard_size=20, show_progress=False)
+  # So are edited ids: every file a reader trusts is under a checksum.
+  data[-1] ^= 1
+  shard.write_bytes(bytes(data))
+  ids = tmp_path / "tok" / "tokens-000000.ids.json"
+  ids.write_text(ids.read_text().replace('"doc0"', '"docX"'))
+  with pytest.raises(ValueError, match=r"tokens-000000.ids.json: sha256 differs from tokens.json"):
+    run_job(tmp_path / "tok", str(tiny_checkpoint), tmp_path / "ids3", shard_size=20, show_progress=False)
