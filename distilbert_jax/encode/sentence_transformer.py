@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,10 +45,21 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", "hidden_states", "att
 TENSOR_TYPES = ("auto", "jax", "torch")  # auto: torch tensors when torch is imported (the torch world), else JAX
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # code points UTF-8 cannot encode: no tokenizer takes them
+
+
 def _check_texts(sentences: Sequence[Any]) -> None:
+  """Strings only, each valid Unicode text (a lone surrogate, e.g. from a JSON escape or `surrogateescape`, is
+  named with its text and position rather than left to fail inside the tokenizer)."""
   for i, s in enumerate(sentences):
     if not isinstance(s, str):
       raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str")
+    bad = _SURROGATE.search(s)
+    if bad:
+      raise ValueError(
+        f"sentences[{i}]: lone surrogate {bad.group()!r} at character {bad.start()} is not valid Unicode text "
+        "(decode the input with errors='replace', or fix the text)"
+      )
 
 
 _normalize_in_tiles = jax.jit(lambda x: over_tiles(normalize, x, TILE))  # jitted once: compiled per shape, not per call

@@ -53,3 +53,9 @@ def test_encoded_arrays_are_writable(tiny_checkpoint, normalize):
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # torch warns when it wraps a read-only array
     model.encode(["one", "two"], normalize_embeddings=normalize, convert_to_tensor=True)
+
+
+@pytest.mark.parametrize(("text", "position"), [("bad \ud800 text", 4), ("\udfff", 0), ("ok then \udcff", 8)])
+def test_a_lone_surrogate_is_named_with_its_text_and_position(tiny_checkpoint, text, position):
+  with pytest.raises(ValueError, match=rf"sentences\[1\]: lone surrogate .* at character {position} is not valid"):
+    SentenceTransformer(tiny_checkpoint).encode(["fine", text])
