@@ -23,6 +23,7 @@ def truncate_embeddings(embeddings, truncate_dim: int | None):
   None keeps them all (sentence-transformers' `util.truncate_embeddings`)."""
   return embeddings[..., :truncate_dim]
 
+
 __all__ = [
   "community_detection",
   "cos_sim",

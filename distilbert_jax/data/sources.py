@@ -45,14 +45,15 @@ class CorpusSource:
     return [self.store.size(n) for n in self.names]
 
   def fingerprint(self) -> str:
-    """What identifies the input's content: the sha256 of a local file's bytes, else of each object's name, size
-    and store version (an ETag or generation: hashing terabytes on every host would cost more than the job)."""
+    """What identifies the input's content: the sha256 of a local file's bytes (read in blocks), else of each
+    file's name, size and content hash (local) or store version (an ETag or generation: hashing terabytes of
+    objects on every host would cost more than the job)."""
     if self.store.local and len(self.names) == 1 and self.fmt.kind != "parquet":
       return file_sha256(self.store.path(self.names[0]))
     digest = hashlib.sha256()
     for name in self.names:
-      current = self.store.version(name)
-      digest.update(json.dumps([name, self.store.size(name), current]).encode())
+      version = file_sha256(self.store.path(name)) if self.store.local else self.store.version(name)
+      digest.update(json.dumps([name, self.store.size(name), version]).encode())
     return digest.hexdigest()
 
   def records(self) -> Iterator[Record]:
