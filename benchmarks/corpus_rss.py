@@ -35,7 +35,7 @@ def main():
       tmp / "tiny", seed=0, n_layers=2, dim=32, n_heads=4, hidden_dim=64, max_seq_length=128
     )
     rng = random.Random(0)
-    cases = [(f"{int(n):>9,} lines", int(n), 0, "npy") for n in args.lines.split(",")]
+    cases = [(f"{int(n):>9,} lines", int(n), 0, "npy") for n in args.lines.split(",") if n]
     if args.long_line_mb:
       cases.append((f"{args.long_line_mb:g} MB line", 1000, int(args.long_line_mb * 2**20), "npy"))
     if args.parquet_rows:
@@ -62,7 +62,7 @@ def main():
           "--model",
           str(model),
           "--out",
-          str(tmp / f"out-{n}-{long_chars}"),
+          str(tmp / f"out-{n}-{long_chars}-{fmt}"),
           "--quiet",
           "--shard-size",
           "10000",

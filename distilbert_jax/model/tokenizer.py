@@ -64,6 +64,7 @@ class WordPieceTokenizer:
     if truncation_side not in ("right", "left"):
       raise ValueError(f"{source}: truncation_side {truncation_side!r} is not 'right' or 'left'")
     self.truncation_side = truncation_side
+    self.words = _word_pattern(tokenizer)
     self.source = source or Path("tokenizer")
     self.set_max_seq_length(max_seq_length)
     self.do_lower_case = do_lower_case
@@ -124,21 +125,17 @@ class WordPieceTokenizer:
 
   def head(self, text: str, words: int | None = None) -> str:
     """The part of `text` truncation keeps at most: its first `words` words (default max_seq_length; its last,
-    when truncating on the left), words separated by BERT whitespace, which every tokenizer here splits at, so
-    the words' tokens do not depend on what is cut. Memory then follows the words kept, not the line."""
+    when truncating on the left). A word ends where the tokenizer's own pre-tokenisation always splits
+    (`_word_pattern`: whitespace, and for BERT each CJK ideograph and ASCII punctuation mark), so each word gives
+    at least one token and its tokens do not depend on what is cut. Memory then follows the words kept, not the
+    line: a 10 MB line of ideographs without a space is cut like a line of words."""
     words = words or self.max_seq_length
     if len(text) <= 8 * words:
       return text
     if self.truncation_side == "left":
-      end, count = len(text), 0
-      while end > 0 and count < words:  # walk back over whitespace, then over one word
-        while end > 0 and text[end - 1] in _SPACE:
-          end -= 1
-        while end > 0 and text[end - 1] not in _SPACE:
-          end -= 1
-        count += 1
-      return text[end:]
-    last = collections.deque(itertools.islice(_WORDS.finditer(text), words), maxlen=1)
+      last = collections.deque(self.words.finditer(text), maxlen=words)
+      return text[last[0].start() :] if last else text
+    last = collections.deque(itertools.islice(self.words.finditer(text), words), maxlen=1)
     return text[: last[0].end()] if last else text
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -157,8 +154,28 @@ class WordPieceTokenizer:
     return ids
 
 
-_WORDS = re.compile(r"[^ \t\n\r]+")  # whitespace to BERT and to Python alike
-_SPACE = frozenset(" \t\n\r")
+# Where BERT's pre-tokenisation always splits, besides whitespace: each CJK ideograph (BertNormalizer's
+# handle_chinese_chars, BERT's _is_chinese_char ranges) and each ASCII punctuation mark (BertPreTokenizer).
+_CJK = (
+  "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b73f\U0002b740-\U0002b81f"
+  "\U0002b820-\U0002ceaf\U0002f800-\U0002fa1f"
+)
+_ASCII_PUNCTUATION = re.escape("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def _word_pattern(tokenizer: Tokenizer) -> re.Pattern:
+  """Words as `head` counts them: runs between whitespace, and for a BERT tokenizer also single CJK ideographs
+  and single ASCII punctuation marks, each only where this tokenizer's normalizer and pre-tokenizer split there
+  (a boundary it does not have would cut a word in two)."""
+  singles = ""
+  normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+  if type(normalizer).__name__ == "BertNormalizer" and getattr(normalizer, "handle_chinese_chars", False):
+    singles += _CJK
+  if type(pre_tokenizer).__name__ == "BertPreTokenizer":
+    singles += _ASCII_PUNCTUATION
+  if not singles:
+    return re.compile(r"[^ \t\n\r]+")  # whitespace to BERT and to Python alike
+  return re.compile(f"[^ \\t\\n\\r{singles}]+|[{singles}]")
 
 
 def _apply_normalizer_options(backend: Tokenizer, options: dict, source: Path) -> None:
