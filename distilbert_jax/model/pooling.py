@@ -134,8 +134,9 @@ def normalize(x: Array) -> Array:
   entry past ~1.8e19) is scaled by its largest magnitude first, so every finite vector gets its direction; other
   rows take the plain formula, bit for bit."""
   x = x.astype(jnp.float32)
-  squares = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  plain = x / jnp.sqrt(jnp.maximum(squares, 1e-24))
-  scaled = x / jnp.maximum(jnp.max(jnp.abs(x), axis=-1, keepdims=True), 1e-30)
-  rescued = scaled / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(scaled), axis=-1, keepdims=True), 1e-24))
-  return jnp.where(jnp.isinf(squares), rescued, plain)
+  # The scale is a constant to the gradient (the direction does not depend on it), and 1.0 for every row that does
+  # not overflow: no branch whose gradient could be NaN, and x / 1.0 is x.
+  overflow = jnp.isinf(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  scale = jax.lax.stop_gradient(jnp.where(overflow, jnp.max(jnp.abs(x), axis=-1, keepdims=True), 1.0))
+  x = x / scale
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))

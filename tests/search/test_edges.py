@@ -59,3 +59,14 @@ def test_encoded_arrays_are_writable(tiny_checkpoint, normalize):
 def test_a_lone_surrogate_is_named_with_its_text_and_position(tiny_checkpoint, text, position):
   with pytest.raises(ValueError, match=rf"sentences\[1\]: lone surrogate .* at character {position} is not valid"):
     SentenceTransformer(tiny_checkpoint).encode(["fine", text])
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 1e25])
+def test_normalisation_gradients_are_finite_at_zero_and_past_overflow(scale):
+  import jax
+
+  from distilbert_jax.model.pooling import normalize
+
+  x = np.random.RandomState(1).randn(3, 8).astype(np.float32) * scale
+  grads = jax.grad(lambda v: (normalize(v) * np.arange(8, dtype=np.float32)).sum())(x)
+  assert np.isfinite(np.asarray(grads)).all()
