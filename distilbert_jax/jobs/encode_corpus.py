@@ -188,10 +188,8 @@ def _tell_peers(peers, store: Store, spec: JobSpec, stage: str, error: Exception
   message = f"process {spec.process_index}: {error}"
   if peers is not None:
     peers.fail(stage, message)
-  elif spec.process_count > 1 and store.local and store.exists(""):
-    refuse(store, spec.process_index, message)
   elif spec.process_count > 1:
-    with contextlib.suppress(OSError):  # a failing store is the error being raised; no refusal can go there
+    with contextlib.suppress(OSError):  # the store failing too: the error being raised says what went wrong first
       refuse(store, spec.process_index, message)
 
 

@@ -63,6 +63,7 @@ class JobLease:
     self.store, self.job, self.index, self.request = store, job, str(process_index), request
     self.token = uuid.uuid4().hex
     self._stop = threading.Event()
+    self.renewal_error: Exception | None = None  # the last failed renewal, reported if the lease then runs out
     self._thread: threading.Thread | None = None
 
   def _me(self) -> dict:
@@ -116,8 +117,11 @@ class JobLease:
       return {**lock, "holders": {**live, self.index: self._me()}}
 
     while not self._stop.wait(LEASE_S / 3):
-      with contextlib.suppress(Exception):  # a failed renewal is retried at the next tick; expiry is the bound
+      try:
         self._update(extend)
+        self.renewal_error = None
+      except Exception as e:  # retried at the next tick; `check` reports it once the lease has run out
+        self.renewal_error = e
 
   def check(self) -> None:
     """Before a commit: the lock is still this process's (its lease did not run out into another job's hands)."""
@@ -125,6 +129,11 @@ class JobLease:
     holder = {} if current is None else _parse(current[0], self.store).get("holders", {}).get(self.index, {})
     if holder.get("token") != self.token:
       raise JobError(f"{self.store.where(LOCK_NAME)}: this process lost the job lock (its lease ran out); re-run")
+    if holder.get("expires", 0) <= time.time():  # nobody took it yet, but anybody may: stop before committing
+      raise JobError(
+        f"{self.store.where(LOCK_NAME)}: this process's lease ran out (last renewal failed: "
+        f"{self.renewal_error}); re-run"
+      )
 
   def release(self) -> None:
     self._stop.set()
