@@ -26,7 +26,7 @@ def msmarco_random_checkpoint() -> Path:
   """The full msmarco-distilbert-dot-v5 config with seeded random weights, built once and cached."""
   path = CACHE / "msmarco-distilbert-dot-v5-random-seed0"
   if not (path / "modules.json").exists():
-    from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
+    from conversion.reference_checkpoint import make_reference_checkpoint
 
     make_reference_checkpoint(path, seed=0)
   return path

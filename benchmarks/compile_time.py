@@ -25,7 +25,7 @@ CHILD = """
 import json, sys, tempfile, time
 import jax, numpy as np
 from benchmarks.common import scifact_documents
-from distilbert_jax.testing.make_reference_checkpoint import reference_tokenizer_dir
+from conversion.reference_checkpoint import reference_tokenizer_dir
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.transformer import Encoder

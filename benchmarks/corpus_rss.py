@@ -27,7 +27,7 @@ def main():
   parser.add_argument("--long-line-mb", type=float, default=10.0, help="one case: 1,000 lines and one this long")
   parser.add_argument("--parquet-rows", type=int, default=1_000_000, help="one case: a Parquet corpus (0: none)")
   args = parser.parse_args()
-  from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
+  from conversion.reference_checkpoint import make_reference_checkpoint
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)

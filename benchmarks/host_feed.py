@@ -29,10 +29,10 @@ def main() -> None:
   import os
 
   from benchmarks.common import scifact_documents
+  from conversion.reference_checkpoint import reference_tokenizer_dir
   from distilbert_jax.encode.batching import plan_batches
   from distilbert_jax.encode.runner import CHUNK_TEXTS
   from distilbert_jax.model.tokenizer import WordPieceTokenizer
-  from distilbert_jax.testing.make_reference_checkpoint import reference_tokenizer_dir
 
   docs = scifact_documents(args.docs)
   tokenizer = WordPieceTokenizer.from_dir(reference_tokenizer_dir(), max_seq_length=512)

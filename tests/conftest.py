@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distilbert_jax.parity import SAMPLE_TEXTS
-from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint, minilm_dir
+from conversion.compare import SAMPLE_TEXTS
+from conversion.reference_checkpoint import make_reference_checkpoint, minilm_dir
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 if not SCIFACT.exists():

@@ -25,16 +25,30 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 def test_the_layers_contract_is_kept():
   out = _lint(ROOT)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-  assert "1 kept, 0 broken" in out.stdout
+  assert "2 kept, 0 broken" in out.stdout
+
+
+def _copy_tree(to: Path) -> None:
+  for name in ("distilbert_jax", "conversion"):
+    shutil.copytree(ROOT / name, to / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def test_the_contract_catches_a_lower_layer_importing_a_higher_one(tmp_path):
-  shutil.copytree(PACKAGE, tmp_path / "distilbert_jax", ignore=shutil.ignore_patterns("__pycache__"))
+  _copy_tree(tmp_path)
   checks = tmp_path / "distilbert_jax" / "core" / "checks.py"
   checks.write_text(checks.read_text() + "\nfrom distilbert_jax.jobs import embeddings  # noqa\n")
   out = _lint(tmp_path)
   assert out.returncode != 0
   assert "distilbert_jax.core is not allowed to import distilbert_jax.jobs" in out.stdout, out.stdout[-3000:]
+
+
+def test_the_contract_catches_the_library_importing_the_conversion_scripts(tmp_path):
+  _copy_tree(tmp_path)
+  names = tmp_path / "distilbert_jax" / "checkpoint" / "names.py"
+  names.write_text(names.read_text() + "\nfrom conversion import compare  # noqa\n")
+  out = _lint(tmp_path)
+  assert out.returncode != 0
+  assert "distilbert_jax is not allowed to import conversion" in out.stdout, out.stdout[-3000:]
 
 
 def test_modules_stay_readable_or_say_why():

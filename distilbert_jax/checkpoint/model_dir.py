@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.checkpoint import tensors
+from distilbert_jax.checkpoint.hf_config import read_config, write_config
 from distilbert_jax.core.files import MAX_JSON_BYTES, checked_file, model_root, read_json_checked, write_json
 from distilbert_jax.core.outdir import replaced_dir
 from distilbert_jax.core.version import __version__
@@ -151,9 +153,9 @@ def read_st_settings(model_dir: Path, root: Path | None = None) -> dict:
 def _load_sentence_transformers_dir(model_dir: Path, root: Path) -> LoadedModel:
   transformer_path, pooling = read_sentence_transformers_modules(model_dir, root)
   encoder_dir = model_dir / transformer_path
-  config = EncoderConfig.from_file(encoder_dir / "config.json", root)
-  tensors, source = checkpoint.read_tensors(encoder_dir, root, weights_bound(config))
-  params = checkpoint.torch_to_flax(tensors, config, source)
+  config = read_config(encoder_dir / "config.json", root)
+  torch_tensors, source = tensors.read_tensors(encoder_dir, root, weights_bound(config))
+  params = checkpoint.torch_to_flax(torch_tensors, config, source)
   st_config_file = encoder_dir / "sentence_bert_config.json"
   st_config = read_json_checked(st_config_file, root) or {}
   if not isinstance(st_config, dict):
@@ -195,11 +197,11 @@ def _load_jax_dir(model_dir: Path, root: Path) -> LoadedModel:
   if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
     got = meta.get("format_version") if isinstance(meta, dict) else meta
     raise ValueError(f"{model_dir / JAX_MARKER}: format_version {got} is not {FORMAT_VERSION}")
-  config = EncoderConfig.from_file(model_dir / "config.json", root)
+  config = read_config(model_dir / "config.json", root)
   weights = checked_file(model_dir / "params.safetensors", root, weights_bound(config))
   if weights is None:
     raise FileNotFoundError(f"{model_dir / 'params.safetensors'}: missing")
-  flat = checkpoint.read_safetensors(weights)
+  flat = tensors.read_safetensors(weights)
   expected = checkpoint.parameter_shapes(config)
   got = {tuple(k.split("/")): v for k, v in flat.items()}
   missing = sorted("/".join(k) for k in set(expected) - set(got))
@@ -237,8 +239,8 @@ def save_jax_dir(model: LoadedModel, out_dir: str | Path, overwrite: bool = True
 def _write_jax_dir(model: LoadedModel, out_dir: Path) -> None:
   params = checkpoint.unstack_layers(model.params)  # saved per layer whatever layout computed with them
   flat = {"/".join(path): np.asarray(v, np.float32) for path, v in checkpoint.flatten_params(params).items()}
-  checkpoint.write_safetensors(out_dir / "params.safetensors", flat, metadata={"format": "distilbert-jax"})
-  model.config.save(out_dir / "config.json")
+  tensors.write_safetensors(out_dir / "params.safetensors", flat, metadata={"format": "distilbert-jax"})
+  write_config(model.config, out_dir / "config.json")
   copy_tokenizer_files(model.tokenizer_dir, out_dir)
   meta = {
     "format_version": FORMAT_VERSION,
@@ -260,9 +262,9 @@ def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path, ov
 
 
 def _write_sentence_transformers_dir(model: LoadedModel, out_dir: Path) -> None:
-  tensors = checkpoint.flax_to_torch(model.params, model.config)  # refuses what the format cannot express
-  checkpoint.write_safetensors(out_dir / "model.safetensors", tensors, metadata={"format": "pt"})
-  model.config.save(out_dir / "config.json", hf=True)
+  torch_tensors = checkpoint.flax_to_torch(model.params, model.config)  # refuses what the format cannot express
+  tensors.write_safetensors(out_dir / "model.safetensors", torch_tensors, metadata={"format": "pt"})
+  write_config(model.config, out_dir / "config.json", hf=True)
   copy_tokenizer_files(model.tokenizer_dir, out_dir)
   write_json(
     out_dir / "sentence_bert_config.json",

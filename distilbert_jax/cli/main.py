@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distilbert_jax.cli import convert, encoding, parity, searching, training
+from distilbert_jax.cli import convert, encoding, searching, training
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.jobs.outdir import JobError
 
@@ -30,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
   training.add_train(sub)
   training.add_distill(sub)
   training.add_prune(sub)
-  parity.add_parity(sub)
   return parser
 
 

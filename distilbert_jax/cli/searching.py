@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distilbert_jax.checkpoint.names import params_sha256
+from distilbert_jax.checkpoint.tensors import params_sha256
 from distilbert_jax.cli.common import (
   SCORES,
   add_deterministic_arg,

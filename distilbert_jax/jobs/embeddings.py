@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from distilbert_jax.checkpoint.names import params_sha256
+from distilbert_jax.checkpoint.tensors import params_sha256
 from distilbert_jax.core.files import file_sha256
 from distilbert_jax.core.storage import Store
 from distilbert_jax.data.sources import open_corpus

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from distilbert_jax.checkpoint.names import params_sha256
+from distilbert_jax.checkpoint.tensors import params_sha256
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.files import file_sha256

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.checkpoint import tensors
 from distilbert_jax.core.files import write_json
 
 LINEAR_NAMES = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2", "gate")
@@ -71,12 +72,12 @@ def save_adapters(out_dir: str | Path, adapters: dict, rank: int, alpha: float, 
   """OUT/adapters.safetensors (only a and b) and OUT/adapters.json (rank, alpha, targets, the base model)."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  tensors = {
+  flat = {
     f"{path}/{name}": np.asarray(jax.device_get(x), np.float32)
     for path, ab in adapters.items()
     for name, x in ab.items()
   }
-  checkpoint.write_safetensors(out_dir / ADAPTERS_FILE, tensors, metadata={"format": "distilbert-jax-lora"})
+  tensors.write_safetensors(out_dir / ADAPTERS_FILE, flat, metadata={"format": "distilbert-jax-lora"})
   write_json(out_dir / ADAPTERS_CONFIG, {"rank": rank, "alpha": alpha, "kernels": sorted(adapters), "base": base})
   return out_dir
 
@@ -85,7 +86,7 @@ def load_adapters(out_dir: str | Path) -> tuple[dict, dict]:
   """(adapters, settings) written by `save_adapters`."""
   out_dir = Path(out_dir)
   settings = json.loads((out_dir / ADAPTERS_CONFIG).read_text())
-  flat = checkpoint.read_safetensors(out_dir / ADAPTERS_FILE)
+  flat = tensors.read_safetensors(out_dir / ADAPTERS_FILE)
   adapters: dict = {}
   for key, value in flat.items():
     path, name = key.rsplit("/", 1)

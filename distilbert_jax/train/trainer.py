@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint.hub import resolve_model_dir
-from distilbert_jax.checkpoint.names import params_sha256
+from distilbert_jax.checkpoint.tensors import params_sha256
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.core.files import file_sha256, write_atomic

@@ -25,7 +25,7 @@ def cli(*args, input=None, check=True):
   return out
 
 
-@pytest.mark.parametrize("sub", [None, "convert", "encode", "search", "eval", "parity"])
+@pytest.mark.parametrize("sub", [None, "convert", "encode", "search", "eval"])
 def test_help(sub):
   out = cli(*([sub] if sub else []), "--help")
   assert "usage: distilbert-jax" in out.stdout
@@ -70,7 +70,7 @@ def test_encode_from_stdin_and_search(tiny_checkpoint, tmp_path):
   assert again.stdout == out.stdout
 
 
-def test_eval_json_and_parity_without_torch(tiny_checkpoint, tmp_path):
+def test_eval_json(tiny_checkpoint, tmp_path):
   (tmp_path / "qrels").mkdir()
   (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
   (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "cat"}\n')
@@ -79,8 +79,6 @@ def test_eval_json_and_parity_without_torch(tiny_checkpoint, tmp_path):
   )
   metrics = json.loads(cli("eval", tmp_path, "--model", tiny_checkpoint, "--json").stdout)
   assert set(metrics) >= {"nDCG@10", "MRR@10", "Recall@100"} and metrics["documents"] == 2
-  report = json.loads(cli("parity", tiny_checkpoint, "--no-torch", "--json").stdout)
-  assert list(report) == ["jax_vs_oracle"] and report["jax_vs_oracle"]["max_abs_diff"] < 1e-5
 
 
 def test_missing_hub_model_offline_says_how_to_use_a_local_checkpoint(tmp_path):

@@ -13,7 +13,7 @@ import sentence_transformers
 import torch
 
 import distilbert_jax
-from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
+from conversion.reference_checkpoint import make_reference_checkpoint
 from tests.conftest import TEXTS
 
 PROMPTS = {"query": "query: ", "passage": "passage: ", "classify": "topic of: "}

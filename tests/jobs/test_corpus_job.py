@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conversion.reference_checkpoint import make_reference_checkpoint
 from distilbert_jax import SentenceTransformer, load_embeddings, semantic_search
 from distilbert_jax.jobs.encode_corpus import run_job
 from distilbert_jax.jobs.outdir import JobError
-from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = "protein binds receptor cells mice vitamin risk cancer trial placebo dose gene expression".split()

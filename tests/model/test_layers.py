@@ -9,6 +9,7 @@ import torch
 import transformers
 
 from distilbert_jax.checkpoint import names as checkpoint
+from distilbert_jax.checkpoint.hf_config import from_hf_dict, to_hf_dict
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.transformer import Attention, Block, Embeddings, Encoder, FeedForward
 
@@ -32,7 +33,7 @@ def _tiny_distilbert(activation="gelu"):
   with torch.no_grad():  # every tensor random: a swapped or dropped one cannot hide behind zeros/ones
     for p in model.parameters():
       p.copy_(torch.randn_like(p) * 0.2)
-  ours = EncoderConfig.from_hf_dict(config.to_dict())
+  ours = from_hf_dict(config.to_dict())
   tensors = {k: v.numpy() for k, v in model.state_dict().items()}
   return model, ours, checkpoint.torch_to_flax(tensors, ours)
 
@@ -134,7 +135,7 @@ def test_bert_family_model_matches_bert_model():
   with torch.no_grad():
     for p in model.parameters():
       p.copy_(torch.randn_like(p) * 0.2)
-  cfg = EncoderConfig.from_hf_dict(config.to_dict())
+  cfg = from_hf_dict(config.to_dict())
   assert cfg.layer_norm_eps == 1e-7
   params = checkpoint.torch_to_flax({k: v.numpy() for k, v in model.state_dict().items()}, cfg)
   ids, mask = _inputs()
@@ -156,7 +157,7 @@ def test_config_changes_depth_width_heads_activation_without_code_changes():
   assert set(params["transformer"]) == {"layer_0", "layer_1", "layer_2"}
   out = Encoder(cfg).apply({"params": params}, jnp.ones((2, 5), jnp.int32), jnp.ones((2, 5), jnp.int32))
   assert out["token_embeddings"].shape == (2, 5, 24)
-  assert EncoderConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+  assert from_hf_dict(to_hf_dict(cfg)) == cfg
 
 
 def test_dropout_only_when_not_deterministic():

@@ -150,9 +150,9 @@ def test_int8_encoding_of_real_minilm_stays_close_to_float32_and_ranks_scifact_a
   """Measured (benchmarks/scifact_int8.py, whole collection): nDCG@10 0.6465 int8 vs 0.6451 float32, min cosine
   0.9947 over the corpus. Ordered top-10 lists rarely survive any int8 model whole (near ties among ten); the
   first hit and the top-10 set do: measured 96% and 95% on 1,500 documents."""
+  from conversion.compare import SAMPLE_TEXTS
   from distilbert_jax import SentenceTransformer, semantic_search
   from distilbert_jax.data import beir
-  from distilbert_jax.parity import SAMPLE_TEXTS
 
   data = beir.load_beir(scifact, split="test", max_docs=500)
   out = {}

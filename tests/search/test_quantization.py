@@ -200,7 +200,7 @@ def test_corpus_job_truncated_and_searched(tiny_checkpoint, tmp_path):
 
 
 def test_quantized_corpus_of_unnormalised_cosine_model_refuses_cosine(tmp_path):
-  from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
+  from conversion.reference_checkpoint import make_reference_checkpoint
 
   model = make_reference_checkpoint(
     tmp_path / "cos",

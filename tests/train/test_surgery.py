@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from conversion.reference_checkpoint import make_reference_checkpoint
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.cli.main import main
-from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
 
 TEXTS = ["a short one", "a somewhat longer text about retrieval of scientific claims", "x", "mid length text here"]
 

