@@ -56,6 +56,8 @@ from distilbert_jax.jobs.shards import check_format
 from distilbert_jax.jobs.tokenize_corpus import TOKEN_MANIFEST, is_token_dir, read_token_manifest, read_token_records
 from distilbert_jax.search.quantization import check_precision, quantization_ranges, quantize_embeddings
 
+_KEPT = "shards already committed in {} are kept; "  # what a stopped job keeps: it resumes from there
+
 
 @dataclasses.dataclass(frozen=True)
 class Storage:
@@ -313,7 +315,9 @@ def _run_locked(spec: JobSpec, store: Store, source, peers, lease: JobLease) -> 
   progress = progress_bar(spec.show_progress, total=total, unit="record", desc="encode-corpus")
   start, encoded, tokens = time.perf_counter(), 0, 0
   committed = {s["index"]: s for s in committer.manifest["shards"]}
-  for index, batch, last_line in shards_of(spec, all_records(), committer):
+  for index, batch, last_line in shards_of(
+    all_records(), spec.shard_size, spec.on_error, spec.input_path, committer.rejects, _KEPT.format(spec.out_dir)
+  ):
     done = committed.get(index)
     if done is not None and "records_sha256" in done and records_sha256(batch) != done["records_sha256"]:
       unit = "records" if batch[0].row_group is not None else "lines"
@@ -340,7 +344,7 @@ def _run_locked(spec: JobSpec, store: Store, source, peers, lease: JobLease) -> 
     "out": spec.out_dir,
     "rows": committer.manifest["rows"],
     "encoded_now": encoded,
-    "rejected": len(committer.rejects),
+    "rejected": len(committer.rejects.committed),
     "shards": len(committer.manifest["shards"]),
     "seconds": round(elapsed, 2),
     "docs_per_s": round(encoded / elapsed, 1) if elapsed else 0.0,

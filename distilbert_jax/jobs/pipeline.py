@@ -44,8 +44,7 @@ class Committer:
         )
       self.manifest = previous
     self.manifest["input_sha256"] = info["sha256"]  # of the whole input as this run read it (information)
-    self.rejects = self._committed_rejects()
-    self.pending: list[dict] = []
+    self.rejects = Rejects(Path(spec.input_path).name, self._committed_rejects())
 
   def _committed_rejects(self) -> list[dict]:
     """The rejects the manifest committed (a run killed between appending and committing left a tail, which the
@@ -62,12 +61,11 @@ class Committer:
 
   def commit(self) -> None:
     self.lease.check()
-    if self.pending:
-      data = "".join(json.dumps(r) + "\n" for r in self.pending).encode()
+    if self.rejects.pending:
+      data = "".join(json.dumps(r) + "\n" for r in self.rejects.pending).encode()
       self.manifest["rejects_bytes"] = self.store.append(self.rejects_name, data, self.manifest["rejects_bytes"])
-      self.rejects += self.pending
-      self.pending = []
-    self.manifest["rejected"] = len(self.rejects)
+      self.rejects.mark_committed()
+    self.manifest["rejected"] = len(self.rejects.committed)
     try:
       self.version = self.store.publish(self.name, (json.dumps(self.manifest, indent=1) + "\n").encode(), self.version)
     except PreconditionFailed:
@@ -91,28 +89,45 @@ class Committer:
     self.commit()
 
 
-def shards_of(spec: Any, records: Iterator[Record], committer: Committer) -> Iterator[tuple[int, list, int]]:
+class Rejects:
+  """A job's bad records: those an earlier run committed (by line: they stay rejected, in either mode) and those
+  pending the next commit, each as `Record.reject` writes it."""
+
+  def __init__(self, input_name: str, committed: list[dict] = ()):
+    self.input_name, self.committed, self.pending = input_name, list(committed), []
+    self.lines = {r["line"] for r in self.committed}
+
+  def add(self, record: Record) -> None:
+    self.pending.append(record.reject(self.input_name))
+    self.lines.add(record.line)
+
+  def mark_committed(self) -> None:
+    self.committed += self.pending
+    self.pending = []
+
+
+def shards_of(
+  records: Iterator[Record], shard_size: int, on_error: str, input_path: Any, rejects: Rejects, kept: str
+) -> Iterator[tuple[int, list, int]]:
   """(shard index, its records, the last record number read for it): the good records in shards of
-  `shard_size`; a bad one stops the job naming it, or (`--on-error skip`) becomes a pending reject, once."""
-  seen = {r["line"] for r in committer.rejects}
+  `shard_size`; a bad one stops the job naming it (`kept` says what of the job survives), or under
+  `on_error="skip"` becomes a pending reject, once. Both corpus jobs cut their input here."""
   for index in itertools.count():
     batch, last_line = [], 0
     for record in records:
       last_line = record.line
       if record.error is None:
         batch.append(record)
-        if len(batch) == spec.shard_size:
+        if len(batch) == shard_size:
           break
         continue
-      if record.line in seen:
-        continue  # rejected by an earlier run of this job (--on-error skip): stays rejected, in either mode
-      if spec.on_error == "stop":
+      if record.line in rejects.lines:
+        continue
+      if on_error == "stop":
         raise JobError(
-          f"{record.where(spec.input_path)}: {record.error} (shards already committed in {spec.out_dir} are kept; "
-          "fix the line or use --on-error skip, then re-run)"
+          f"{record.where(input_path)}: {record.error} ({kept}fix the line or use --on-error skip, then re-run)"
         )
-      committer.pending.append(record.reject(Path(spec.input_path).name))
-      seen.add(record.line)
+      rejects.add(record)
     if not batch:
       return
     yield index, batch, last_line

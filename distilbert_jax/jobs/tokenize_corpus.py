@@ -32,10 +32,12 @@ from distilbert_jax.core.outdir import check_output_dir, clear_dir
 from distilbert_jax.data.records import Record, check_on_error, detect_format, read_records
 from distilbert_jax.jobs.identity import tokenizer_files_sha256
 from distilbert_jax.jobs.outdir import JobError
+from distilbert_jax.jobs.pipeline import Rejects, shards_of
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 
 TOKEN_MANIFEST = "tokens.json"
 TOKEN_FORMAT = "distilbert-jax-tokens"
+_KEPT = "nothing is written until the whole input is read; "
 
 _worker_tokenizer = None
 
@@ -88,7 +90,24 @@ def tokenize_corpus(
   if out_dir.is_dir():
     clear_dir(out_dir, first=[TOKEN_MANIFEST])
   out_dir.mkdir(parents=True, exist_ok=True)
-  manifest = {
+  manifest = _token_manifest(input_path, model, loaded, shard_size)
+  rejects, start = Rejects(input_path.name), time.perf_counter()
+  shards = shards_of(read_records(input_path, fmt), shard_size, on_error, input_path, rejects, _KEPT)
+  init = (str(loaded.tokenizer_dir), loaded.max_seq_length, loaded.do_lower_case, os.getpid())
+  # spawn, not fork: forking a process that runs JAX threads can deadlock.
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, init) as pool:
+    for index, batch, parts in _one_in_flight(pool, shards, workers):
+      manifest["shards"].append(_write_token_shard(out_dir, index, batch, [p.result() for p in parts]))
+  rows, tokens = sum(s["rows"] for s in manifest["shards"]), sum(s["tokens"] for s in manifest["shards"])
+  manifest.update(complete=True, rows=rows, tokens=tokens, rejects=rejects.pending)
+  write_atomic(out_dir / TOKEN_MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # last: marks it done
+  elapsed = time.perf_counter() - start
+  return {"out": str(out_dir), "rows": rows, "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+
+
+def _token_manifest(input_path: Path, model: str, loaded: Any, shard_size: int) -> dict[str, Any]:
+  return {
     "format": TOKEN_FORMAT,
     "model": str(model),
     "tokenizer_sha256": tokenizer_files_sha256(loaded.tokenizer_dir, loaded.do_lower_case, loaded.max_seq_length),
@@ -99,68 +118,46 @@ def tokenize_corpus(
     "rejects": [],
     "complete": False,
   }
-  start, tokens, rows = time.perf_counter(), 0, 0
 
-  def shards_of_records() -> Iterator[list]:
-    batch = []
-    for record in read_records(input_path, fmt):
-      if record.error is not None:
-        if on_error == "stop":
-          raise JobError(f"{input_path}:{record.line}: {record.error} (use --on-error skip to record it and go on)")
-        manifest["rejects"].append({"file": input_path.name, "line": record.line, "reason": record.error})
-        continue
-      batch.append(record)
-      if len(batch) == shard_size:
-        yield batch
-        batch = []
-    if batch:
-      yield batch
 
-  init = (str(loaded.tokenizer_dir), loaded.max_seq_length, loaded.do_lower_case, os.getpid())
-  # spawn, not fork: forking a process that runs JAX threads can deadlock.
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, context, _init_worker, init) as pool:
-    # Split each shard across the workers; keep one shard in flight while the next is read.
-    def submit(batch):
-      step = -(-len(batch) // workers)
-      parts = [pool.submit(_tokenize, [r.text for r in batch[i : i + step]]) for i in range(0, len(batch), step)]
-      return batch, parts
+def _one_in_flight(pool: Any, shards: Iterator[tuple[int, list, int]], workers: int) -> Iterator[tuple]:
+  """(index, records, futures) per shard, each split across the workers; the next shard is read and submitted
+  while this one is tokenised, so one shard is in flight and at most two are held."""
+  pending = None
+  for index, batch, _ in shards:
+    step = -(-len(batch) // workers)
+    parts = [pool.submit(_tokenize, [r.text for r in batch[i : i + step]]) for i in range(0, len(batch), step)]
+    if pending is not None:
+      yield pending
+    pending = (index, batch, parts)
+  if pending is not None:
+    yield pending
 
-    pending = None
-    for index, batch in enumerate([*shards_of_records(), None]):
-      if pending is not None:
-        done_batch, parts = pending
-        results = [p.result() for p in parts]
-        flat = np.concatenate([t for t, _ in results])
-        offsets, base = [np.zeros(1, np.int64)], 0
-        for t, o in results:
-          offsets.append(o[1:] + base)
-          base += len(t)
-        name = f"tokens-{index - 1:06d}"
-        token_bytes, offset_bytes = npy_bytes(flat), npy_bytes(np.concatenate(offsets))
-        write_atomic(out_dir / f"{name}.npy", token_bytes)
-        write_atomic(out_dir / f"{name}.offsets.npy", offset_bytes)
-        rows_json = json.dumps({"ids": [r.id for r in done_batch], "lines": [r.line for r in done_batch]}).encode()
-        write_atomic(out_dir / f"{name}.ids.json", rows_json)
-        manifest["shards"].append(
-          {
-            "file": f"{name}.npy",
-            "offsets": f"{name}.offsets.npy",
-            "ids": f"{name}.ids.json",
-            "rows": len(done_batch),
-            "tokens": int(len(flat)),
-            "first_line": done_batch[0].line,
-            "last_line": done_batch[-1].line,
-            "sha256": hashlib.sha256(token_bytes + offset_bytes).hexdigest(),
-            "ids_sha256": hashlib.sha256(rows_json).hexdigest(),  # ids and lines are trusted as much as the tokens
-          }
-        )
-        tokens, rows = tokens + len(flat), rows + len(done_batch)
-      pending = submit(batch) if batch is not None else None
-  manifest.update(complete=True, rows=rows, tokens=tokens)
-  write_atomic(out_dir / TOKEN_MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # last: marks it done
-  elapsed = time.perf_counter() - start
-  return {"out": str(out_dir), "rows": rows, "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+
+def _write_token_shard(out_dir: Path, index: int, batch: list[Record], results: list[tuple]) -> dict[str, Any]:
+  """Writes one shard's token ids, offsets and ids; returns its manifest entry (rows, lines, checksums)."""
+  flat = np.concatenate([t for t, _ in results])
+  offsets, base = [np.zeros(1, np.int64)], 0
+  for t, o in results:
+    offsets.append(o[1:] + base)
+    base += len(t)
+  name = f"tokens-{index:06d}"
+  token_bytes, offset_bytes = npy_bytes(flat), npy_bytes(np.concatenate(offsets))
+  write_atomic(out_dir / f"{name}.npy", token_bytes)
+  write_atomic(out_dir / f"{name}.offsets.npy", offset_bytes)
+  rows_json = json.dumps({"ids": [r.id for r in batch], "lines": [r.line for r in batch]}).encode()
+  write_atomic(out_dir / f"{name}.ids.json", rows_json)
+  return {
+    "file": f"{name}.npy",
+    "offsets": f"{name}.offsets.npy",
+    "ids": f"{name}.ids.json",
+    "rows": len(batch),
+    "tokens": int(len(flat)),
+    "first_line": batch[0].line,
+    "last_line": batch[-1].line,
+    "sha256": hashlib.sha256(token_bytes + offset_bytes).hexdigest(),
+    "ids_sha256": hashlib.sha256(rows_json).hexdigest(),  # ids and lines are trusted as much as the tokens
+  }
 
 
 def read_token_manifest(token_dir: Path) -> dict[str, Any]:
