@@ -2,11 +2,11 @@
 
 `from distilbert_jax import SentenceTransformer, util` stands in for the same import from sentence_transformers.
 The package is layered by role (README "Layout"): core < model < checkpoint < search, data < encode < jobs,
-train, parity < cli. The flat module paths of 0.1 (`distilbert_jax.scoring`, `.corpus_job`, ...) still import,
-for one release, through `distilbert_jax._legacy`.
+train, integrations < cli; the conversion scripts (top-level `conversion/`) stand on it and are never imported
+by it.
 """
 
-from distilbert_jax import _legacy, util
+from distilbert_jax import util
 from distilbert_jax.core.version import __version__
 from distilbert_jax.encode.sentence_transformer import SentenceTransformer
 from distilbert_jax.jobs.embeddings import load_embeddings
@@ -16,8 +16,6 @@ from distilbert_jax.model.transformer import Encoder
 from distilbert_jax.search.quantization import quantize_embeddings
 from distilbert_jax.search.semantic_search import semantic_search
 from distilbert_jax.search.similarity import cos_sim, dot_score
-
-_legacy.install()
 
 __all__ = [
   "EncoderConfig",

@@ -61,6 +61,21 @@ def test_modules_stay_readable_or_say_why():
   assert not long, long
 
 
+def test_functions_are_short_enough_to_read_at_once():
+  """No function body (its docstring aside) over 60 lines, in the library and the conversion scripts, unless its
+  docstring says why ("lines because")."""
+  long = []
+  for path in [*PACKAGE.rglob("*.py"), *(ROOT / "conversion").rglob("*.py")]:
+    for fn in ast.walk(ast.parse(path.read_text())):
+      if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        doc = ast.get_docstring(fn)
+        body = fn.body[1:] if doc else fn.body
+        lines = fn.end_lineno - body[0].lineno + 1 if body else 0
+        if lines > 60 and "lines because" not in (doc or ""):
+          long.append(f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}: {lines} lines")
+  assert not long, long
+
+
 def test_the_platform_is_read_only_at_the_edge():
   """Only core/devices.platform_of reads a device's platform; everything else is given plain choices."""
   readers = []

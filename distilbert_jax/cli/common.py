@@ -10,7 +10,7 @@ from distilbert_jax.checkpoint.hub import DEFAULT_MODEL, EMBEDDED_MODEL, default
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.data.beir import find_beir_file
 from distilbert_jax.data.records import InputFormat, read_lines, read_records, read_texts
-from distilbert_jax.encode.runner import ENCODE_DTYPES
+from distilbert_jax.encode.edge import ENCODE_DTYPES
 from distilbert_jax.encode.sentence_transformer import SentenceTransformer
 from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
 

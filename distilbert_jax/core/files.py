@@ -36,10 +36,16 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
   return path
 
 
-def write_json(path: str | Path, value) -> Path:
+def json_bytes(value) -> bytes:
+  """A JSON document as every file of ours is written: indented, one trailing newline, UTF-8."""
   import json
 
-  return write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
+  return (json.dumps(value, indent=2) + "\n").encode()
+
+
+def write_json(path: str | Path, value) -> Path:
+  """`json_bytes(value)` written atomically to a local path (object stores: `Store.put`/`publish` the bytes)."""
+  return write_atomic(path, json_bytes(value))
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

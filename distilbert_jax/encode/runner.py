@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -22,34 +22,18 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from distilbert_jax.checkpoint.model_dir import LoadedModel
 from distilbert_jax.checkpoint.names import stack_layers
-from distilbert_jax.core.devices import data_mesh
+from distilbert_jax.core.progress import progress_bar
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.encode.batching import Batch, plan_batches
+from distilbert_jax.encode.edge import Choices, compute_dtype, over_rows
 from distilbert_jax.model.attention import FRAME_TILE
 from distilbert_jax.model.forward import embed_rows
 from distilbert_jax.model.quantize import quantize_dense_params
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.model.transformer import Encoder
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # float compute dtypes
-# Encoding also takes "int8": the dense layers' dots in int8 (model/quantize.py), everything else in INT8_COMPUTE.
-ENCODE_DTYPES = (*DTYPES, "int8")
-INT8_COMPUTE = jnp.float32  # bfloat16 here measured no faster (encode_throughput.py: 4,255 vs 4,238 tokens/s)
 CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory on long inputs
-# Tokens a device computes at once, by platform. CPU: 512-2048 measured alike on SciFact shapes, a whole batch
-# 1.3x slower (activations leave the cache). Accelerators: the whole batch.
-STEP_TOKENS_BY_PLATFORM: dict[str, int | None] = {"cpu": 768}
-# The oneDNN int8 dot is a custom call per dense layer and step: larger steps amortise it (measured by hand, one pass
-# over 300 SciFact abstracts, full msmarco config, each in its own process: 5,630 tokens/s at 768 tokens a step,
-# 6,801 at 1,536, 6,115 at 3,072).
-ONEDNN_STEP_TOKENS = 1536
-
-
-def compute_dtype(dtype: str) -> Any:
-  """The dtype the model computes in outside int8 dots, for an ENCODE_DTYPES name."""
-  if dtype not in ENCODE_DTYPES:
-    raise ValueError(f"dtype {dtype!r} is not one of {list(ENCODE_DTYPES)}")
-  return INT8_COMPUTE if dtype == "int8" else DTYPES[dtype]
+SHOW_PROGRESS_FROM = 10_000  # texts: encode shows a bar by default from there (show_progress_bar=None)
 
 
 def device_params(loaded: LoadedModel, dtype: str, scan_layers: bool, mesh) -> Any:
@@ -71,60 +55,42 @@ def device_params(loaded: LoadedModel, dtype: str, scan_layers: bool, mesh) -> A
 
 
 class EncodeRunner:
-  def __init__(
-    self,
-    loaded: LoadedModel,
-    tokenizer: WordPieceTokenizer,
-    devices: Sequence[Any],
-    *,
-    dtype: str,
-    attention: str,
-    scan_layers: bool,
-    step_tokens: int | None,
-    int8_dot: str = "xla",
-  ):
-    self.loaded, self.tokenizer, self.devices = loaded, tokenizer, list(devices)
-    self.mesh = data_mesh(self.devices)
+  """One model on the devices of `choices` (made at the edge, `encode.edge.choose`)."""
+
+  def __init__(self, loaded: LoadedModel, tokenizer: WordPieceTokenizer, choices: Choices, scan_layers: bool):
+    self.loaded, self.tokenizer, self.choices = loaded, tokenizer, choices
+    self.mesh = choices.mesh
+    self.devices = list(self.mesh.devices.flat)
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
     # The frames attention (deterministic encoding) gives a text its own frame when the text starts on a tile;
     # the per-token layers then run on tiles too (model/tiles.py).
-    self.align = FRAME_TILE if attention == "frames" else 1
+    self.align = FRAME_TILE if choices.deterministic else 1
     self.module = Encoder(
       loaded.config,
-      dtype=compute_dtype(dtype),
+      dtype=choices.compute_dtype,
       param_dtype=jnp.float32,
-      attention=attention,
+      attention=choices.attention,
       scan_layers=scan_layers,
-      int8=int8_dot if dtype == "int8" else False,
+      int8=choices.int8_dot if choices.dtype == "int8" else False,
       token_tile=self.align if self.align > 1 else None,
     )
-    self.params = device_params(loaded, dtype, scan_layers, self.mesh)
-    self.step_tokens = step_tokens
+    self.params = device_params(loaded, choices.dtype, scan_layers, self.mesh)
+    self.step_tokens = choices.step_tokens
     self.interceptor = None
     self.last_stats: dict[str, int] = {}  # real vs computed tokens of the last run
-    rows, replicated = PartitionSpec("data"), PartitionSpec()
 
     def sharded_forward(params, input_ids, segment_ids, positions, *, num_segments, outputs, interceptor):
-      # Pure data parallelism: each device encodes its own rows with replicated parameters, no communication.
       per_device = functools.partial(
         embed_rows,
         self.module,
         loaded.pooling,
         num_segments=num_segments,
         outputs=outputs,
-        step_tokens=step_tokens,
+        step_tokens=choices.step_tokens,
         interceptor=interceptor,
         text_block=self.align if self.align > 1 else None,
       )
-      # check_vma off: Pallas kernels (splash attention) give outputs without varying-axis types, and with rows
-      # in and rows out and no collectives there is nothing for the check to catch here.
-      return jax.shard_map(
-        lambda p, i, s, q: per_device(p, i, s, q),
-        mesh=self.mesh,
-        in_specs=(replicated, rows, rows, rows),
-        out_specs=rows,
-        check_vma=False,
-      )(params, input_ids, segment_ids, positions)
+      return over_rows(per_device, self.mesh, (True, False, False, False))(params, input_ids, segment_ids, positions)
 
     self.forward = jax.jit(sharded_forward, static_argnames=("num_segments", "outputs", "interceptor"))
 
@@ -216,21 +182,15 @@ class _Progress:
   """A tqdm bar with docs/s and tokens/s, shown for long inputs unless disabled."""
 
   def __init__(self, total: int, enabled: bool | None):
-    self.bar = None
-    if enabled or (enabled is None and total >= 10_000):
-      from tqdm.auto import tqdm
-
-      self.bar = tqdm(total=total, unit="doc", desc="encode", dynamic_ncols=True)
+    shown = enabled or (enabled is None and total >= SHOW_PROGRESS_FROM)
+    self.bar = progress_bar(bool(shown), total=total, unit="doc", desc="encode")
     self.tokens, self.start = 0, time.perf_counter()
 
   def update(self, batch: Batch) -> None:
-    if self.bar is None:
-      return
     self.tokens += batch.real_tokens
     elapsed = max(time.perf_counter() - self.start, 1e-9)
     self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
     self.bar.update(int((batch.text_index >= 0).sum()))
 
   def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
+    self.bar.close()

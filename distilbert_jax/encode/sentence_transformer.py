@@ -27,13 +27,12 @@ from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint.hub import MODEL_CARD_SIMILARITY, hub_repo_id, resolve_model_dir
 from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
-from distilbert_jax.core.devices import device_names, devices_named, platform_of, resolve_devices
-from distilbert_jax.encode.runner import ENCODE_DTYPES, ONEDNN_STEP_TOKENS, STEP_TOKENS_BY_PLATFORM, EncodeRunner
-from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
+from distilbert_jax.core.devices import device_names, devices_named, resolve_devices
+from distilbert_jax.encode import hub_upload
+from distilbert_jax.encode.edge import ENCODE_DTYPES, choose
+from distilbert_jax.encode.runner import EncodeRunner
 from distilbert_jax.model.config import EncoderConfig
-from distilbert_jax.model.onednn import onednn_gemm
 from distilbert_jax.model.pooling import PoolingConfig, normalize
-from distilbert_jax.model.quantize import INT8_DOTS
 from distilbert_jax.model.tiles import TILE, over_tiles
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.search.quantization import check_precision, quantize_embeddings
@@ -43,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", "hidden_states", "attentions", None)
 TENSOR_TYPES = ("auto", "jax", "torch")  # auto: torch tensors when torch is imported (the torch world), else JAX
+# sentence-transformers' model_kwargs["attn_implementation"] -> ours: eager is the plain softmax(QK^T)V, sdpa a
+# fused kernel (XLA's dot_product_attention), flash_attention_2 the GPU flash kernel (cuDNN's).
+MODEL_KWARGS_ATTENTION = {"eager": "dense", "sdpa": "xla", "flash_attention_2": "cudnn"}
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # code points UTF-8 cannot encode: no tokenizer takes them
@@ -62,19 +64,80 @@ def _check_texts(sentences: Sequence[Any]) -> None:
       )
 
 
+def _texts_of(sentences: Any, inputs: Any, task: str | None) -> tuple[list[str], bool]:
+  """(the texts, whether one string was given), checked: sentence-transformers 5+ names the first argument
+  `inputs`; a NumPy array of strings is a list."""
+  if inputs is not None:
+    if sentences is not None:
+      raise ValueError("give sentences or inputs, not both")
+    sentences = inputs
+  if sentences is None:
+    raise TypeError("encode() needs sentences: a string or a list of strings")
+  if task not in (None, "query", "document"):
+    raise ValueError(f"task {task!r} is not one of (None, 'query', 'document')")
+  single = isinstance(sentences, str)
+  texts = [sentences] if single else (sentences.tolist() if isinstance(sentences, np.ndarray) else list(sentences))
+  _check_texts(texts)
+  return texts, single
+
+
 _normalize_in_tiles = jax.jit(lambda x: over_tiles(normalize, x, TILE))  # jitted once: compiled per shape, not per call
 
 
-def default_int8_dot(platform: str) -> str:
-  """The int8 dot for a platform: oneDNN's VNNI GEMM on CPU (2.5x XLA:CPU's int8 dot here), XLA's elsewhere. A CPU
-  where oneDNN cannot be loaded falls back to XLA's, and says so."""
-  if platform != "cpu":
-    return "xla"
-  gemm, why = onednn_gemm()
-  if gemm is None:
-    logger.warning("int8 on CPU: oneDNN's int8 GEMM is not available (%s); using XLA's int8 dot, slower", why)
-    return "xla"
-  return "onednn"
+def model_kwargs_choices(model_kwargs: dict[str, Any] | None, dtype: str | None, attention: str | None):
+  """(dtype, attention) with sentence-transformers' `model_kwargs` mapped onto ours: `torch_dtype`/`dtype` (a
+  torch dtype or its name; "auto" keeps float32) and `attn_implementation` (MODEL_KWARGS_ATTENTION). Any other key
+  has no meaning here and is refused by name."""
+  model_kwargs = dict(model_kwargs or {})
+  unknown = sorted(set(model_kwargs) - {"torch_dtype", "dtype", "attn_implementation"})
+  if unknown:
+    raise ValueError(
+      f"model_kwargs {unknown} have no meaning in distilbert-jax (it maps torch_dtype/dtype and attn_implementation)"
+    )
+  asked = model_kwargs.get("dtype", model_kwargs.get("torch_dtype"))
+  if asked is not None:
+    name = str(asked).removeprefix("torch.")
+    name = "float32" if name == "auto" else name
+    if name not in ENCODE_DTYPES:
+      raise ValueError(f"model_kwargs dtype {asked!r} is not one of {list(ENCODE_DTYPES)}")
+    if dtype is not None and dtype != name:
+      raise ValueError(f"dtype={dtype!r} and model_kwargs dtype {asked!r} disagree")
+    dtype = name
+  implementation = model_kwargs.get("attn_implementation")
+  if implementation is not None:
+    if implementation not in MODEL_KWARGS_ATTENTION:
+      raise ValueError(
+        f"model_kwargs attn_implementation {implementation!r} is not one of {sorted(MODEL_KWARGS_ATTENTION)}"
+      )
+    attention = attention or MODEL_KWARGS_ATTENTION[implementation]
+  return dtype or "float32", attention
+
+
+def _load(model_name_or_path: Any) -> model_dir.LoadedModel:
+  """The model, with msmarco-distilbert-dot-v5's similarity from its model card where its config names none."""
+  if model_name_or_path is None:
+    raise ValueError(
+      "model_name_or_path is required: a model directory or a hub id such as "
+      "'msmarco-distilbert-dot-v5' (models are built only from checkpoints)"
+    )
+  if isinstance(model_name_or_path, model_dir.LoadedModel):
+    return model_name_or_path
+  loaded = model_dir.load(resolve_model_dir(model_name_or_path))
+  card = MODEL_CARD_SIMILARITY.get(hub_repo_id(model_name_or_path) or "")
+  if loaded.similarity_fn_name is None and card:
+    logger.info("%s names no similarity function; using %r from its model card", model_name_or_path, card)
+    loaded = dataclasses.replace(loaded, similarity_fn_name=card)
+  return loaded
+
+
+def _merged_prompts(given: dict[str, str] | None, saved: dict[str, str] | None) -> dict[str, str]:
+  """Prompts as sentence-transformers merges them: "query" and "document" always exist ("" unless set), and the
+  caller's prompts win over the saved ones."""
+  prompts = {"query": None, "document": None, **(given or {})}
+  for name, text in (saved or {}).items():
+    if prompts.get(name) is None:
+      prompts[name] = text
+  return {name: text or "" for name, text in prompts.items()}
 
 
 class ModelCardData:
@@ -122,7 +185,8 @@ class SentenceTransformer:
     default_prompt_name: str | None = None,
     similarity_fn_name: str | None = None,
     truncate_dim: int | None = None,
-    dtype: str = "float32",
+    model_kwargs: dict[str, Any] | None = None,
+    dtype: str | None = None,
     devices: Sequence[Any] | None = None,
     tensor_type: str = "auto",
     compilation_cache: bool | str | None = None,
@@ -134,37 +198,16 @@ class SentenceTransformer:
     # First: JAX reads the cache setting at its first compilation and ignores later changes. Off unless asked
     # for (True or a directory): a library does not change the process's JAX settings unannounced.
     self.compilation_cache = enable_compilation_cache(compilation_cache) if compilation_cache else None
-    if model_name_or_path is None:
-      raise ValueError(
-        "model_name_or_path is required: a model directory or a hub id such as "
-        "'msmarco-distilbert-dot-v5' (models are built only from checkpoints)"
-      )
-    if dtype not in ENCODE_DTYPES:
-      raise ValueError(f"dtype {dtype!r} is not one of {list(ENCODE_DTYPES)}")
+    dtype, attention = model_kwargs_choices(model_kwargs, dtype, attention)
     if tensor_type not in TENSOR_TYPES:
       raise ValueError(f"tensor_type {tensor_type!r} is not one of {TENSOR_TYPES}")
-    if isinstance(model_name_or_path, model_dir.LoadedModel):
-      loaded = model_name_or_path
-    else:
-      loaded = model_dir.load(resolve_model_dir(model_name_or_path))
-      card = MODEL_CARD_SIMILARITY.get(hub_repo_id(model_name_or_path) or "")
-      if loaded.similarity_fn_name is None and card:
-        logger.info("%s names no similarity function; using %r from its model card", model_name_or_path, card)
-        loaded = dataclasses.replace(loaded, similarity_fn_name=card)
+    choices = choose(resolve_devices(device, devices), dtype, attention, deterministic, int8_dot)
+    loaded = _load(model_name_or_path)
     self.config: EncoderConfig = loaded.config
     self.pooling: PoolingConfig = loaded.pooling
-    self.source = loaded.source
-    self.dtype = dtype
-    self.tensor_type = tensor_type
-    self.loaded = loaded
+    self.source, self.loaded, self.tensor_type = loaded.source, loaded, tensor_type
     self.model_card_data = ModelCardData()
-    # Prompts as sentence-transformers merges them: "query" and "document" always exist ("" unless set), the
-    # caller's prompts win over the saved ones, and a default prompt name must name one of them.
-    self.prompts = {"query": None, "document": None, **(prompts or {})}
-    for name, text in (loaded.prompts or {}).items():
-      if self.prompts.get(name) is None:
-        self.prompts[name] = text
-    self.prompts = {name: text or "" for name, text in self.prompts.items()}
+    self.prompts = _merged_prompts(prompts, loaded.prompts)
     self.default_prompt_name = default_prompt_name or loaded.default_prompt_name
     if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
       raise ValueError(
@@ -176,39 +219,9 @@ class SentenceTransformer:
     self.truncate_dim = None
     self.truncate_dim = self._check_truncate_dim(truncate_dim if truncate_dim is not None else loaded.truncate_dim)
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
-    self.devices = resolve_devices(device, devices)
-    # The edge: the platform becomes plain choices here (attention implementation, tokens per device step);
-    # the runner and the model compute what they are told.
-    platform = platform_of(self.devices)
-    if deterministic and attention not in (None, DETERMINISTIC_ATTENTION):
-      raise ValueError(
-        f"deterministic=True computes attention with {DETERMINISTIC_ATTENTION!r} (its sums have a fixed order); "
-        f"attention={attention!r} cannot be batch-invariant"
-      )
-    default = DETERMINISTIC_ATTENTION if deterministic else default_attention(platform)
-    self.attention = check_attention(attention or default)
-    # One rule, as the runner's: the frames attention is the deterministic path (tiles, aligned texts, and here
-    # the tiled normalisation), whether asked for as deterministic=True or by its name.
-    self.deterministic = self.attention == DETERMINISTIC_ATTENTION
-    self.scan_layers = bool(scan_layers)
-    self.int8_dot = int8_dot or (default_int8_dot(platform) if dtype == "int8" else "xla")
-    if self.int8_dot not in INT8_DOTS:
-      raise ValueError(f"int8_dot {self.int8_dot!r} is not one of {INT8_DOTS}")
-    if self.int8_dot == "onednn" and (platform != "cpu" or onednn_gemm()[0] is None):
-      why = onednn_gemm()[1] if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
-      raise ValueError(f"int8_dot 'onednn' is not available: {why}")
-    self.runner = EncodeRunner(
-      loaded,
-      self.tokenizer,
-      self.devices,
-      dtype=dtype,
-      attention=self.attention,
-      scan_layers=self.scan_layers,
-      step_tokens=ONEDNN_STEP_TOKENS
-      if dtype == "int8" and self.int8_dot == "onednn"
-      else STEP_TOKENS_BY_PLATFORM.get(platform),
-      int8_dot=self.int8_dot,
-    )
+    self.devices, self.dtype, self.scan_layers = list(choices.mesh.devices.flat), choices.dtype, bool(scan_layers)
+    self.attention, self.deterministic, self.int8_dot = choices.attention, choices.deterministic, choices.int8_dot
+    self.runner = EncodeRunner(loaded, self.tokenizer, choices, self.scan_layers)
 
   # copy.deepcopy and pickle (sentence-transformers' test fixtures deep-copy a model): the state is the loaded
   # model (host arrays) and the settings; the devices are named by platform and id, and the runner is rebuilt.
@@ -393,9 +406,21 @@ class SentenceTransformer:
       return None
     return model_dir.export_sentence_transformers_dir(self._current(), path)
 
-  def save_pretrained(self, out_dir: str | Path) -> Path:
+  def save_pretrained(self, path: str | Path | None, *args: Any, **kwargs: Any) -> Path | None:
+    """The same as `save`: the sentence-transformers layout (as theirs)."""
+    return self.save(path, *args, **kwargs)
+
+  def save_jax(self, out_dir: str | Path) -> Path:
     """Our own directory: safetensors parameters, config, tokenizer, pooling and settings; loads without torch."""
     return model_dir.save_jax_dir(self._current(), out_dir)
+
+  def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
+    """Uploads the sentence-transformers layout to the hub, with their arguments (`encode.hub_upload`)."""
+    return hub_upload.push_to_hub(self, repo_id, *args, **kwargs)
+
+  def save_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
+    """Their deprecated name of `push_to_hub`, with their warning."""
+    return hub_upload.save_to_hub(self, repo_id, *args, **kwargs)
 
   def export_sentence_transformers(self, out_dir: str | Path) -> Path:
     return self.save(out_dir)
@@ -474,14 +499,7 @@ class SentenceTransformer:
     short texts share a row ("auto": where that saves computed tokens).
     `device` must be None or the model's own devices: build the model with device= to compute elsewhere.
     """
-    if inputs is not None:  # sentence-transformers 5+ names the first argument `inputs`
-      if sentences is not None:
-        raise ValueError("give sentences or inputs, not both")
-      sentences = inputs
-    if sentences is None:
-      raise TypeError("encode() needs sentences: a string or a list of strings")
-    if task not in (None, "query", "document"):
-      raise ValueError(f"task {task!r} is not one of (None, 'query', 'document')")
+    texts, single = _texts_of(sentences, inputs, task)
     batch_size = positive_int(batch_size, "batch_size")
     if output_value not in OUTPUT_VALUES:
       raise ValueError(f"output_value {output_value!r} is not one of {OUTPUT_VALUES}")
@@ -492,28 +510,17 @@ class SentenceTransformer:
         f"encode(device={device!r}) differs from the model's devices {self.devices}; construct "
         f"SentenceTransformer(..., device={device!r}) to compute there"
       )
-    single = isinstance(sentences, str)
-    texts = [sentences] if single else (sentences.tolist() if isinstance(sentences, np.ndarray) else list(sentences))
-    _check_texts(texts)
     prompt = self._resolve_prompt(prompt, prompt_name)
     if prompt:
       texts = [prompt + t for t in texts]
     if output_value != "sentence_embedding":
-      items = self._encode_items(texts, batch_size, packing, output_value, show_progress_bar, truncate_dim)
-      if self._torch_world():  # their evaluators and scripts index these as torch tensors
-        items = [
-          {k: self._as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
-          if isinstance(item, dict)
-          else self._as_tensor(item)
-          for item in items
-        ]
+      extra = {"prompt_length": len(self.tokenizer.encode_batch([prompt])[0]) - 1} if prompt else {}
+      items = self._encode_items(texts, batch_size, packing, output_value, show_progress_bar, truncate_dim, extra)
+      items = [self._item_tensors(item) for item in items] if self._torch_world() else items
       return items[0] if single else items
     if not texts and not single:  # sentence-transformers' empty result: an empty array (or tensor)
-      return (
-        self._as_tensor(np.zeros(0, np.float32))
-        if convert_to_tensor
-        else ([] if not convert_to_numpy else np.zeros(0, np.float32))
-      )
+      empty = np.zeros(0, np.float32)
+      return self._as_tensor(empty) if convert_to_tensor else (empty if convert_to_numpy else [])
     result = self._encode_sentences(texts, batch_size, packing, show_progress_bar)
     if truncate_dim is not None:
       result = np.ascontiguousarray(result[:, :truncate_dim])
@@ -526,6 +533,12 @@ class SentenceTransformer:
     elif not convert_to_numpy:
       result = [self._as_tensor(v) for v in result] if self._torch_world() else list(result)
     return result[0] if single else result
+
+  def _item_tensors(self, item: Any) -> Any:
+    """An output_value item as torch tensors, as their evaluators and scripts index it (the torch world)."""
+    if isinstance(item, dict):
+      return {k: self._as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+    return self._as_tensor(item)
 
   def _as_tensor(self, array: np.ndarray):
     torch = sys.modules.get("torch") if self.tensor_type == "auto" else None
@@ -592,9 +605,11 @@ class SentenceTransformer:
     output_value: str | None,
     show_progress_bar: bool | None,
     truncate_dim: int | None,
+    extra: dict[str, Any],
   ) -> list:
     """Per text, cut out of its packed row: token embeddings [n, D], hidden states [layers+1, n, D], attention
-    weights [layers, H, n, n], or (output_value None) a dict of the embeddings and ids."""
+    weights [layers, H, n, n], or (output_value None) a dict of the embeddings and ids, plus `extra` (the
+    prompt's length in tokens without its [SEP], as sentence-transformers counts it)."""
     outputs = {
       "token_embeddings": ("token_embeddings",),
       "hidden_states": ("hidden_states",),
@@ -621,6 +636,7 @@ class SentenceTransformer:
             "attention_mask": np.ones(n, np.int64),
             **({"token_type_ids": np.zeros(n, np.int64)} if self.config.checkpoint_type == "bert" else {}),
             "modality": "text",
+            **extra,
           }
     return items
 

@@ -288,6 +288,16 @@ def _agree(spec: JobSpec, store: Store, peers, settings: dict, info: dict) -> No
     wait_for_peers(store, {**settings, **run}, spec.process_count, overwrite=spec.overwrite, started=started)
 
 
+def _check_unchanged(spec: JobSpec, url: str, done: dict | None, index: int, batch: list, last_line: int) -> None:
+  """A shard committed by an earlier run must have been encoded from the same records (`records_sha256`)."""
+  if done is not None and "records_sha256" in done and records_sha256(batch) != done["records_sha256"]:
+    unit = "records" if batch[0].row_group is not None else "lines"
+    raise JobError(
+      f"{spec.input_path}: {unit} {batch[0].line}..{last_line} differ from what shard {index} of {url} "
+      "was encoded from (the input changed before the last committed shard); use --overwrite to start again"
+    )
+
+
 def _run_locked(spec: JobSpec, store: Store, source, peers, lease: JobLease) -> dict[str, Any]:
   storage = spec.storage
   encoder = SentenceTransformer(
@@ -318,13 +328,7 @@ def _run_locked(spec: JobSpec, store: Store, source, peers, lease: JobLease) -> 
   for index, batch, last_line in shards_of(
     all_records(), spec.shard_size, spec.on_error, spec.input_path, committer.rejects, _KEPT.format(spec.out_dir)
   ):
-    done = committed.get(index)
-    if done is not None and "records_sha256" in done and records_sha256(batch) != done["records_sha256"]:
-      unit = "records" if batch[0].row_group is not None else "lines"
-      raise JobError(
-        f"{spec.input_path}: {unit} {batch[0].line}..{last_line} differ from what shard {index} of {store.url} "
-        "was encoded from (the input changed before the last committed shard); use --overwrite to start again"
-      )
+    _check_unchanged(spec, store.url, committed.get(index), index, batch, last_line)
     if index % spec.process_count == spec.process_index and index not in committed:
       embeddings = check_finite(embed(batch), batch, spec, index)
       if storage.precision != "float32":

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distilbert_jax.core.files import json_bytes
 from distilbert_jax.core.storage import Store
 from distilbert_jax.model.tokenizer import TOKENIZER_FILES
 
@@ -95,7 +96,7 @@ def claim(store: Store, identity: dict, process_index: int, overwrite: bool = Fa
       raise JobError(message)
   store.delete(refusal)
   record = {**identity, **(run or {})}
-  store.put(identity_name(process_index), (json.dumps(record, indent=1) + "\n").encode())
+  store.put(identity_name(process_index), json_bytes(record))
 
 
 def refuse(store: Store, process_index: int, message: str) -> None:

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from distilbert_jax.core.files import json_bytes
 from distilbert_jax.core.storage import ABSENT, PreconditionFailed, Store
 from distilbert_jax.jobs.identity import JobError, describe_differences
 
@@ -81,7 +82,7 @@ class JobLease:
       if new is None:
         return
       try:
-        self.store.publish(LOCK_NAME, (json.dumps(new, indent=1) + "\n").encode(), expect=version)
+        self.store.publish(LOCK_NAME, json_bytes(new), expect=version)
         return
       except PreconditionFailed:
         time.sleep(0.05)

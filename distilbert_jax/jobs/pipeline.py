@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from distilbert_jax.core.files import json_bytes
 from distilbert_jax.core.storage import ABSENT, PreconditionFailed, Store
 from distilbert_jax.data.records import Record
 from distilbert_jax.jobs.embeddings import shard_name
@@ -67,7 +68,7 @@ class Committer:
       self.rejects.mark_committed()
     self.manifest["rejected"] = len(self.rejects.committed)
     try:
-      self.version = self.store.publish(self.name, (json.dumps(self.manifest, indent=1) + "\n").encode(), self.version)
+      self.version = self.store.publish(self.name, json_bytes(self.manifest), self.version)
     except PreconditionFailed:
       raise JobError(
         f"{self.store.where(self.name)} was changed by another writer while this job ran (a second job with "

@@ -27,7 +27,7 @@ import numpy as np
 from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint.hub import resolve_model_dir
 from distilbert_jax.core.checks import positive_int
-from distilbert_jax.core.files import file_sha256, npy_bytes, write_atomic
+from distilbert_jax.core.files import file_sha256, npy_bytes, write_atomic, write_json
 from distilbert_jax.core.outdir import check_output_dir, clear_dir
 from distilbert_jax.data.records import Record, check_on_error, detect_format, read_records
 from distilbert_jax.jobs.identity import tokenizer_files_sha256
@@ -101,7 +101,7 @@ def tokenize_corpus(
       manifest["shards"].append(_write_token_shard(out_dir, index, batch, [p.result() for p in parts]))
   rows, tokens = sum(s["rows"] for s in manifest["shards"]), sum(s["tokens"] for s in manifest["shards"])
   manifest.update(complete=True, rows=rows, tokens=tokens, rejects=rejects.pending)
-  write_atomic(out_dir / TOKEN_MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # last: marks it done
+  write_json(out_dir / TOKEN_MANIFEST, manifest)  # last: marks it done
   elapsed = time.perf_counter() - start
   return {"out": str(out_dir), "rows": rows, "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
 

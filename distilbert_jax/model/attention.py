@@ -39,7 +39,7 @@ from distilbert_jax.model.tiles import TILE, map_isolated
 Array = jax.Array
 
 # Measured: per_example is ~3x dense on XLA:CPU (benchmarks/encode_throughput.py history). GPU/TPU keep dense
-# until benchmarks/gpu_check.py measures the fused kernels on the device (issue 15: not measured yet).
+# until benchmarks/gpu_check.py measures the fused kernels on the device (not measured yet).
 DEFAULT_BY_PLATFORM = {"cpu": "per_example", "gpu": "dense", "tpu": "dense"}
 DETERMINISTIC_ATTENTION = "frames"  # the implementation whose results do not depend on the row (batch-invariant)
 WITH_WEIGHTS = ("dense", "per_example")

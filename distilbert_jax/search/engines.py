@@ -28,6 +28,14 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 SCORE_KINDS = ("dot", "cosine", "int", "hamming")
 BACKENDS = ("auto", "jax", "faiss", "numpy")
+# The engines' tuning, each measured by `benchmarks/search.py` (log `benchmarks/results/search.txt`) on one CPU kind
+# (AMD EPYC, 2 cores), not per CPU:
+SMALL_QUERY_ROWS = 16  # query rows of a step up to which scores are computed corpus-major (measured at 1-16)
+TOP_K_GROUP = 64  # columns per group of grouped_top_k (32-128 measured alike; 64 in the middle)
+CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer, over an array the JAX engine must copy, go to NumPy
+CPU_ONE_STEP_MAX_QUERIES = 128  # up to this many queries a CPU chunk is one step, not a scan of blocks
+CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (4,096 slower, 16,384 no faster)
+CPU_CHUNK_BLOCKS = 8  # blocks per corpus chunk on CPU: 65,536 rows, 192 MiB at 768-d float32
 
 
 def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
@@ -80,73 +88,69 @@ def grouped_top_k(scores: jax.Array, n_valid: jax.Array, k: int, group: int) -> 
   return values, jnp.take_along_axis(columns, where, 1)
 
 
-SMALL_QUERY_ROWS = 16  # query rows of a step up to which scores are computed corpus-major (search.py: 1-16)
+def _block_top_k(scores, valid, k_local: int, recall_target: float | None, block: int, group: int):
+  """Top k_local of one block's scores [Q, block] among its valid rows (a prefix of the block)."""
+  if recall_target is not None:
+    return jax.lax.approx_max_k(jnp.where(valid[None, :], scores, -jnp.inf), k_local, recall_target=recall_target)
+  if block % group or k_local * group * 4 > block:  # too few groups to gain: the plain top-k
+    return jax.lax.top_k(jnp.where(valid[None, :], scores, -jnp.inf), k_local)
+  return grouped_top_k(scores, jnp.sum(valid, dtype=jnp.int32), k_local, group)
 
 
-TOP_K_GROUP = 64  # columns per group of grouped_top_k (32-128 measured alike on this VM; 64 in the middle)
+def _shard_top_k(queries, corpus, corpus_valid, offset, *, k, kind, recall_target, block, group):
+  """One device's top-k over its corpus shard, `block` rows at a time, all-gathered over the devices:
+  (values [Q, k * devices], corpus ids, whether every score was finite)."""
+  rows, k_local = corpus.shape[0], min(k, block)
+
+  def scan_block(carry, xs):
+    best_values, best_ids, finite = carry
+    part, valid, start = xs  # [block, D], [block], the block's first row
+    if queries.shape[0] <= SMALL_QUERY_ROWS:
+      # A few queries: the scores computed corpus-major ([block, Q], then transposed) stream the block once;
+      # query-major, XLA:CPU's kernel ran the same product at half the memory bandwidth.
+      scores = chunk_scores(kind, part, queries).T
+    else:
+      scores = chunk_scores(kind, queries, part)  # [Q, block]
+    # The corpus' own finite check: a NaN or inf in a row makes every score with it non-finite (rows past the
+    # corpus are zeros or earlier rows), so this replaces a separate pass over the corpus.
+    finite = finite & jnp.all(jnp.isfinite(scores))
+    values, idx = _block_top_k(scores, valid, k_local, recall_target, block, group)
+    # The running best comes first: top_k prefers lower positions, so equal scores keep the lower corpus id.
+    values, where = jax.lax.top_k(jnp.concatenate([best_values, values], 1), best_values.shape[1])
+    ids = jnp.take_along_axis(jnp.concatenate([best_ids, idx + start], 1), where, 1)
+    return (values, ids, finite), None
+
+  k_shard, n_queries = min(k, rows), queries.shape[0]
+  init = (
+    jnp.full((n_queries, k_shard), -jnp.inf, jnp.float32),
+    jnp.zeros((n_queries, k_shard), jnp.int32),
+    jnp.bool_(True),
+  )
+  blocks = (
+    corpus.reshape(rows // block, block, corpus.shape[1]),
+    corpus_valid.reshape(rows // block, block),
+    jnp.arange(0, rows, block, dtype=jnp.int32),
+  )
+  (values, idx, finite), _ = jax.lax.scan(scan_block, init, blocks)
+  ids = idx + offset + jax.lax.axis_index("data") * rows
+  finite = jax.lax.pmin(finite.astype(jnp.int32), "data") > 0
+  gather = lambda x: jax.lax.all_gather(x, "data", axis=1, tiled=True)
+  return gather(values), gather(ids), finite
 
 
 @functools.lru_cache(maxsize=32)
 def _chunk_search_fn(mesh: jax.sharding.Mesh, k: int, kind: str, recall_target: float | None, block: int, group: int):
-  """Per corpus chunk: local top-k on each device's shard, all-gathered, merged with the running top-k.
-  Each shard is scanned `block` rows at a time (scores of one block [Q, block], its top-k merged into the shard's
-  running top-k), so the scores never leave the cache on CPU; block = the whole shard is one step.
+  """Per corpus chunk: local top-k on each device's shard (`_shard_top_k`), all-gathered, merged with the running
+  top-k. Each shard is scanned `block` rows at a time (scores of one block [Q, block], its top-k merged into the
+  shard's running top-k), so the scores never leave the cache on CPU; block = the whole shard is one step.
   `recall_target` (TPU only, decided by the caller): jax.lax.approx_max_k instead of the exact top_k."""
-
-  def block_top_k(scores, valid, k_local):
-    """Top k_local of one block's scores [Q, block] among its valid rows (a prefix of the block)."""
-    if recall_target is not None:
-      return jax.lax.approx_max_k(jnp.where(valid[None, :], scores, -jnp.inf), k_local, recall_target=recall_target)
-    if block % group or k_local * group * 4 > block:  # too few groups to gain: the plain top-k
-      return jax.lax.top_k(jnp.where(valid[None, :], scores, -jnp.inf), k_local)
-    return grouped_top_k(scores, jnp.sum(valid, dtype=jnp.int32), k_local, group)
-
-  def local_top_k(queries, corpus, corpus_valid, offset):  # runs per device on its corpus shard
-    rows = corpus.shape[0]
-    k_local = min(k, block)
-
-    def scan_block(carry, xs):
-      best_values, best_ids, finite = carry
-      part, valid, start = xs  # [block, D], [block], the block's first row
-      if queries.shape[0] <= SMALL_QUERY_ROWS:
-        # A few queries: the scores computed corpus-major ([block, Q], then transposed) stream the block once;
-        # query-major, XLA:CPU's kernel ran the same product at half the memory bandwidth.
-        scores = chunk_scores(kind, part, queries).T
-      else:
-        scores = chunk_scores(kind, queries, part)  # [Q, block]
-      # The corpus' own finite check: a NaN or inf in a row makes every score with it non-finite (rows past the
-      # corpus are zeros or earlier rows), so this replaces a separate pass over the corpus.
-      finite = finite & jnp.all(jnp.isfinite(scores))
-      values, idx = block_top_k(scores, valid, k_local)
-      # The running best comes first: top_k prefers lower positions, so equal scores keep the lower corpus id.
-      values, where = jax.lax.top_k(jnp.concatenate([best_values, values], 1), best_values.shape[1])
-      ids = jnp.take_along_axis(jnp.concatenate([best_ids, idx + start], 1), where, 1)
-      return (values, ids, finite), None
-
-    k_shard = min(k, rows)
-    n_queries = queries.shape[0]
-    init = (
-      jnp.full((n_queries, k_shard), -jnp.inf, jnp.float32),
-      jnp.zeros((n_queries, k_shard), jnp.int32),
-      jnp.bool_(True),
-    )
-    blocks = (
-      corpus.reshape(rows // block, block, corpus.shape[1]),
-      corpus_valid.reshape(rows // block, block),
-      jnp.arange(0, rows, block, dtype=jnp.int32),
-    )
-    (values, idx, finite), _ = jax.lax.scan(scan_block, init, blocks)
-    ids = idx + offset + jax.lax.axis_index("data") * rows
-    finite = jax.lax.pmin(finite.astype(jnp.int32), "data") > 0
-    gather = lambda x: jax.lax.all_gather(x, "data", axis=1, tiled=True)
-    return gather(values), gather(ids), finite
-
+  local = functools.partial(_shard_top_k, k=k, kind=kind, recall_target=recall_target, block=block, group=group)
   sharded = jax.shard_map(
-    local_top_k,
+    local,
     mesh=mesh,
     in_specs=(PartitionSpec(), PartitionSpec("data"), PartitionSpec("data"), PartitionSpec()),
     out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec()),
-    check_vma=False,
+    check_vma=False,  # the collectives here are explicit (pmin, all_gather); their outputs are replicated by them
   )
 
   @jax.jit
@@ -226,18 +230,6 @@ def top_k_search(
   return _sharded_top_k(
     queries, corpus, kind, k, query_chunk_size, corpus_chunk_size, devices, recall_target if tpu else None
   )
-
-
-CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer, over an array the JAX engine must copy, go to NumPy (search.py)
-
-
-CPU_ONE_STEP_MAX_QUERIES = 128  # up to this many queries a CPU chunk is one step, not a scan of blocks (search.py)
-
-
-CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (on this VM 4,096 was slower, 16,384 no faster)
-
-
-CPU_CHUNK_BLOCKS = 8  # blocks per corpus chunk on CPU: 65,536 rows, 192 MiB at 768-d float32
 
 
 def _sharded_top_k(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from distilbert_jax.encode.runner import DTYPES
+from distilbert_jax.encode.edge import DTYPES
 from distilbert_jax.train.lora import check_targets
 
 LOSSES = ("margin-mse", "mnrl", "embedding-mse")  # embedding-mse: distillation to a teacher's embeddings

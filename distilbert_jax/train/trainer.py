@@ -23,12 +23,11 @@ from distilbert_jax.checkpoint import model_dir
 from distilbert_jax.checkpoint.hub import resolve_model_dir
 from distilbert_jax.checkpoint.tensors import params_sha256
 from distilbert_jax.core.checks import positive_int
-from distilbert_jax.core.devices import data_mesh, platform_of
-from distilbert_jax.core.files import file_sha256, write_atomic
+from distilbert_jax.core.files import file_sha256, write_atomic, write_json
 from distilbert_jax.core.outdir import check_output_dir, clear_dir
+from distilbert_jax.core.progress import progress_bar
 from distilbert_jax.encode.batching import MAX_SEGMENTS, pack_batch
-from distilbert_jax.encode.runner import DTYPES, STEP_TOKENS_BY_PLATFORM
-from distilbert_jax.model.attention import check_attention, default_attention
+from distilbert_jax.encode.edge import choose, over_rows
 from distilbert_jax.model.forward import embed_rows
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.model.transformer import Encoder
@@ -65,11 +64,9 @@ class Trainer:
     self.with_negatives = with_negatives
     self.packing, self.interceptor = bool(packing), interceptor
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
-    self.mesh = data_mesh(devices)
-    platform = platform_of(list(self.mesh.devices.flat))
-    self.attention = check_attention(attention or default_attention(platform))
-    self.step_tokens = STEP_TOKENS_BY_PLATFORM.get(platform)
-    self.module = Encoder(loaded.config, dtype=DTYPES[cfg.dtype], param_dtype=jnp.float32, attention=self.attention)
+    choices = choose(devices, cfg.dtype, attention)
+    self.mesh, self.attention, self.step_tokens = choices.mesh, choices.attention, choices.step_tokens
+    self.module = Encoder(loaded.config, dtype=choices.compute_dtype, param_dtype=jnp.float32, attention=self.attention)
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
     self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
     self.optimizer = make_optimizer(cfg)
@@ -94,7 +91,6 @@ class Trainer:
   def embed_rows(self, params, rows: dict[str, jax.Array], rng) -> jax.Array:
     """Packed rows [R, L] -> [R * S, dim] pooled embeddings (float32), rows sharded over the devices; `rng` None:
     deterministic (no dropout)."""
-    spec = PartitionSpec("data")
 
     def per_device(params, input_ids, segment_ids, positions, rng):
       if rng is not None:  # each device's own dropout draws
@@ -113,12 +109,8 @@ class Trainer:
       )["sentence_embedding"]
       return out.reshape(-1, out.shape[-1])  # [r * S, dim]
 
-    return jax.shard_map(
-      per_device,
-      mesh=self.mesh,
-      in_specs=(PartitionSpec(), spec, spec, spec, PartitionSpec()),
-      out_specs=spec,
-    )(params, rows["input_ids"], rows["segment_ids"], rows["positions"], rng)
+    sharded = over_rows(per_device, self.mesh, (True, False, False, False, True))
+    return sharded(params, rows["input_ids"], rows["segment_ids"], rows["positions"], rng)
 
   def embed_fields(self, params, inputs: dict[str, Any], rng, deterministic: bool) -> dict[str, jax.Array]:
     """{field: [B, dim]} for each field of the batch (query, positive, negative) in example order."""
@@ -305,26 +297,20 @@ def run_training(
         f"or --overwrite to start again"
       )
     trainer.load_checkpoint(checkpoint)
-  write_atomic(run_file, (json.dumps(fingerprint, indent=1) + "\n").encode())
-  bar = None
-  if show_progress:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.steps, initial=trainer.step_count, unit="update", desc="train", dynamic_ncols=True)
+  write_json(run_file, fingerprint)
+  bar = progress_bar(show_progress, total=cfg.steps, unit="update", desc="train", initial=trainer.step_count)
   start, first_update, losses = time.perf_counter(), trainer.step_count, []
   data = batches(examples, cfg.batch_size, cfg.seed, trainer.micro_steps)  # one batch per micro-step
   while trainer.step_count < cfg.steps:
     losses.append(trainer.step(next(data)))
     if trainer.micro_steps % cfg.grad_accumulation:
       continue  # mid-accumulation: no update yet
-    if bar is not None:
-      rate = (trainer.step_count - first_update) / max(time.perf_counter() - start, 1e-9)
-      bar.set_postfix_str(f"loss {losses[-1]:.4f}, {rate:.2f} updates/s", refresh=False)
-      bar.update(1)
+    rate = (trainer.step_count - first_update) / max(time.perf_counter() - start, 1e-9)
+    bar.set_postfix_str(f"loss {losses[-1]:.4f}, {rate:.2f} updates/s", refresh=False)
+    bar.update(1)
     if trainer.step_count % checkpoint_every == 0 or trainer.step_count == cfg.steps:
       trainer.save_checkpoint(checkpoint)
-  if bar is not None:
-    bar.close()
+  bar.close()
   trained = trainer.trained_model()
   if cfg.lora_rank:  # the adapters on their own (small), beside the merged models
     base = {"model": str(model), "weights_sha256": fingerprint["weights_sha256"]}

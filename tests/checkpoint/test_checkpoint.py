@@ -94,7 +94,7 @@ def test_pytorch_bin_checkpoint_loads_like_safetensors(tiny_checkpoint, tmp_path
 def test_round_trip_hf_to_jax_to_hf_keeps_pytorch_outputs(which, tiny_checkpoint, minilm, tmp_path):
   source = tiny_checkpoint if which == "distilbert" else minilm
   encoder = SentenceTransformer.from_pretrained(source)
-  jax_dir = encoder.save_pretrained(tmp_path / "jax")
+  jax_dir = encoder.save_jax(tmp_path / "jax")
   assert (jax_dir / "params.safetensors").exists() and not (jax_dir / "model.safetensors").exists()
   reloaded = SentenceTransformer.from_pretrained(jax_dir)
   np.testing.assert_array_equal(reloaded.encode(TEXTS), encoder.encode(TEXTS))
@@ -109,7 +109,7 @@ def test_jax_dir_loads_without_torch(tiny_checkpoint, tmp_path):
   import subprocess
   import sys
 
-  jax_dir = SentenceTransformer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
+  jax_dir = SentenceTransformer.from_pretrained(tiny_checkpoint).save_jax(tmp_path / "jax")
   code = (
     "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
     "from distilbert_jax import SentenceTransformer\n"
@@ -136,7 +136,7 @@ def test_pytorch_bin_without_torch_gives_clear_message(tiny_checkpoint, tmp_path
 
 
 def test_our_directory_with_a_missing_parameter_is_named(tiny_checkpoint, tmp_path):
-  jax_dir = SentenceTransformer.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "jax")
+  jax_dir = SentenceTransformer.from_pretrained(tiny_checkpoint).save_jax(tmp_path / "jax")
   params = load_file(str(jax_dir / "params.safetensors"))
   params.pop("transformer/layer_0/ffn/lin1/bias")
   save_file(params, str(jax_dir / "params.safetensors"))
@@ -167,7 +167,7 @@ def test_load_checks_positions_and_vocabulary(tiny_checkpoint, tmp_path):
   with pytest.raises(ValueError, match="the tokenizer has 30524 tokens but .*config.json has vocab_size 30522"):
     SentenceTransformer.from_pretrained(path)
   jax_dir = tmp_path / "ours"
-  SentenceTransformer.from_pretrained(tiny_checkpoint).save_pretrained(jax_dir)
+  SentenceTransformer.from_pretrained(tiny_checkpoint).save_jax(jax_dir)
   shutil.copyfile(path / "tokenizer.json", jax_dir / "tokenizer.json")
   with pytest.raises(ValueError, match="the tokenizer has 30524 tokens"):  # our format is checked the same way
     SentenceTransformer.from_pretrained(jax_dir)

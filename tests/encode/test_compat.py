@@ -202,7 +202,7 @@ def test_save_round_trips_similarity_and_prompts(dot_model_with_prompts, tmp_pat
   back = distilbert_jax.SentenceTransformer(tmp_path / "st")
   assert (back.similarity_fn_name, back.default_prompt_name, back.truncate_dim) == ("dot", "passage", 32)
   _close(back.encode(DOCS), model.encode(DOCS), "reloaded")
-  model.save_pretrained(tmp_path / "ours")
+  model.save_jax(tmp_path / "ours")
   ours = distilbert_jax.SentenceTransformer(tmp_path / "ours")
   assert ours.prompts == model.prompts and ours.similarity_fn_name == "dot" and ours.max_seq_length == 48
 

@@ -91,3 +91,13 @@ def test_packed_training_of_a_normalising_model_has_finite_gradients(minilm):
   assert inputs["rows"]["segment_ids"].max() > 1  # packed, with empty slots
   grads = jax.grad(trainer.loss_fn)(trainer.params, inputs, jax.random.PRNGKey(0), True)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_encoding_and_training_take_their_device_choices_from_one_edge(loaded):
+  """The same devices give the same choices (attention, step tokens, mesh) to the encoder and the trainer."""
+  encoder, trainer = SentenceTransformer(loaded), Trainer(loaded, _cfg(4))
+  choices = encoder.runner.choices
+  assert (trainer.attention, trainer.step_tokens) == (choices.attention, choices.step_tokens)
+  assert list(trainer.mesh.devices.flat) == list(choices.mesh.devices.flat) == encoder.devices
+  with pytest.raises(ValueError, match="deterministic=True computes attention with 'frames'"):
+    SentenceTransformer(loaded, deterministic=True, attention="dense")

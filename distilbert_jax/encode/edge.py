@@ -1,0 +1,126 @@
+"""The edge: the one place where the devices become plain choices, for encoding and training alike.
+
+`choose` reads the platform of the devices (through `core.devices.platform_of`, the only reader of `.platform`)
+and returns what the model and the runners compute with: the mesh, the attention implementation, whether the
+path is deterministic, the int8 dot, the tokens per device step and the compute dtype. `over_rows` is the one
+`shard_map` of a per-device forward over the mesh's rows. Nothing below this module looks at a device.
+
+The constants below and what chose them:
+- `STEP_TOKENS_BY_PLATFORM` (cpu 768): 512-2048 tokens measured alike on SciFact shapes by hand (AMD EPYC, 2
+  cores); a whole batch at once 1.3x slower (activations leave the cache). Accelerators: the whole batch.
+- `ONEDNN_STEP_TOKENS` (1536): by hand, one pass over 300 SciFact abstracts, full msmarco config, each in its own
+  process (AMD EPYC): 5,630 tokens/s at 768 tokens a step, 6,801 at 1,536, 6,115 at 3,072 (the custom call per
+  layer and step is amortised).
+- `INT8_COMPUTE` (float32): `benchmarks/encode_throughput.py`, bfloat16 around the int8 dots 4,238 tokens/s vs
+  float32 4,255.
+
+They were measured on one CPU kind, not per CPU (README, "Speed").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
+
+from distilbert_jax.core.devices import data_mesh, platform_of
+from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
+from distilbert_jax.model.onednn import onednn_gemm
+from distilbert_jax.model.quantize import INT8_DOTS
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # float compute dtypes
+ENCODE_DTYPES = (*DTYPES, "int8")  # int8: the dense layers' dots in int8 (model/quantize.py), the rest INT8_COMPUTE
+INT8_COMPUTE = jnp.float32
+STEP_TOKENS_BY_PLATFORM: dict[str, int | None] = {"cpu": 768}
+ONEDNN_STEP_TOKENS = 1536
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+  """What the devices decide, as plain values the model and the runners are given."""
+
+  mesh: Mesh
+  platform: str  # for messages only
+  dtype: str  # an ENCODE_DTYPES name
+  attention: str
+  deterministic: bool  # the frames attention with the tiled per-token layers: batch-invariant bits
+  int8_dot: str  # "xla" or "onednn"; used only when dtype is "int8"
+  step_tokens: int | None
+
+  @property
+  def compute_dtype(self) -> Any:
+    return compute_dtype(self.dtype)
+
+
+def compute_dtype(dtype: str) -> Any:
+  """The dtype the model computes in outside int8 dots, for an ENCODE_DTYPES name."""
+  if dtype not in ENCODE_DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {list(ENCODE_DTYPES)}")
+  return INT8_COMPUTE if dtype == "int8" else DTYPES[dtype]
+
+
+def default_int8_dot(platform: str) -> str:
+  """The int8 dot for a platform: oneDNN's VNNI GEMM on CPU (2.5x XLA:CPU's int8 dot here), XLA's elsewhere. A CPU
+  where oneDNN cannot be loaded falls back to XLA's, and says so."""
+  if platform != "cpu":
+    return "xla"
+  gemm, why = onednn_gemm()
+  if gemm is None:
+    logger.warning("int8 on CPU: oneDNN's int8 GEMM is not available (%s); using XLA's int8 dot, slower", why)
+    return "xla"
+  return "onednn"
+
+
+def choose(
+  devices: Sequence[Any] | None,
+  dtype: str = "float32",
+  attention: str | None = None,
+  deterministic: bool = False,
+  int8_dot: str | None = None,
+) -> Choices:
+  """The choices for these devices (None: every local device); the caller's explicit ones are checked here."""
+  compute_dtype(dtype)
+  mesh = data_mesh(devices)
+  platform = platform_of(list(mesh.devices.flat))
+  if deterministic and attention not in (None, DETERMINISTIC_ATTENTION):
+    raise ValueError(
+      f"deterministic=True computes attention with {DETERMINISTIC_ATTENTION!r} (its sums have a fixed order); "
+      f"attention={attention!r} cannot be batch-invariant"
+    )
+  attention = check_attention(attention or (DETERMINISTIC_ATTENTION if deterministic else default_attention(platform)))
+  int8_dot = int8_dot or (default_int8_dot(platform) if dtype == "int8" else "xla")
+  if int8_dot not in INT8_DOTS:
+    raise ValueError(f"int8_dot {int8_dot!r} is not one of {INT8_DOTS}")
+  if int8_dot == "onednn" and (platform != "cpu" or onednn_gemm()[0] is None):
+    why = onednn_gemm()[1] if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
+    raise ValueError(f"int8_dot 'onednn' is not available: {why}")
+  onednn = dtype == "int8" and int8_dot == "onednn"
+  return Choices(
+    mesh=mesh,
+    platform=platform,
+    dtype=dtype,
+    # One rule: the frames attention is the deterministic path, whether asked for by deterministic=True or by name.
+    attention=attention,
+    deterministic=attention == DETERMINISTIC_ATTENTION,
+    int8_dot=int8_dot,
+    step_tokens=ONEDNN_STEP_TOKENS if onednn else STEP_TOKENS_BY_PLATFORM.get(platform),
+  )
+
+
+def over_rows(per_device: Callable, mesh: Mesh, replicated: Sequence[bool]) -> Callable:
+  """`per_device` run on each device's rows: arguments marked `replicated` go whole to every device, the others
+  are split over the mesh's `data` axis, as is the output. Pure data parallelism, no collectives inside.
+
+  check_vma is off: Pallas kernels (splash attention) and the oneDNN custom call give outputs without
+  varying-axis types, and with rows in, rows out and no collectives there is nothing for the check to catch.
+  Gradients through it (training) stay right: the transpose sums a replicated input's cotangent over devices."""
+  rows = PartitionSpec("data")
+  in_specs = tuple(PartitionSpec() if r else rows for r in replicated)
+  return jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=rows, check_vma=False)
