@@ -21,6 +21,7 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,6 +32,7 @@ from distilbert_jax.core.object_stores import PreconditionFailed, StorageError
 ABSENT = "absent"  # `publish(..., expect=ABSENT)`: create only; a version string: replace only that version
 URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 CLOUD_EXTRA = "pip install 'distilbert-jax[cloud]'"
+_OFFSET_DIGITS = 16  # an appended part's name holds its byte offset, zero-padded so names sort by offset
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -188,9 +190,10 @@ class Store:
       return None
 
   def append(self, name: str, data: bytes, committed: int) -> int:
-    """`name` cut back to its first `committed` bytes (a killed run's uncommitted tail goes), then `data` after
-    them; returns the new size. Locally an append and fsync; an object store has no append, so the object is
-    written again whole."""
+    """`data` after the first `committed` bytes of `name` (a killed run's uncommitted tail goes); returns the new
+    size. Locally an append and fsync. An object store has no append, and writing the object again whole would
+    write bytes growing with the square of the appends: each append is its own part object instead,
+    `STEM.OFFSET.SUFFIX` (`rejects.0000000000000123.jsonl`), read back in order by `read_appended`."""
     if self.local:
       path = self._path / name
       with open(path, "ab") as f:
@@ -199,9 +202,39 @@ class Store:
         f.flush()
         os.fsync(f.fileno())
       return committed + len(data)
-    kept = self.read_bytes(name)[:committed] if committed else b""
-    self.put(name, kept + data)
+    stem, suffix = posixpath.splitext(name)
+    self.put(f"{stem}.{committed:0{_OFFSET_DIGITS}d}{suffix}", data)  # a killed run's part here is replaced
     return committed + len(data)
+
+  def read_appended(self, name: str, committed: int) -> bytes:
+    """The first `committed` bytes appended to `name`; an error naming it when fewer are there (a part missing
+    on an object store included). Parts at or past `committed` are a killed run's tail and are ignored."""
+    if self.local:
+      data = self.read_bytes(name) if committed else b""
+    else:
+      data = b""
+      for offset, part in self._parts(name):
+        if offset >= committed:
+          break
+        if offset != len(data):
+          raise StorageError(
+            f"{self.where(part)}: starts at byte {offset:,}, but the parts before end at {len(data):,}"
+          )
+        data += self.read_bytes(part)
+    if len(data) < committed:
+      raise StorageError(f"{self.where(name)}: {len(data):,} bytes, but {committed:,} were committed")
+    return data[:committed]
+
+  def delete_appended(self, name: str) -> None:
+    """Removes what `append` wrote to `name` (every part on an object store)."""
+    self.delete(name)
+    for _, part in [] if self.local else self._parts(name):
+      self.delete(part)
+
+  def _parts(self, name: str) -> list[tuple[int, str]]:
+    stem, suffix = posixpath.splitext(name)
+    names = self.list(f"{glob_escape(stem)}.{'[0-9]' * _OFFSET_DIGITS}{glob_escape(suffix)}")
+    return sorted((int(n[len(stem) + 1 : len(stem) + 1 + _OFFSET_DIGITS]), n) for n in names)
 
   def put(self, name: str, data: bytes) -> None:
     """Writes `name` whole, replacing what it held (a reader sees the old or the new object, never half)."""

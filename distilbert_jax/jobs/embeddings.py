@@ -145,6 +145,7 @@ PER_PROCESS_KEYS = {
   "shards",
   "rejected",
   "rejects_bytes",
+  "rejects_sha256",
   "complete",
   "rows",
   "ranges",

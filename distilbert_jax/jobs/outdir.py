@@ -68,7 +68,7 @@ def clear_old_job(store: Store, process_index: int, process_count: int) -> None:
     index = name[len("shard-") : len("shard-") + 6]
     if process_count == 1 or (index.isdigit() and int(index) % process_count == process_index):
       store.delete(name)
-  store.delete(rejects_name(process_index, process_count))
+  store.delete_appended(rejects_name(process_index, process_count))
 
 
 def remove_stale_temporaries(store: Store, process_index: int, process_count: int) -> None:

@@ -48,23 +48,26 @@ class Committer:
     self.rejects = Rejects(Path(spec.input_path).name, self._committed_rejects())
 
   def _committed_rejects(self) -> list[dict]:
-    """The rejects the manifest committed (a run killed between appending and committing left a tail, which the
-    next append cuts)."""
+    """The rejects the manifest committed, checked against its `rejects_sha256` (a run killed between appending
+    and committing left a tail, which the next append cuts)."""
     committed = int(self.manifest.get("rejects_bytes", 0))
-    if not self.store.exists(self.rejects_name):
-      if committed:
-        raise JobError(f"{self.store.where(self.rejects_name)}: missing, but {self.name} committed {committed} bytes")
-      return []
-    data = self.store.read_bytes(self.rejects_name)
-    if len(data) < committed:
-      raise JobError(f"{self.store.where(self.rejects_name)}: shorter than the {committed} bytes {self.name} committed")
-    return [json.loads(line) for line in data[:committed].decode().splitlines() if line.strip()]
+    where = self.store.where(self.rejects_name)
+    try:
+      data = self.store.read_appended(self.rejects_name, committed)
+    except OSError as e:
+      raise JobError(f"{e} ({self.name} committed {committed} bytes of rejects)") from None
+    self.rejects_digest = hashlib.sha256(data)
+    if self.manifest.get("rejects_sha256", self.rejects_digest.hexdigest()) != self.rejects_digest.hexdigest():
+      raise JobError(f"{where}: its first {committed} bytes differ from the sha256 {self.name} committed")
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
   def commit(self) -> None:
     self.lease.check()
     if self.rejects.pending:
       data = "".join(json.dumps(r) + "\n" for r in self.rejects.pending).encode()
       self.manifest["rejects_bytes"] = self.store.append(self.rejects_name, data, self.manifest["rejects_bytes"])
+      self.rejects_digest.update(data)
+      self.manifest["rejects_sha256"] = self.rejects_digest.hexdigest()
       self.rejects.mark_committed()
     self.manifest["rejected"] = len(self.rejects.committed)
     try:

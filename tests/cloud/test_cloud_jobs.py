@@ -295,3 +295,26 @@ def test_a_gzipped_jsonl_corpus_by_url_gives_the_local_shards(bucket, tiny_check
   remote, local = _objects(f"{bucket}/run"), _objects(str(tmp_path / "local"))
   assert sorted(n for n in remote if n.startswith("shard-")) == sorted(n for n in local if n.startswith("shard-"))
   assert all(remote[n] == local[n] for n in local if n.startswith("shard-"))
+
+
+def test_rejects_on_object_storage_are_appended_by_parts_and_match_the_local_job(bucket, tiny_checkpoint, tmp_path):
+  """--on-error skip on a bucket: each commit with new bad lines writes only those (one part object), and the
+  rejects a re-run reads back are the local job's, line for line."""
+  lines = [json.dumps({"_id": f"d{i}", "text": f"protein {i} binds"}) if i % 7 else "{broken" for i in range(120)]
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text("\n".join(lines) + "\n")
+  Store(bucket).put("corpus.jsonl", corpus.read_bytes())
+  kwargs = dict(shard_size=20, on_error="skip", show_progress=False)
+  remote = run_job(f"{bucket}/corpus.jsonl", str(tiny_checkpoint), f"{bucket}/run", **kwargs)
+  local = run_job(corpus, str(tiny_checkpoint), tmp_path / "local", **kwargs)
+  assert remote["rejected"] == local["rejected"] == 18
+  store = Store(f"{bucket}/run")
+  parts = store.list("rejects.*.jsonl")
+  manifest = json.loads(store.read_bytes("manifest.json"))
+  assert len(parts) > 1 and sum(store.size(p) for p in parts) == manifest["rejects_bytes"]
+  assert (
+    store.read_appended("rejects.jsonl", manifest["rejects_bytes"])
+    == (tmp_path / "local" / "rejects.jsonl").read_bytes()
+  )
+  again = run_job(f"{bucket}/corpus.jsonl", str(tiny_checkpoint), f"{bucket}/run", **kwargs)
+  assert again["encoded_now"] == 0 and again["rejected"] == 18 and store.list("rejects.*.jsonl") == parts

@@ -96,3 +96,36 @@ def test_a_damaged_manifest_or_lock_is_named(bucket, tiny_checkpoint):
   store.put("lock.json", b"\x00garbage")
   with pytest.raises(JobError, match=r"lock.json: not a job lock \(damaged\)"):
     JobLease(store, "job", 0).acquire()
+
+
+def _appends_by_parts(store: Store) -> None:
+  """Each append writes only its own bytes; a killed run's tail past what was committed is cut or ignored; a
+  missing part (or a short file) is named."""
+  n = store.append("rejects.jsonl", b"a\n", 0)
+  n = store.append("rejects.jsonl", b"bb\n", n)
+  store.append("rejects.jsonl", b"killed tail\n", n)  # appended, never committed
+  assert store.read_appended("rejects.jsonl", n) == b"a\nbb\n"
+  n = store.append("rejects.jsonl", b"ccc\n", n)  # the re-run appends at the committed size
+  assert store.read_appended("rejects.jsonl", n) == b"a\nbb\nccc\n" and store.read_appended("rejects.jsonl", 0) == b""
+  with pytest.raises(StorageError, match="bytes, but 100 were committed"):
+    store.read_appended("rejects.jsonl", 100)
+  store.delete_appended("rejects.jsonl")
+  assert store.list("rejects*") == []
+
+
+def test_local_appends(tmp_path):
+  _appends_by_parts(Store(tmp_path))
+  assert not list(tmp_path.iterdir())
+
+
+def test_object_store_appends_by_parts_whose_bytes_grow_linearly(bucket):
+  store = Store(f"{bucket}/appends")
+  _appends_by_parts(store)
+  n = 0
+  for _ in range(5):
+    n = store.append("rejects-1.jsonl", b"x" * 10, n)
+  parts = store.list("rejects-1*")
+  assert len(parts) == 5 and sum(store.size(p) for p in parts) == 50  # no part rewrites what came before
+  store.delete(parts[2])
+  with pytest.raises(StorageError, match="starts at byte 30, but the parts before end at 20"):
+    store.read_appended("rejects-1.jsonl", n)

@@ -129,6 +129,12 @@ def test_bad_input_skip_mode_records_rejects(tiny_checkpoint, tmp_path):
   ]
   ids, embeddings = load_embeddings(tmp_path / "out")
   assert ids == ["d0", "d1", "d3", "d5", "d7", "d9"]
+  # The committed rejects are checksummed: an edited line is named on the re-run, nothing overwritten.
+  edited = (tmp_path / "out" / "rejects.jsonl").read_bytes().replace(b'"line": 3', b'"line": 4')
+  (tmp_path / "out" / "rejects.jsonl").write_bytes(edited)
+  with pytest.raises(JobError, match=r"rejects\.jsonl: its first \d+ bytes differ from the sha256 manifest\.json"):
+    run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=4, on_error="skip", show_progress=False)
+  assert (tmp_path / "out" / "rejects.jsonl").read_bytes() == edited
   texts = [f"good document {i}" for i in (0, 1, 3, 5, 7, 9)]
   np.testing.assert_allclose(
     np.asarray(embeddings), SentenceTransformer.from_pretrained(tiny_checkpoint).encode(texts), atol=1e-5
