@@ -212,7 +212,7 @@ class SentenceTransformer:
     if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
       raise ValueError(
         f"Default prompt name {self.default_prompt_name!r} not found in the configured prompts dictionary with "
-        f"keys {list(self.prompts)} (default_prompt_name {self.default_prompt_name!r} is not one of the prompts)"
+        f"keys {list(self.prompts)}."
       )
     self._similarity_fn_name = None
     self.similarity_fn_name = similarity_fn_name or loaded.similarity_fn_name
@@ -288,9 +288,27 @@ class SentenceTransformer:
   def _torch_world(self) -> bool:
     return self.tensor_type == "torch" or (self.tensor_type == "auto" and "torch" in sys.modules)
 
-  def supports(self, modality: Any) -> bool:
+  @property
+  def modalities(self) -> list[str]:
     """Text only (sentence-transformers' multimodal models take images and audio too)."""
-    return modality == "text"
+    return ["text"]
+
+  def supports(self, modality: Any) -> bool:
+    """Their rule: a listed modality, or a tuple of listed ones where "message" (chat input) is listed."""
+    supported = self.modalities
+    if modality in supported:
+      return True
+    return isinstance(modality, tuple) and "message" in supported and all(m in supported for m in modality)
+
+  def is_singular_input(self, inputs: Any) -> bool:
+    """Their rule: a list, a tuple (or a `datasets.Column`) or a NumPy array of strings is a batch, except a
+    conversation (a list of role/content dicts); anything else is one input."""
+    if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) and {"role", "content"} <= set(inputs[0]):
+      return True
+    column = getattr(sys.modules.get("datasets"), "Column", None)
+    if isinstance(inputs, (list, tuple)) or (column is not None and isinstance(inputs, column)):
+      return False
+    return not (isinstance(inputs, np.ndarray) and inputs.ndim >= 1 and inputs.dtype.kind in ("U", "O"))
 
   def evaluate(self, evaluator: Any, output_path: str | Path | None = None) -> Any:
     """Runs a sentence-transformers evaluator on this model, as theirs does."""
@@ -376,8 +394,7 @@ class SentenceTransformer:
     if prompt_name is not None:
       if prompt_name not in self.prompts:
         raise ValueError(
-          f"Prompt name {prompt_name!r} not found in the configured prompts dictionary with keys "
-          f"{list(self.prompts)} (prompt_name {prompt_name!r} is not one of the model's prompts)"
+          f"Prompt name {prompt_name!r} not found in the configured prompts dictionary with keys {list(self.prompts)}."
         )
       return self.prompts[prompt_name]
     if self.default_prompt_name is not None:

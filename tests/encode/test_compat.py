@@ -237,7 +237,11 @@ def test_sentence_transformers_evaluators_give_their_numbers(minilm):
     (lambda m: m.encode(["a"], batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
     (lambda m: m.encode(["a"], batch_size=-1), ValueError, "batch_size must be a positive integer, got -1"),
     (lambda m: m.encode(["a", "b"], precision="int4"), ValueError, "precision 'int4' is not one of"),
-    (lambda m: m.encode(["a"], prompt_name="nope"), ValueError, "prompt_name 'nope' is not one of"),
+    (
+      lambda m: m.encode(["a"], prompt_name="nope"),
+      ValueError,
+      "Prompt name 'nope' not found in the configured prompts dictionary with keys",
+    ),
     (lambda m: m.encode(["a"], output_value="cls"), ValueError, "output_value 'cls'"),
     (
       lambda m: setattr(m, "max_seq_length", 513),

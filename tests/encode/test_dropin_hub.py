@@ -147,3 +147,22 @@ def test_output_value_none_dicts_carry_prompt_length_as_theirs(minilm):
       n = int(y["attention_mask"].sum())  # theirs are padded to the batch's longest, ours are not (README)
       for key in ("input_ids", "token_type_ids", "attention_mask"):
         np.testing.assert_array_equal(np.asarray(x[key]), y[key].numpy()[:n], err_msg=key)
+
+
+def test_modalities_and_singular_inputs_follow_their_rules(model):
+  assert model.modalities == ["text"] and model.supports("text") and not model.supports("image")
+  assert not model.supports(("image", "text"))  # combining modalities needs chat ("message") input
+  assert model.is_singular_input("hello") and model.is_singular_input([{"role": "user", "content": "hi"}])
+  assert not model.is_singular_input(["a", "b"]) and not model.is_singular_input(("a", "b"))
+  assert not model.is_singular_input(np.array(["a", "b"])) and model.is_singular_input(np.array([1, 2, 3]))
+  assert not model.is_singular_input([{"text": "a photo"}, {"text": "a dog"}])
+
+
+def test_util_batch_to_device_and_http_get(tmp_path):
+  import torch
+
+  batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "text": "kept"}
+  assert distilbert_jax.util.batch_to_device(batch, "cpu") is batch and batch["text"] == "kept"
+  (tmp_path / "src.txt").write_text("payload")
+  distilbert_jax.util.http_get((tmp_path / "src.txt").as_uri(), str(tmp_path / "deep" / "dst.txt"))
+  assert (tmp_path / "deep" / "dst.txt").read_text() == "payload" and not (tmp_path / "deep" / "dst.txt_part").exists()
