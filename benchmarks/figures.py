@@ -1,24 +1,26 @@
-"""Regenerates the README's benchmark figures and plots from the logs the benchmark scripts wrote:
+"""Regenerates docs/benchmarks.md's generated figures and plots from the logs the benchmark scripts wrote:
 
   python benchmarks/figures.py [--check]
 
 Reads benchmarks/results/: encode_throughput_cpu.txt and gpu_check*.txt (logs made by benchmarks/log.sh: header
 lines naming command, machine, commit and date, the script's JSON on the last line), compile_time.json,
-distill_scifact.json and head_ablation.json. Rewrites the README between `<!-- figures:begin -->` and
-`<!-- figures:end -->`, and writes throughput.png and compile_time.png. A log that is missing is reported as
-"not measured", never filled in. `--check`: exit 1 when the README differs from what the logs give.
+distill_scifact.json and head_ablation.json. Rewrites docs/benchmarks.md between `<!-- figures:begin -->` and
+`<!-- figures:end -->` (the README quotes one figure per claim from that page), and writes throughput.png and
+compile_time.png in benchmarks/results/, linked from the block. A log that is missing is reported as "not measured",
+never filled in. `--check`: exit 1 when docs/benchmarks.md differs from what the logs give.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 
 
@@ -79,7 +81,12 @@ def throughput_section(plots: list) -> list[str]:
   if gemms:
     out += ["", "GEMM peaks, GOP/s ([768, 768] x [768, 3072], 2 threads): " + ", ".join(gemms)]
   plots.append(("throughput.png", "tokens/s per variant, this CPU", rows))
-  return out + [""]
+  return out + ["", image("throughput.png", "tokens/s per variant, this CPU"), ""]
+
+
+def image(name: str, title: str) -> str:
+  """A markdown link to a plot in benchmarks/results, relative to docs/benchmarks.md."""
+  return f"![{title}]({Path(os.path.relpath(RESULTS / name, DOC.parent)).as_posix()})"
 
 
 def accelerator_section() -> list[str]:
@@ -134,7 +141,7 @@ def compile_section(plots: list) -> list[str]:
       [(f"{r['layers']}L {r['dtype']} {r['mode']}", r["compile_s"]) for r in data["rows"]],
     )
   )
-  return out + [""]
+  return out + ["", image("compile_time.png", "compile seconds (all shapes)"), ""]
 
 
 def distill_section() -> list[str]:
@@ -227,16 +234,16 @@ def main() -> None:
   lines += log_section("Compile cache", "compile_cache", "a fresh process's warm-up, cold then warm cache")
   lines += distill_section() + ablation_section() + [END]
   block = "\n".join(lines)
-  readme = README.read_text()
-  if BEGIN not in readme or END not in readme:
-    sys.exit(f"{README}: no {BEGIN} ... {END} block to fill")
-  head, rest = readme.split(BEGIN, 1)
+  doc = DOC.read_text()
+  if BEGIN not in doc or END not in doc:
+    sys.exit(f"{DOC}: no {BEGIN} ... {END} block to fill")
+  head, rest = doc.split(BEGIN, 1)
   new = head + block + rest.split(END, 1)[1]
   if args.check:
-    sys.exit(0 if new == readme else f"{README}: figures differ from the logs; run python benchmarks/figures.py")
-  README.write_text(new)
+    sys.exit(0 if new == doc else f"{DOC}: figures differ from the logs; run python benchmarks/figures.py")
+  DOC.write_text(new)
   plot(plots)
-  print(f"{README}: figures block rewritten; plots: {', '.join(name for name, _, _ in plots)}")
+  print(f"{DOC}: figures block rewritten; plots: {', '.join(name for name, _, _ in plots)}")
 
 
 if __name__ == "__main__":
