@@ -15,8 +15,10 @@ import numpy as np
 
 from distilbert_jax.core.shapes import count_bucket
 
-BUCKET_STEP = 32
+BUCKET_STEP = 32  # tokens between bucket widths: the frames attention's tile, so deterministic rows align
 MAX_SEGMENTS = 32  # texts per packed row; fixes the pooling output shape
+PACKING_MIN_SAVING = 0.01  # "auto" packs when that computes at least 1% fewer tokens
+MAX_SHAPES = 16  # distinct (rows, width) batch shapes one call may use, hence compile (compile_time.py's table)
 
 
 def bucket_lengths(max_seq_length: int, whole_steps: bool = False) -> tuple[int, ...]:
@@ -72,10 +74,6 @@ def pack_rows(lengths: np.ndarray, capacity: int, max_segments: int) -> list[lis
     if len(rows[row]) < max_segments and room[row] > 0:
       open_by_room[room[row]].append(row)
   return rows
-
-
-PACKING_MIN_SAVING = 0.01  # "auto" packs when that computes at least 1% fewer tokens
-MAX_SHAPES = 16  # distinct (rows, width) batch shapes one call may use, hence compile
 
 
 def _rows(lengths: np.ndarray, buckets: Sequence[int], packed: bool) -> list[list[int]]:
