@@ -147,9 +147,9 @@ def tiny_bert_checkpoint() -> Path:
   import torch
   import transformers
 
+  from conversion.reference_checkpoint import reference_tokenizer_dir
   from distilbert_jax.model.pooling import PoolingConfig
   from distilbert_jax.model.tokenizer import copy_tokenizer_files
-  from distilbert_jax.testing.make_reference_checkpoint import reference_tokenizer_dir
 
   path = CACHE / "stsb-bert-tiny-random-seed0"
   if (path / "modules.json").exists():
@@ -184,7 +184,7 @@ def tiny_bert_checkpoint() -> Path:
 def hub_cache(dest: Path) -> Path:
   """A Hugging Face cache holding HUB_MODELS as huggingface_hub lays it out (files in the repository's blobs/,
   linked from snapshots/REV): where both runs resolve the hub ids."""
-  from distilbert_jax.testing.make_reference_checkpoint import minilm_dir
+  from conversion.reference_checkpoint import minilm_dir
 
   sources = {"tiny_bert": tiny_bert_checkpoint, "minilm": minilm_dir}
   for repo_id, kind in HUB_MODELS.items():
