@@ -91,10 +91,33 @@ def push_to_hub(
   return info.pr_url if create_pr else info.commit_url
 
 
-def save_to_hub(
-  model: Any, repo_id: str, organization: str | None = None, commit_message: str = "Add new model.", **kwargs: Any
+def save_to_hub(model: Any, *args: Any, **kwargs: Any) -> str:
+  """sentence-transformers' deprecated name of `push_to_hub`, with their argument rules: `repo_name=` for
+  `repo_id` (warned), and positional arguments from before `token` existed (a third is `private`)."""
+  repo_name = kwargs.pop("repo_name", None)
+  if repo_name and "repo_id" not in kwargs:
+    logger.warning(
+      "Providing a `repo_name` keyword argument to `save_to_hub` is deprecated. Please use `repo_id` instead."
+    )
+    kwargs["repo_id"] = repo_name
+  if len(args) >= 2:
+    args = (*args[:2], None, *args[2:])
+  return _save_to_hub(model, *args, **kwargs)
+
+
+def _save_to_hub(
+  model: Any,
+  repo_id: str,
+  organization: str | None = None,
+  token: str | None = None,
+  private: bool | None = None,
+  safe_serialization: bool = True,
+  commit_message: str = "Add new model.",
+  local_model_path: str | None = None,
+  exist_ok: bool = False,
+  replace_model_card: bool = False,
+  train_datasets: list[str] | None = None,
 ) -> str:
-  """sentence-transformers' deprecated name of `push_to_hub`, with its warnings and its `organization` rule."""
   logger.warning(SAVE_TO_HUB_DEPRECATED)
   if organization:
     if "/" not in repo_id:
@@ -109,4 +132,15 @@ def save_to_hub(
       logger.warning(
         f'Providing an `organization` to `save_to_hub` is deprecated. Please use `repo_id="{repo_id}"` instead.'
       )
-  return push_to_hub(model, repo_id, commit_message=commit_message, **kwargs)
+  return push_to_hub(
+    model,
+    repo_id,
+    token=token,
+    private=private,
+    safe_serialization=safe_serialization,
+    commit_message=commit_message,
+    local_model_path=local_model_path,
+    exist_ok=exist_ok,
+    replace_model_card=replace_model_card,
+    train_datasets=train_datasets,
+  )

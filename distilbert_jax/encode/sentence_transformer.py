@@ -435,9 +435,13 @@ class SentenceTransformer:
     """Uploads the sentence-transformers layout to the hub, with their arguments (`encode.hub_upload`)."""
     return hub_upload.push_to_hub(self, repo_id, *args, **kwargs)
 
-  def save_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
-    """Their deprecated name of `push_to_hub`, with their warning."""
-    return hub_upload.save_to_hub(self, repo_id, *args, **kwargs)
+  def save_to_hub(self, *args: Any, **kwargs: Any) -> str:
+    """Their deprecated name of `push_to_hub`, with their warning and argument rules."""
+    return hub_upload.save_to_hub(self, *args, **kwargs)
+
+  def get_model_kwargs(self) -> list[str]:
+    """The extra keyword arguments `encode` passes to the model's modules: none here (as theirs for this model)."""
+    return []
 
   def export_sentence_transformers(self, out_dir: str | Path) -> Path:
     return self.save(out_dir)
@@ -501,6 +505,7 @@ class SentenceTransformer:
     *,
     inputs: str | Sequence[str] | None = None,
     task: str | None = None,
+    **model_kwargs: Any,
   ):
     """Embeddings in input order, with sentence-transformers' arguments and meanings.
 
@@ -516,6 +521,12 @@ class SentenceTransformer:
     short texts share a row ("auto": where that saves computed tokens).
     `device` must be None or the model's own devices: build the model with device= to compute elsewhere.
     """
+    if model_kwargs:
+      raise ValueError(
+        f"SentenceTransformer.encode() has been called with additional keyword arguments that this model does not "
+        f"use: {sorted(model_kwargs)}. As per SentenceTransformer.get_model_kwargs(), this model does not accept any "
+        "additional keyword arguments."
+      )
     texts, single = _texts_of(sentences, inputs, task)
     batch_size = positive_int(batch_size, "batch_size")
     if output_value not in OUTPUT_VALUES:

@@ -166,3 +166,18 @@ def test_util_batch_to_device_and_http_get(tmp_path):
   (tmp_path / "src.txt").write_text("payload")
   distilbert_jax.util.http_get((tmp_path / "src.txt").as_uri(), str(tmp_path / "deep" / "dst.txt"))
   assert (tmp_path / "deep" / "dst.txt").read_text() == "payload" and not (tmp_path / "deep" / "dst.txt_part").exists()
+
+
+def test_save_to_hub_takes_their_old_argument_forms(model, hub, caplog):
+  with caplog.at_level(logging.WARNING):
+    model.save_to_hub(repo_name="org/tiny")
+    model.save_to_hub("tiny", "org", True, commit_message="old style", exist_ok=True)  # repo, organization, private
+  assert caplog.records[0].getMessage().startswith("Providing a `repo_name` keyword argument")
+  assert hub["upload_folder"][0]["repo_id"] == hub["upload_folder"][1]["repo_id"] == "org/tiny"
+  assert hub["create_repo"][1]["private"] is True and hub["upload_folder"][1]["commit_message"] == "old style"
+
+
+def test_encode_refuses_keyword_arguments_the_model_does_not_use(model):
+  assert model.get_model_kwargs() == []
+  with pytest.raises(ValueError, match=r"additional keyword arguments that this model does not use: \['normalize'\]"):
+    model.encode("a text", normalize=True)
