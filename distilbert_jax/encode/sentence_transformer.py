@@ -55,7 +55,7 @@ def _check_texts(sentences: Sequence[Any]) -> None:
   named with its text and position rather than left to fail inside the tokenizer)."""
   for i, s in enumerate(sentences):
     if not isinstance(s, str):
-      raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str")
+      raise TypeError(f"sentences[{i}] is {type(s).__name__}, not str (the model's only modality is text)")
     bad = _SURROGATE.search(s)
     if bad:
       raise ValueError(
@@ -450,7 +450,7 @@ class SentenceTransformer:
 
   def preprocess(self, inputs: Any, prompt: str | None = None) -> dict[str, Any]:
     """`tokenize` of the inputs with `prompt` in front: torch tensors in the torch world (as theirs), else NumPy."""
-    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    texts, _ = _texts_of(inputs, None, None)
     features = self.tokenize([(prompt or "") + t for t in texts])
     return {k: self._as_tensor(v) for k, v in features.items()} if self._torch_world() else features
 

@@ -181,3 +181,10 @@ def test_encode_refuses_keyword_arguments_the_model_does_not_use(model):
   assert model.get_model_kwargs() == []
   with pytest.raises(ValueError, match=r"additional keyword arguments that this model does not use: \['normalize'\]"):
     model.encode("a text", normalize=True)
+
+
+@pytest.mark.parametrize("inputs", [[{"role": "user", "content": "hi"}], ["text", np.zeros((4, 4), np.uint8)]])
+def test_non_text_inputs_are_refused_naming_the_input(model, inputs):
+  for call in (model.preprocess, model.encode):
+    with pytest.raises(TypeError, match=r"sentences\[\d\] is \w+, not str \(the model's only modality is text\)"):
+      call(inputs)
