@@ -82,6 +82,7 @@ class EncodeRunner:
     scan_layers: bool,
     step_tokens: int | None,
     int8_dot: str = "xla",
+    dense_dot: str = "xla",
   ):
     self.loaded, self.tokenizer, self.devices = loaded, tokenizer, list(devices)
     self.mesh = data_mesh(self.devices)
@@ -96,6 +97,7 @@ class EncodeRunner:
       attention=attention,
       scan_layers=scan_layers,
       int8=int8_dot if dtype == "int8" else False,
+      dense=dense_dot if dtype != "int8" else "xla",
       token_tile=self.align if self.align > 1 else None,
     )
     self.params = device_params(loaded, dtype, scan_layers, self.mesh)

@@ -31,11 +31,12 @@ from distilbert_jax.core.devices import device_names, devices_named, platform_of
 from distilbert_jax.encode.runner import ENCODE_DTYPES, ONEDNN_STEP_TOKENS, STEP_TOKENS_BY_PLATFORM, EncodeRunner
 from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
 from distilbert_jax.model.config import EncoderConfig
-from distilbert_jax.model.onednn import onednn_gemm
+from distilbert_jax.model.onednn import FLOAT_FUNCTIONS, onednn_function, onednn_gemm
 from distilbert_jax.model.pooling import PoolingConfig, normalize
 from distilbert_jax.model.quantize import INT8_DOTS
 from distilbert_jax.model.tiles import TILE, over_tiles
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
+from distilbert_jax.model.transformer import DENSE_DOTS
 from distilbert_jax.search.quantization import check_precision, quantize_embeddings
 from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
 
@@ -77,6 +78,19 @@ def default_int8_dot(platform: str) -> str:
   return "onednn"
 
 
+def default_dense_dot(platform: str, dtype: str, deterministic: bool) -> str:
+  """The float dense layers' dot: on the deterministic path on CPU, oneDNN's row-invariant GEMM (one call over all
+  tokens instead of fixed tiles, `onednn.py`); XLA's einsum elsewhere. A CPU where oneDNN cannot be loaded keeps
+  XLA's on tiles, and says so."""
+  if not deterministic or platform != "cpu" or dtype not in FLOAT_FUNCTIONS:
+    return "xla"
+  function, why = onednn_function(FLOAT_FUNCTIONS[dtype])
+  if function is None:
+    logger.warning("deterministic on CPU: oneDNN's GEMM is not available (%s); dense layers on tiles, slower", why)
+    return "xla"
+  return "onednn"
+
+
 class ModelCardData:
   """Where sentence-transformers' evaluators record their metrics (`model.model_card_data`)."""
 
@@ -108,7 +122,10 @@ class SentenceTransformer:
   their order, `batch_size`, packing, `max_seq_length` (above the text's length) and the device or process count
   (attention "frames", texts starting at multiples of its tile, pooling summed in blocks; README "Deterministic");
   `int8_dot`: with dtype "int8", the integer dot's implementation (`quantize.INT8_DOTS`; default: "onednn" on CPU
-  where oneDNN loads, said in a warning where it does not, else "xla").
+  where oneDNN loads, said in a warning where it does not, else "xla");
+  `dense_dot`: with dtype "float32" or "bfloat16", the float dense layers' dot (`transformer.DENSE_DOTS`; default:
+  "onednn" when deterministic on CPU where oneDNN loads: its rows do not depend on each other, so no tiles; else
+  "xla").
   """
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
@@ -130,6 +147,7 @@ class SentenceTransformer:
     scan_layers: bool = False,
     deterministic: bool = False,
     int8_dot: str | None = None,
+    dense_dot: str | None = None,
   ):
     # First: JAX reads the cache setting at its first compilation and ignores later changes. Off unless asked
     # for (True or a directory): a library does not change the process's JAX settings unannounced.
@@ -197,6 +215,16 @@ class SentenceTransformer:
     if self.int8_dot == "onednn" and (platform != "cpu" or onednn_gemm()[0] is None):
       why = onednn_gemm()[1] if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
       raise ValueError(f"int8_dot 'onednn' is not available: {why}")
+    self.dense_dot = dense_dot or default_dense_dot(platform, dtype, self.deterministic)
+    if self.dense_dot not in DENSE_DOTS:
+      raise ValueError(f"dense_dot {self.dense_dot!r} is not one of {DENSE_DOTS}")
+    if self.dense_dot == "onednn":
+      if dtype not in FLOAT_FUNCTIONS:
+        raise ValueError(f"dense_dot 'onednn' computes float32 or bfloat16, not {dtype}")
+      function, why = onednn_function(FLOAT_FUNCTIONS[dtype])
+      if platform != "cpu" or function is None:
+        why = why if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
+        raise ValueError(f"dense_dot 'onednn' is not available: {why}")
     self.runner = EncodeRunner(
       loaded,
       self.tokenizer,
@@ -208,6 +236,7 @@ class SentenceTransformer:
       if dtype == "int8" and self.int8_dot == "onednn"
       else STEP_TOKENS_BY_PLATFORM.get(platform),
       int8_dot=self.int8_dot,
+      dense_dot=self.dense_dot,
     )
 
   # copy.deepcopy and pickle (sentence-transformers' test fixtures deep-copy a model): the state is the loaded
@@ -222,6 +251,7 @@ class SentenceTransformer:
       "scan_layers": self.scan_layers,
       "deterministic": self.deterministic,
       "int8_dot": self.int8_dot,
+      "dense_dot": self.dense_dot,
       "compilation_cache": self.compilation_cache,
       "interceptor": self.runner.interceptor,
     }
@@ -237,6 +267,7 @@ class SentenceTransformer:
       scan_layers=state["scan_layers"],
       deterministic=state["deterministic"],
       int8_dot=state["int8_dot"],
+      dense_dot=state.get("dense_dot"),
       compilation_cache=state["compilation_cache"],
     )
     self.max_seq_length = loaded.max_seq_length

@@ -1,7 +1,7 @@
 """Deterministic (batch-invariant) encoding: a text's embedding has the same bits, held with `np.array_equal` and
 never a tolerance, whatever the other texts of the call, their order, `batch_size`, packing, the row width its
 bucket gives it, a larger `max_seq_length`, the device count (1, 2, 4 CPU devices) and the process count; on the
-full msmarco-distilbert-dot-v5 configuration (float32 and bfloat16) and on real all-MiniLM-L6-v2 weights. Its
+full msmarco-distilbert-dot-v5 configuration (float32, bfloat16 and int8) and on real all-MiniLM-L6-v2 weights. Its
 parity with PyTorch stays within 1e-5, and a corpus job resumed with another batch size and device count writes
 the bytes of an uninterrupted run."""
 
@@ -63,6 +63,11 @@ def full_bf16(full_checkpoint):
 
 
 @pytest.fixture(scope="module")
+def full_int8(full_checkpoint):
+  return Alone(SentenceTransformer(full_checkpoint, deterministic=True, dtype="int8"))
+
+
+@pytest.fixture(scope="module")
 def minilm_f32(minilm):
   return Alone(SentenceTransformer(minilm, deterministic=True))
 
@@ -114,6 +119,22 @@ def test_full_config_float32_any_composition_gives_the_same_bits(full_f32, draw)
 @given(compositions)
 def test_full_config_bfloat16_any_composition_gives_the_same_bits(full_bf16, draw):
   check_composition(full_bf16, draw)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(compositions)
+def test_full_config_int8_any_composition_gives_the_same_bits(full_int8, draw):
+  check_composition(full_int8, draw)
+
+
+def test_deterministic_dense_layers_run_on_onednn_on_cpu(full_f32, full_bf16, full_int8, tiny_checkpoint):
+  """On CPU the deterministic path's float dense layers are oneDNN's row-invariant GEMM (no tiles); int8 keeps
+  its exact integer dot (no tiles either); the fast path keeps XLA's dot."""
+  assert full_f32.model.dense_dot == full_bf16.model.dense_dot == "onednn"
+  assert full_int8.model.dense_dot == "xla" and full_int8.model.int8_dot == "onednn"
+  assert SentenceTransformer(tiny_checkpoint).dense_dot == "xla"
+  with pytest.raises(ValueError, match="dense_dot 'onednn' computes float32 or bfloat16, not float16"):
+    SentenceTransformer(tiny_checkpoint, dtype="float16", dense_dot="onednn")
 
 
 @_settings
@@ -184,7 +205,7 @@ def _devices_run(devices: int, checkpoint: Path, dtype: str, out: Path) -> np.nd
   return np.load(out)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_one_two_and_four_devices_give_the_same_bits(full_checkpoint, tmp_path, dtype):
   """The script encodes its texts in several batch sizes and packings and checks they agree within its process;
   here the processes with 1, 2 and 4 devices must agree with each other."""
