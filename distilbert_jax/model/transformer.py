@@ -63,9 +63,9 @@ class Linear(nn.Module):
   `int8`: the kernel is `kernel_int8` [out, in] with per-channel `kernel_scale` (`quantize.quantize_dense_params`
   makes them from a checkpoint), activations are quantized per token, the dot accumulates in int32.
   `token_tile`: the product runs on fixed tiles of that many tokens (deterministic encoding, `tiles.py`) unless
-  a row's product cannot depend on the other rows anyway: int8 (an exact int32 dot between per-token float steps)
-  or `dense` "onednn" (oneDNN's row-invariant float GEMM, `onednn.dot_float`, one call over all tokens; CPU,
-  float32 and bfloat16). `dense` (DENSE_DOTS): the float dot's implementation, "xla" (einsum) or "onednn"."""
+  `dense` is "onednn" (oneDNN's row-invariant float GEMM, `onednn.dot_float`, one call over all tokens; CPU,
+  float32 and bfloat16). int8 stays on tiles: untiled, its float steps around the exact int32 dot gave other bits
+  on 2 devices (issue 38: 0.0149 off in an embedding). `dense` (DENSE_DOTS): the float dot, "xla" or "onednn"."""
 
   features: int
   use_bias: bool = True
@@ -98,7 +98,7 @@ class Linear(nn.Module):
         precision=matmul_precision(self.dtype),
         preferred_element_type=jnp.float32,
       )
-    row_invariant = bool(self.int8) or self.dense == "onednn"
+    row_invariant = not self.int8 and self.dense == "onednn"
     y = over_tiles(product, x, self.token_tile) if self.token_tile and not row_invariant else product(x)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(jnp.float32)
