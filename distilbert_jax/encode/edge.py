@@ -30,8 +30,9 @@ from jax.sharding import Mesh, PartitionSpec
 
 from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
-from distilbert_jax.model.onednn import onednn_gemm
+from distilbert_jax.model.onednn import FLOAT_FUNCTIONS, onednn_function, onednn_gemm, row_invariant
 from distilbert_jax.model.quantize import INT8_DOTS
+from distilbert_jax.model.transformer import DENSE_DOTS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # float compute dtypes
 ENCODE_DTYPES = (*DTYPES, "int8")  # int8: the dense layers' dots in int8 (model/quantize.py), the rest INT8_COMPUTE
@@ -52,6 +53,7 @@ class Choices:
   attention: str
   deterministic: bool  # the frames attention with the tiled per-token layers: batch-invariant bits
   int8_dot: str  # "xla" or "onednn"; used only when dtype is "int8"
+  dense_dot: str  # the float dense layers' dot, "xla" or "onednn" (row-invariant: no tiles on the deterministic path)
   step_tokens: int | None
 
   @property
@@ -78,12 +80,39 @@ def default_int8_dot(platform: str) -> str:
   return "onednn"
 
 
+def default_dense_dot(platform: str, dtype: str, deterministic: bool) -> str:
+  """The float dense layers' dot: on the deterministic path on CPU, oneDNN's GEMM where its rows are checked not to
+  depend on the other rows on this CPU (`onednn.row_invariant`, a few milliseconds at first use), so the layers
+  need no tiles; XLA's einsum elsewhere. A CPU where oneDNN does not load or fails the check keeps XLA's dot on
+  tiles, and says so."""
+  if not deterministic or platform != "cpu" or dtype not in FLOAT_FUNCTIONS:
+    return "xla"
+  invariant, why = row_invariant(dtype)
+  if not invariant:
+    logger.warning("deterministic on CPU: oneDNN's %s GEMM not used (%s); dense layers on tiles, slower", dtype, why)
+    return "xla"
+  return "onednn"
+
+
+def _check_dense_dot(dense_dot: str, dtype: str, platform: str) -> None:
+  if dense_dot not in DENSE_DOTS:
+    raise ValueError(f"dense_dot {dense_dot!r} is not one of {DENSE_DOTS}")
+  if dense_dot == "onednn":
+    if dtype not in FLOAT_FUNCTIONS:
+      raise ValueError(f"dense_dot 'onednn' computes float32 or bfloat16, not {dtype}")
+    function, why = onednn_function(FLOAT_FUNCTIONS[dtype])
+    if platform != "cpu" or function is None:
+      why = why if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
+      raise ValueError(f"dense_dot 'onednn' is not available: {why}")
+
+
 def choose(
   devices: Sequence[Any] | None,
   dtype: str = "float32",
   attention: str | None = None,
   deterministic: bool = False,
   int8_dot: str | None = None,
+  dense_dot: str | None = None,
 ) -> Choices:
   """The choices for these devices (None: every local device); the caller's explicit ones are checked here."""
   compute_dtype(dtype)
@@ -102,14 +131,18 @@ def choose(
     why = onednn_gemm()[1] if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
     raise ValueError(f"int8_dot 'onednn' is not available: {why}")
   onednn = dtype == "int8" and int8_dot == "onednn"
+  deterministic = attention == DETERMINISTIC_ATTENTION
+  dense_dot = dense_dot or default_dense_dot(platform, dtype, deterministic)
+  _check_dense_dot(dense_dot, dtype, platform)
   return Choices(
     mesh=mesh,
     platform=platform,
     dtype=dtype,
     # One rule: the frames attention is the deterministic path, whether asked for by deterministic=True or by name.
     attention=attention,
-    deterministic=attention == DETERMINISTIC_ATTENTION,
+    deterministic=deterministic,
     int8_dot=int8_dot,
+    dense_dot=dense_dot,
     step_tokens=ONEDNN_STEP_TOKENS if onednn else STEP_TOKENS_BY_PLATFORM.get(platform),
   )
 

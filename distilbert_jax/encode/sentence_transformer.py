@@ -171,7 +171,9 @@ class SentenceTransformer:
   their order, `batch_size`, packing, `max_seq_length` (above the text's length) and the device or process count
   (attention "frames", texts starting at multiples of its tile, pooling summed in blocks; README "Deterministic");
   `int8_dot`: with dtype "int8", the integer dot's implementation (`quantize.INT8_DOTS`; default: "onednn" on CPU
-  where oneDNN loads, said in a warning where it does not, else "xla").
+  where oneDNN loads, said in a warning where it does not, else "xla");
+  `dense_dot`: with dtype "float32" or "bfloat16", the float dense layers' dot (`transformer.DENSE_DOTS`; default:
+  "onednn" when deterministic on a CPU where oneDNN loads and its rows are checked invariant: no tiles; else "xla").
   """
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
@@ -194,6 +196,7 @@ class SentenceTransformer:
     scan_layers: bool = False,
     deterministic: bool = False,
     int8_dot: str | None = None,
+    dense_dot: str | None = None,
   ):
     # First: JAX reads the cache setting at its first compilation and ignores later changes. Off unless asked
     # for (True or a directory): a library does not change the process's JAX settings unannounced.
@@ -201,7 +204,7 @@ class SentenceTransformer:
     dtype, attention = model_kwargs_choices(model_kwargs, dtype, attention)
     if tensor_type not in TENSOR_TYPES:
       raise ValueError(f"tensor_type {tensor_type!r} is not one of {TENSOR_TYPES}")
-    choices = choose(resolve_devices(device, devices), dtype, attention, deterministic, int8_dot)
+    choices = choose(resolve_devices(device, devices), dtype, attention, deterministic, int8_dot, dense_dot)
     loaded = _load(model_name_or_path)
     self.config: EncoderConfig = loaded.config
     self.pooling: PoolingConfig = loaded.pooling
@@ -221,6 +224,7 @@ class SentenceTransformer:
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
     self.devices, self.dtype, self.scan_layers = list(choices.mesh.devices.flat), choices.dtype, bool(scan_layers)
     self.attention, self.deterministic, self.int8_dot = choices.attention, choices.deterministic, choices.int8_dot
+    self.dense_dot = choices.dense_dot
     self.runner = EncodeRunner(loaded, self.tokenizer, choices, self.scan_layers)
 
   # copy.deepcopy and pickle (sentence-transformers' test fixtures deep-copy a model): the state is the loaded
@@ -235,6 +239,7 @@ class SentenceTransformer:
       "scan_layers": self.scan_layers,
       "deterministic": self.deterministic,
       "int8_dot": self.int8_dot,
+      "dense_dot": self.dense_dot,
       "compilation_cache": self.compilation_cache,
       "interceptor": self.runner.interceptor,
     }
@@ -250,6 +255,7 @@ class SentenceTransformer:
       scan_layers=state["scan_layers"],
       deterministic=state["deterministic"],
       int8_dot=state["int8_dot"],
+      dense_dot=state["dense_dot"],
       compilation_cache=state["compilation_cache"],
     )
     self.max_seq_length = loaded.max_seq_length

@@ -30,10 +30,12 @@ import jax.numpy as jnp
 
 from distilbert_jax.model.attention import attend, matmul_precision
 from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.onednn import dot_float
 from distilbert_jax.model.quantize import int8_dense
 from distilbert_jax.model.tiles import over_tiles
 
 Array = jax.Array
+DENSE_DOTS = ("xla", "onednn")  # the float dense layers' dot: XLA's einsum, or oneDNN's GEMM (CPU, row-invariant)
 
 
 def activation_fn(name: str):
@@ -60,7 +62,10 @@ class Linear(nn.Module):
 
   `int8`: the kernel is `kernel_int8` [out, in] with per-channel `kernel_scale` (`quantize.quantize_dense_params`
   makes them from a checkpoint), activations are quantized per token, the dot accumulates in int32.
-  `token_tile`: the product runs on fixed tiles of that many tokens (deterministic encoding, `tiles.py`)."""
+  `token_tile`: the product runs on fixed tiles of that many tokens (deterministic encoding, `tiles.py`) unless
+  `dense` is "onednn" (oneDNN's row-invariant float GEMM, `onednn.dot_float`, one call over all tokens; CPU,
+  float32 and bfloat16). int8 stays on tiles: untiled, its float steps around the exact int32 dot gave other bits
+  on 2 devices (0.0149 off in an embedding). `dense` (DENSE_DOTS): the float dot, "xla" or "onednn"."""
 
   features: int
   use_bias: bool = True
@@ -68,6 +73,7 @@ class Linear(nn.Module):
   param_dtype: Any = jnp.float32
   int8: bool | str = False
   token_tile: int | None = None
+  dense: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -76,6 +82,13 @@ class Linear(nn.Module):
       scale = self.param("kernel_scale", nn.initializers.ones, (self.features,), jnp.float32)
       dot = "xla" if self.int8 is True else self.int8  # the int8 dot's implementation (quantize.INT8_DOTS)
       product = lambda x: int8_dense(x, kernel, scale, dot)  # [..., O] float32
+    elif self.dense == "onednn":
+      kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
+      product = lambda x: dot_float(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel.astype(self.dtype)).reshape(
+        *x.shape[:-1], self.features
+      )
+    elif self.dense != "xla":
+      raise ValueError(f"dense dot {self.dense!r} is not one of {DENSE_DOTS}")
     else:
       kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
       product = lambda x: jnp.einsum(
@@ -85,7 +98,8 @@ class Linear(nn.Module):
         precision=matmul_precision(self.dtype),
         preferred_element_type=jnp.float32,
       )
-    y = over_tiles(product, x, self.token_tile) if self.token_tile else product(x)
+    row_invariant = not self.int8 and self.dense == "onednn"
+    y = over_tiles(product, x, self.token_tile) if self.token_tile and not row_invariant else product(x)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(jnp.float32)
     return y.astype(self.dtype)
@@ -156,6 +170,7 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
   int8: bool | str = False
   token_tile: int | None = None
+  dense: str = "xla"
 
   @nn.compact
   def __call__(
@@ -163,7 +178,7 @@ class Attention(nn.Module):
   ) -> tuple[Array, Array | None]:
     cfg = self.config
     dense = lambda name: Linear(
-      cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, self.int8, self.token_tile, name=name
+      cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, self.int8, self.token_tile, self.dense, name=name
     )
     split_heads = lambda y: y.reshape(*y.shape[:-1], cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, H, K]
     q, k, v = (split_heads(dense(name)(x)) for name in ("q_lin", "k_lin", "v_lin"))
@@ -192,12 +207,13 @@ class FeedForward(nn.Module):
   param_dtype: Any = jnp.float32
   int8: bool | str = False
   token_tile: int | None = None
+  dense: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
     linear = lambda features, name: Linear(
-      features, cfg.use_bias, self.dtype, self.param_dtype, self.int8, self.token_tile, name=name
+      features, cfg.use_bias, self.dtype, self.param_dtype, self.int8, self.token_tile, self.dense, name=name
     )
     act = activation_fn(cfg.activation)
     h = linear(cfg.intermediate_size, "lin1")(x).astype(jnp.float32)  # [B, T, F]
@@ -222,6 +238,7 @@ class Block(nn.Module):
   param_dtype: Any = jnp.float32
   int8: bool | str = False
   token_tile: int | None = None
+  dense: str = "xla"
 
   @nn.compact
   def __call__(
@@ -230,8 +247,9 @@ class Block(nn.Module):
     cfg, tile = self.config, self.token_tile
     norm1 = Norm(cfg, self.dtype, self.param_dtype, tile, name="sa_layer_norm")
     norm2 = Norm(cfg, self.dtype, self.param_dtype, tile, name="output_layer_norm")
-    attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, self.int8, tile, name="attention")
-    ffn = FeedForward(cfg, self.dtype, self.param_dtype, self.int8, tile, name="ffn")
+    kernels = (self.int8, tile, self.dense)
+    attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, *kernels, name="attention")
+    ffn = FeedForward(cfg, self.dtype, self.param_dtype, *kernels, name="ffn")
     residual = lambda x, y: x.astype(jnp.float32) + y.astype(jnp.float32)
 
     attn_in = norm1(x) if cfg.norm_position == "pre" else x
@@ -258,6 +276,7 @@ class Transformer(nn.Module):
   param_dtype: Any = jnp.float32
   int8: bool | str = False
   token_tile: int | None = None
+  dense: str = "xla"
 
   @nn.compact
   def __call__(
@@ -273,14 +292,16 @@ class Transformer(nn.Module):
         in_axes=(nn.broadcast,) * len(args),
         length=cfg.num_layers,
       )
-      block = scanned(cfg, self.attention, self.dtype, self.param_dtype, self.int8, self.token_tile, name="layers")
+      kernels = (self.int8, self.token_tile, self.dense)
+      block = scanned(cfg, self.attention, self.dtype, self.param_dtype, *kernels, name="layers")
       x, (states, weights) = block(x, *args)
       hidden_states = [states[i] for i in range(cfg.num_layers)]
       attentions = [None if weights is None else weights[i] for i in range(cfg.num_layers)]
     else:
       hidden_states, attentions = [], []
       for i in range(cfg.num_layers):
-        block = Block(cfg, self.attention, self.dtype, self.param_dtype, self.int8, self.token_tile, name=f"layer_{i}")
+        kernels = (self.int8, self.token_tile, self.dense)
+        block = Block(cfg, self.attention, self.dtype, self.param_dtype, *kernels, name=f"layer_{i}")
         x, (_, weights) = block(x, *args)
         hidden_states.append(x)
         attentions.append(weights)
@@ -297,7 +318,8 @@ class Encoder(nn.Module):
   `int8`: the blocks' dense layers compute in int8 (`quantize.py`; parameters from `quantize_dense_params`); True
   or the name of the int8 dot's implementation (`quantize.INT8_DOTS`, True: "xla").
   `token_tile`: the per-token layers (dense, norms) run on fixed tiles of that many tokens (deterministic
-  encoding, `tiles.py`; with attention "frames").
+  encoding, `tiles.py`; with attention "frames"). `dense`: the float dense layers' dot (DENSE_DOTS): "onednn" is
+  row-invariant, so that on the deterministic path they run as one call over all tokens rather than on tiles.
   """
 
   config: EncoderConfig
@@ -307,6 +329,7 @@ class Encoder(nn.Module):
   scan_layers: bool = False
   int8: bool | str = False
   token_tile: int | None = None
+  dense: str = "xla"
 
   @nn.compact
   def __call__(
@@ -324,8 +347,9 @@ class Encoder(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
     tile = self.token_tile
     x = Embeddings(cfg, self.dtype, self.param_dtype, tile, name="embeddings")(input_ids, positions, deterministic)
+    kernels = (self.int8, tile, self.dense)
     hidden_states, attentions = Transformer(
-      cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, self.int8, tile, name="transformer"
+      cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, *kernels, name="transformer"
     )(x, segment_ids, positions, deterministic, output_attentions)
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:

@@ -127,7 +127,7 @@ def test_int8_encoding_with_onednn_equals_xla_bit_for_bit_and_is_the_cpu_default
   # Where oneDNN cannot be loaded: the default falls back to XLA's dot and says so; asking for it is refused.
   missing = lambda: (None, "libdnnl.so.3 not found (test)")
   monkeypatch.setattr("distilbert_jax.model.onednn.onednn_gemm", missing)
-  monkeypatch.setattr("distilbert_jax.encode.sentence_transformer.onednn_gemm", missing)
+  monkeypatch.setattr("distilbert_jax.encode.edge.onednn_gemm", missing)
   with caplog.at_level("WARNING"):
     assert SentenceTransformer(tiny_checkpoint, dtype="int8").int8_dot == "xla"
   assert "oneDNN's int8 GEMM is not available (libdnnl.so.3 not found (test))" in caplog.text
@@ -191,3 +191,26 @@ def test_a_failing_onednn_call_is_an_error_in_the_caller_not_a_silent_result(mon
   monkeypatch.setattr(onednn, "onednn_gemm", lambda: (broken, None))
   with pytest.raises(Exception, match=r"int8 dot 'onednn': OSError: simulated"):
     np.asarray(dot(x, w))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_onednn_float_dot_rows_do_not_depend_on_the_other_rows(dtype):
+  """oneDNN's float GEMM (the deterministic path's dense layers): every row of a 1,031-row product has the bits of
+  the same row in a 2-row call and of a lone row (computed as two), at the FFN's shape, under jit and vmap; values
+  as NumPy's float64 product within the dtype's rounding."""
+  from distilbert_jax.model.onednn import dot_float
+
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((1031, 768)), dtype)
+  w = jnp.asarray(rng.standard_normal((768, 3072)) * 0.03, dtype)
+  dot = jax.jit(dot_float)
+  full = np.asarray(dot(x, w))
+  assert full.dtype == np.float32
+  for i in (0, 1, 16, 17, 33, 500, 1029):
+    assert np.array_equal(np.asarray(dot(x[i : i + 2], w)), full[i : i + 2]), i
+  assert np.array_equal(np.asarray(dot(x[5:6], w)), full[5:6])
+  assert np.array_equal(np.asarray(jax.vmap(dot, (0, None))(x[:64].reshape(2, 32, 768), w)).reshape(64, -1), full[:64])
+  want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+  np.testing.assert_allclose(full, want, atol=2e-4 if dtype == "float32" else 2e-3)
+  with pytest.raises(ValueError, match="float32 or bfloat16 operands of one dtype"):
+    dot_float(x.astype(jnp.float16), w.astype(jnp.float16))
