@@ -100,10 +100,14 @@ def _check_dense_dot(dense_dot: str, dtype: str, platform: str) -> None:
   if dense_dot == "onednn":
     if dtype not in FLOAT_FUNCTIONS:
       raise ValueError(f"dense_dot 'onednn' computes float32 or bfloat16, not {dtype}")
-    function, why = onednn_function(FLOAT_FUNCTIONS[dtype])
-    if platform != "cpu" or function is None:
-      why = why if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
-      raise ValueError(f"dense_dot 'onednn' is not available: {why}")
+    _require_onednn("dense_dot", onednn_function(FLOAT_FUNCTIONS[dtype]), platform)
+
+
+def _require_onednn(option: str, loaded: tuple[Any, str | None], platform: str) -> None:
+  """oneDNN runs on the host CPU: `option` "onednn" needs CPU devices and the library loaded."""
+  if platform != "cpu" or loaded[0] is None:
+    why = loaded[1] if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
+    raise ValueError(f"{option} 'onednn' is not available: {why}")
 
 
 def choose(
@@ -127,9 +131,8 @@ def choose(
   int8_dot = int8_dot or (default_int8_dot(platform) if dtype == "int8" else "xla")
   if int8_dot not in INT8_DOTS:
     raise ValueError(f"int8_dot {int8_dot!r} is not one of {INT8_DOTS}")
-  if int8_dot == "onednn" and (platform != "cpu" or onednn_gemm()[0] is None):
-    why = onednn_gemm()[1] if platform == "cpu" else f"it runs on the host CPU, and the devices are {platform}"
-    raise ValueError(f"int8_dot 'onednn' is not available: {why}")
+  if int8_dot == "onednn":
+    _require_onednn("int8_dot", onednn_gemm(), platform)
   onednn = dtype == "int8" and int8_dot == "onednn"
   deterministic = attention == DETERMINISTIC_ATTENTION
   dense_dot = dense_dot or default_dense_dot(platform, dtype, deterministic)
