@@ -273,7 +273,7 @@ class SentenceTransformer:
 
   @classmethod
   def from_pretrained(
-    cls, name_or_path: str | Path, dtype: str = "float32", devices: Sequence[Any] | None = None, **kwargs: Any
+    cls, name_or_path: str | Path, dtype: str | None = None, devices: Sequence[Any] | None = None, **kwargs: Any
   ) -> SentenceTransformer:
     """The same as the constructor (kept for the HF habit)."""
     return cls(name_or_path, dtype=dtype, devices=devices, **kwargs)

@@ -188,3 +188,8 @@ def test_non_text_inputs_are_refused_naming_the_input(model, inputs):
   for call in (model.preprocess, model.encode):
     with pytest.raises(TypeError, match=r"sentences\[\d\] is \w+, not str \(the model's only modality is text\)"):
       call(inputs)
+
+
+def test_from_pretrained_takes_model_kwargs_as_the_constructor(tiny_checkpoint):
+  m = distilbert_jax.SentenceTransformer.from_pretrained(tiny_checkpoint, model_kwargs={"torch_dtype": "bfloat16"})
+  assert m.dtype == "bfloat16"
