@@ -232,9 +232,13 @@ class Store:
       self.delete(part)
 
   def _parts(self, name: str) -> list[tuple[int, str]]:
+    """(offset, object) of what was appended to `name`; `name` itself, where it exists, is the part at 0 (a job
+    whose rejects were written as one object, before appends were parts)."""
     stem, suffix = posixpath.splitext(name)
     names = self.list(f"{glob_escape(stem)}.{'[0-9]' * _OFFSET_DIGITS}{glob_escape(suffix)}")
-    return sorted((int(n[len(stem) + 1 : len(stem) + 1 + _OFFSET_DIGITS]), n) for n in names)
+    parts = sorted((int(n[len(stem) + 1 : len(stem) + 1 + _OFFSET_DIGITS]), n) for n in names)
+    whole = [(0, name)] if self.exists(name) and not any(offset == 0 for offset, _ in parts) else []
+    return whole + parts
 
   def put(self, name: str, data: bytes) -> None:
     """Writes `name` whole, replacing what it held (a reader sees the old or the new object, never half)."""

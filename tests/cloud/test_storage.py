@@ -129,3 +129,13 @@ def test_object_store_appends_by_parts_whose_bytes_grow_linearly(bucket):
   store.delete(parts[2])
   with pytest.raises(StorageError, match="starts at byte 30, but the parts before end at 20"):
     store.read_appended("rejects-1.jsonl", n)
+
+
+def test_an_object_written_whole_reads_as_the_first_part(bucket):
+  """A job whose rejects object was written whole (before appends were parts) resumes: appends go after it."""
+  store = Store(f"{bucket}/whole")
+  store.put("rejects.jsonl", b"old\n")
+  n = store.append("rejects.jsonl", b"new\n", 4)
+  assert store.read_appended("rejects.jsonl", n) == b"old\nnew\n"
+  store.delete_appended("rejects.jsonl")
+  assert store.list("rejects*") == []
