@@ -48,7 +48,6 @@ class Choices:
   """What the devices decide, as plain values the model and the runners are given."""
 
   mesh: Mesh
-  platform: str  # for messages only
   dtype: str  # an ENCODE_DTYPES name
   attention: str
   deterministic: bool  # the frames attention with the tiled per-token layers: batch-invariant bits
@@ -82,7 +81,7 @@ def default_int8_dot(platform: str) -> str:
 
 def default_dense_dot(platform: str, dtype: str, deterministic: bool) -> str:
   """The float dense layers' dot: on the deterministic path on CPU, oneDNN's GEMM where its rows are checked not to
-  depend on the other rows on this CPU (`onednn.row_invariant`, a few milliseconds at first use), so the layers
+  depend on the other rows on this CPU (`onednn.row_invariant`, under a second at first use), so the layers
   need no tiles; XLA's einsum elsewhere. A CPU where oneDNN does not load or fails the check keeps XLA's dot on
   tiles, and says so."""
   if not deterministic or platform != "cpu" or dtype not in FLOAT_FUNCTIONS:
@@ -94,13 +93,17 @@ def default_dense_dot(platform: str, dtype: str, deterministic: bool) -> str:
   return "onednn"
 
 
-def _check_dense_dot(dense_dot: str, dtype: str, platform: str) -> None:
+def _check_dense_dot(dense_dot: str, dtype: str, platform: str, deterministic: bool) -> None:
+  """An explicit "onednn" must be able to run, and on the deterministic path keep its promise on this CPU."""
   if dense_dot not in DENSE_DOTS:
     raise ValueError(f"dense_dot {dense_dot!r} is not one of {DENSE_DOTS}")
   if dense_dot == "onednn":
     if dtype not in FLOAT_FUNCTIONS:
       raise ValueError(f"dense_dot 'onednn' computes float32 or bfloat16, not {dtype}")
     _require_onednn("dense_dot", onednn_function(FLOAT_FUNCTIONS[dtype]), platform)
+    invariant, why = row_invariant(dtype) if deterministic else (True, None)
+    if not invariant:
+      raise ValueError(f"dense_dot 'onednn' cannot be batch-invariant here: {why}")
 
 
 def _require_onednn(option: str, loaded: tuple[Any, str | None], platform: str) -> None:
@@ -136,10 +139,9 @@ def choose(
   onednn = dtype == "int8" and int8_dot == "onednn"
   deterministic = attention == DETERMINISTIC_ATTENTION
   dense_dot = dense_dot or default_dense_dot(platform, dtype, deterministic)
-  _check_dense_dot(dense_dot, dtype, platform)
+  _check_dense_dot(dense_dot, dtype, platform, deterministic)
   return Choices(
     mesh=mesh,
-    platform=platform,
     dtype=dtype,
     # One rule: the frames attention is the deterministic path, whether asked for by deterministic=True or by name.
     attention=attention,

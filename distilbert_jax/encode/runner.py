@@ -72,7 +72,7 @@ class EncodeRunner:
       attention=choices.attention,
       scan_layers=scan_layers,
       int8=choices.int8_dot if choices.dtype == "int8" else False,
-      dense=choices.dense_dot if choices.dtype != "int8" else "xla",
+      dense=choices.dense_dot,  # "onednn" only for float dtypes (edge.choose refuses it for int8)
       token_tile=self.align if self.align > 1 else None,
     )
     self.params = device_params(loaded, choices.dtype, scan_layers, self.mesh)

@@ -142,6 +142,9 @@ def test_deterministic_dense_layers_run_on_onednn_where_its_rows_are_invariant(
   with caplog.at_level(logging.WARNING):
     assert SentenceTransformer(tiny_checkpoint, deterministic=True).dense_dot == "xla"
   assert "oneDNN's float32 GEMM not used (a row's bits depend on the other rows); dense layers on tiles" in caplog.text
+  with pytest.raises(ValueError, match="dense_dot 'onednn' cannot be batch-invariant here: a row's bits depend"):
+    SentenceTransformer(tiny_checkpoint, deterministic=True, dense_dot="onednn")
+  assert SentenceTransformer(tiny_checkpoint, dense_dot="onednn").dense_dot == "onednn"  # the fast path may use it
   assert full_int8.model.dense_dot == "xla" and full_int8.model.int8_dot == "onednn"
   assert SentenceTransformer(tiny_checkpoint).dense_dot == "xla"
   with pytest.raises(ValueError, match="dense_dot 'onednn' computes float32 or bfloat16, not float16"):
