@@ -86,7 +86,7 @@ def run_jax(docs, path, batch_size, repeats, dtype, packing, deterministic=False
 def run_onnx(docs, path, batch_size, repeats, runtime, precision):
   from benchmarks import onnx_reference
 
-  model = onnx_reference.export(path, path.parent / f"{path.name}-onnx")[precision]
+  model = onnx_reference.export(path, onnx_reference.export_dir(path))[precision]
   return onnx_reference.run(runtime, model, path, docs, batch_size, repeats, THREADS, COMPARED)
 
 
@@ -116,13 +116,23 @@ def run_gemm(docs, path, batch_size, repeats, kind):
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a, b = rng.integers(0, 255, (m, k), dtype=np.uint8), rng.integers(-127, 128, (k, n), dtype=np.int8)
     call = lambda: session.run(None, {"a": a, "b": b})
-  elif kind == "onednn-int8":  # what our int8 dense layers run on CPU: oneDNN's u8 x s8 GEMM (model/onednn.py)
-    from distilbert_jax.model.onednn import gemm_u8s8s32
+  elif kind.startswith("onednn-"):  # what our dense layers run on CPU: oneDNN's GEMMs (model/onednn.py)
+    from distilbert_jax.model import onednn
 
-    a = rng.integers(1, 256, (m, k), dtype=np.uint8)
-    b = rng.integers(-127, 128, (n, k), dtype=np.int8)
-    c = np.empty((m, n), np.int32)
-    call = lambda: gemm_u8s8s32(a.ctypes.data, b.ctypes.data, c.ctypes.data, m, n, k)
+    if kind == "onednn-int8":  # u8 x s8 [out, in], int32 accumulation
+      a = rng.integers(1, 256, (m, k), dtype=np.uint8)
+      b = rng.integers(-127, 128, (n, k), dtype=np.int8)
+      c, gemm = np.empty((m, n), np.int32), onednn.gemm_u8s8s32
+    else:  # sgemm, or bfloat16 inputs with float32 accumulation: the deterministic path's float dense layers
+      import ml_dtypes
+
+      dtype, gemm = {
+        "onednn-f32": (np.float32, onednn.gemm_f32),
+        "onednn-bf16": (ml_dtypes.bfloat16, onednn.gemm_bf16),
+      }[kind]
+      a, b = rng.normal(size=(m, k)).astype(dtype), rng.normal(size=(k, n)).astype(dtype)
+      c = np.empty((m, n), np.float32)
+    call = lambda: gemm(a.ctypes.data, b.ctypes.data, c.ctypes.data, m, n, k)
   else:
     import jax
     import jax.numpy as jnp
@@ -158,7 +168,7 @@ VARIANTS = {  # each called as (docs, checkpoint path, batch size, repeats)
   "ort-int8": functools.partial(run_onnx, runtime="onnxruntime", precision="int8"),
   "openvino": functools.partial(run_onnx, runtime="openvino", precision="f32"),  # its CPU default precision
 }
-GEMM_KINDS = ("xla-f32", "xla-bf16", "xla-int8", "onednn-int8", "ort-int8")
+GEMM_KINDS = ("xla-f32", "xla-bf16", "xla-int8", "onednn-f32", "onednn-bf16", "onednn-int8", "ort-int8")
 GEMMS = {f"gemm-{kind}": functools.partial(run_gemm, kind=kind) for kind in GEMM_KINDS}
 VARIANTS.update(GEMMS)
 
