@@ -34,14 +34,16 @@ VARIANTS = {  # name: SentenceTransformer keyword arguments (float dtypes only w
   "deterministic": {"deterministic": True},
   "deterministic, tiles": {"deterministic": True, "dense_dot": "xla"},
 }
-PARTS = {  # name: (attention, token tile, pooling block, dense dot), on one [16, 320] batch
-  "fast (per_example)": ("per_example", None, None, "xla"),
-  "32-token tiles (XLA dense)": ("per_example", 32, None, "xla"),
-  "norm tiles, oneDNN dense": ("per_example", 32, None, "onednn"),
-  "frames attention only": ("frames", None, None, "xla"),
-  "deterministic, XLA tiles": ("frames", 32, 32, "xla"),
-  "deterministic, oneDNN": ("frames", 32, 32, "onednn"),
+PARTS_ALL = {  # name: (attention, token tile, invariant norms and pooling, dense dot), on one [16, 320] batch
+  "fast (per_example)": ("per_example", None, False, "xla"),
+  "32-token tiles (XLA dense)": ("per_example", 32, False, "xla"),
+  "oneDNN dense": ("per_example", None, False, "onednn"),
+  "fixed-order norms and pooling": ("per_example", None, True, "xla"),
+  "frames attention only": ("frames", None, False, "xla"),
+  "deterministic, XLA tiles": ("frames", 32, True, "xla"),
+  "deterministic, oneDNN": ("frames", None, True, "onednn"),
 }
+PARTS = PARTS_ALL
 
 
 def texts_of(length: str) -> list[str]:
@@ -83,7 +85,7 @@ def end_to_end(dtypes: list[str], lengths: list[str], rounds: int) -> None:
         print(f"{dtype:<9} {length:<6} {name:<22} {tokens / s:8,.0f} tokens/s  {ratio:5.2f}x fast", flush=True)
 
 
-def parts(dtype: str, rounds: int) -> None:
+def parts(dtype: str, rounds: int, long: bool) -> None:
   import jax
   import jax.numpy as jnp
 
@@ -92,25 +94,27 @@ def parts(dtype: str, rounds: int) -> None:
   from distilbert_jax.model.transformer import Encoder
 
   model = SentenceTransformer(msmarco_random_checkpoint(), dtype=dtype)
-  rows, width, real = 16, 320, 300
+  rows, width, real = (16, 320, 300) if long else (48, 64, 45)
   rng = np.random.default_rng(0)
   ids = rng.integers(1000, 20000, (rows, width)).astype(np.int32)
   seg = np.zeros((rows, width), np.int32)
   seg[:, :real] = 1
   pos = np.tile(np.arange(width), (rows, 1)).astype(np.int32)
   calls = {}
-  for name, (attention, tile, block, dense) in PARTS.items():
-    module = Encoder(model.config, dtype=jnp.dtype(dtype), attention=attention, token_tile=tile, dense=dense)
+  for name, (attention, tile, invariant, dense) in PARTS.items():
+    module = Encoder(
+      model.config, dtype=jnp.dtype(dtype), attention=attention, token_tile=tile, dense=dense, invariant=invariant
+    )
     run = jax.jit(
-      lambda p, a, b, c, module=module, block=block: embed_rows(
-        module, model.pooling, p, a, b, c, num_segments=1, step_tokens=768, text_block=block
+      lambda p, a, b, c, module=module, invariant=invariant: embed_rows(
+        module, model.pooling, p, a, b, c, num_segments=1, step_tokens=768, invariant=invariant
       )["sentence_embedding"]
     )
     run(model.params, ids, seg, pos).block_until_ready()
     calls[name] = lambda run=run: run(model.params, ids, seg, pos).block_until_ready()
   seconds = in_turns(calls, rounds)
   for name, s in seconds.items():
-    print(f"{dtype:<9} {name:<28} {rows * real / s:8,.0f} tokens/s  {seconds[next(iter(PARTS))] / s:5.2f}x fast")
+    print(f"{dtype:<9} {width:<4} {name:<30} {rows * real / s:8,.0f} tokens/s  {seconds[next(iter(PARTS))] / s:5.2f}x fast")
 
 
 def main():
@@ -123,7 +127,8 @@ def main():
   print("CPU:", cpu_model(), "| load average", os.getloadavg(), flush=True)
   if args.parts:
     for dtype in args.dtypes.split(","):
-      parts(dtype, args.rounds)
+      for length in args.lengths.split(","):
+        parts(dtype, args.rounds, length == "long")
   else:
     end_to_end(args.dtypes.split(","), args.lengths.split(","), args.rounds)
   print("load average at the end", os.getloadavg())

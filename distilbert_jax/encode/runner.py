@@ -26,8 +26,8 @@ from distilbert_jax.core.progress import progress_bar
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.encode.batching import Batch, plan_batches
 from distilbert_jax.encode.edge import Choices, compute_dtype, over_rows
-from distilbert_jax.model.attention import FRAME_TILE
 from distilbert_jax.model.forward import embed_rows
+from distilbert_jax.model.invariant import TILE
 from distilbert_jax.model.quantize import quantize_dense_params
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.model.transformer import Encoder
@@ -62,9 +62,10 @@ class EncodeRunner:
     self.mesh = choices.mesh
     self.devices = list(self.mesh.devices.flat)
     self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-    # The frames attention (deterministic encoding) gives a text its own frame when the text starts on a tile;
-    # the per-token layers then run on tiles too (model/tiles.py).
-    self.align = FRAME_TILE if choices.deterministic else 1
+    # Deterministic encoding computes attention and pooling per text and the norms in a fixed order, wherever a
+    # text sits (model/invariant.py); only XLA's float dot (no oneDNN) runs on tiles, and texts then start on them.
+    tiled = choices.deterministic and choices.dtype != "int8" and choices.dense_dot == "xla"
+    self.align = TILE if tiled else 1
     self.module = Encoder(
       loaded.config,
       dtype=choices.compute_dtype,
@@ -74,6 +75,7 @@ class EncodeRunner:
       int8=choices.int8_dot if choices.dtype == "int8" else False,
       dense=choices.dense_dot,  # "onednn" only for float dtypes (edge.choose refuses it for int8)
       token_tile=self.align if self.align > 1 else None,
+      invariant=choices.deterministic,
     )
     self.params = device_params(loaded, choices.dtype, scan_layers, self.mesh)
     self.step_tokens = choices.step_tokens
@@ -89,7 +91,7 @@ class EncodeRunner:
         outputs=outputs,
         step_tokens=choices.step_tokens,
         interceptor=interceptor,
-        text_block=self.align if self.align > 1 else None,
+        invariant=choices.deterministic,
       )
       return over_rows(per_device, self.mesh, (True, False, False, False))(params, input_ids, segment_ids, positions)
 
@@ -108,9 +110,11 @@ class EncodeRunner:
 
   def dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:
     """Starts the batch on the devices (rows sharded over `data`) and returns without waiting."""
-    if self.align > 1 and (batch.text_start % self.align).any():  # the block sums would mix two texts
+    if self.align > 1 and (batch.text_start % self.align).any():  # a tile would hold two texts
       off = sorted(set((batch.text_start % self.align).ravel().tolist()) - {0})
-      raise ValueError(f"a batch places texts {off} tokens off the {self.align}-token tiles deterministic pooling sums")
+      raise ValueError(
+        f"a batch places texts {off} tokens off the {self.align}-token tiles of the deterministic dense layers"
+      )
     arrays = jax.device_put((batch.input_ids, batch.segment_ids, batch.positions), self.batch_sharding)
     return self.forward(
       self.params, *arrays, num_segments=batch.text_index.shape[1], outputs=outputs, interceptor=self.interceptor

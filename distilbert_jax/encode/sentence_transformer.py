@@ -33,7 +33,6 @@ from distilbert_jax.encode.edge import ENCODE_DTYPES, choose
 from distilbert_jax.encode.runner import EncodeRunner
 from distilbert_jax.model.config import EncoderConfig
 from distilbert_jax.model.pooling import PoolingConfig, normalize
-from distilbert_jax.model.tiles import TILE, over_tiles
 from distilbert_jax.model.tokenizer import WordPieceTokenizer
 from distilbert_jax.search.quantization import check_precision, quantize_embeddings
 from distilbert_jax.search.similarity import SIMILARITY_FUNCTIONS
@@ -81,7 +80,7 @@ def _texts_of(sentences: Any, inputs: Any, task: str | None) -> tuple[list[str],
   return texts, single
 
 
-_normalize_in_tiles = jax.jit(lambda x: over_tiles(normalize, x, TILE))  # jitted once: compiled per shape, not per call
+_normalize_invariant = jax.jit(lambda x: normalize(x, invariant=True))  # jitted once: compiled per shape, not per call
 
 
 def model_kwargs_choices(model_kwargs: dict[str, Any] | None, dtype: str | None, attention: str | None):
@@ -607,12 +606,12 @@ class SentenceTransformer:
     return self._normalized(result) if normalize_embeddings else result
 
   def _normalized(self, embeddings: np.ndarray) -> np.ndarray:
-    """L2-normalised rows; deterministic: in fixed tiles of rows (`tiles.over_tiles`), so that a row's bits do
-    not depend on how many rows the call has."""
+    """L2-normalised rows; deterministic: in a fixed order (`pooling.normalize(invariant=True)`), so that a
+    row's bits do not depend on how many rows the call has."""
     x = jnp.asarray(embeddings)
     # np.array, not np.asarray: a view of a jax.Array is read-only, and callers write into (or torch wraps) it
     if self.deterministic and len(embeddings):
-      return np.array(_normalize_in_tiles(x))
+      return np.array(_normalize_invariant(x))
     return np.array(normalize(x))
 
   def _encode_sentences(

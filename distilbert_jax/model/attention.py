@@ -11,11 +11,10 @@ to tokens of its own segment (`segment_ids` [B, T], 0 = padding). They differ in
                     float16/bfloat16.
   splash            TPU splash attention (Pallas) with segment ids, TPU only.
   splash_interpret  the same kernel run by the Pallas interpreter: any platform, slow; for tests.
-  frames            batch-invariant (deterministic encoding): queries in tiles of FRAME_TILE, each tile against
-                    its text's own frame of keys (starting at the text's first token, a power-of-two multiple of
-                    FRAME_TILE long), so every product and sum has a shape and an order that depend on the text alone,
-                    not on its row. Texts that start at multiples of FRAME_TILE then get the same bits whatever the
-                    row's width and whatever else it holds. Any layout is computed correctly.
+  frames            batch-invariant (deterministic encoding): each text in its own frame (its tokens from its first,
+                    its length rounded up to a multiple of invariant.FRAME, one compiled body per frame size), so
+                    every product and sum has a shape and an order that depend on the text alone, not on its row,
+                    its neighbours or the row's width. Any layout is computed correctly.
 
 The fused ones have no attention dropout and do not return weights; asking them for either is an error, never a
 silent switch to another algorithm. `DEFAULT_BY_PLATFORM` is the one place a platform picks a default (used by the
@@ -34,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distilbert_jax.model.tiles import TILE, map_isolated
+from distilbert_jax.model.invariant import frame_of, frame_sizes, isolated, over_texts, text_spans
 
 Array = jax.Array
 
@@ -104,76 +103,30 @@ def per_example(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=No
   return jax.lax.map(one, (q, k, v, segment_ids, keys))
 
 
-FRAME_TILE = TILE  # query tokens per tile of `frames`: texts of a deterministic row start at multiples of it
-
-
-def frame_sizes(length: int) -> tuple[int, ...]:
-  """FRAME_TILE, 2 FRAME_TILE, 4 FRAME_TILE, ... up to the first that holds `length` keys."""
-  sizes = [FRAME_TILE]
-  while sizes[-1] < length:
-    sizes.append(2 * sizes[-1])
-  return tuple(sizes)
-
-
-def _frame_tile(q, k, v, seg_q, seg_k, *, dtype):
-  """One tile: q [C, H, K] against its frame k, v [F, H, K]; seg_q [C], seg_k [F]. -> [C, H, K] in dtype."""
-  allowed = (seg_k[None, :] == seg_q[:, None]) & (seg_k[None, :] > 0)  # [C, F]
-  logits = jnp.einsum(
-    "thk,fhk->htf", q, k, precision=matmul_precision(dtype), preferred_element_type=jnp.float32
-  ) / math.sqrt(q.shape[-1])
-  logits = jnp.where(allowed[None], logits, -jnp.inf)
-  top = jnp.max(logits, axis=-1, keepdims=True)
-  p = jnp.where(allowed[None], jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)  # [H, C, F]
-  denom = p.sum(-1, keepdims=True)
-  context = jnp.einsum(
-    "htf,fhk->thk", p.astype(dtype), v, precision=matmul_precision(dtype), preferred_element_type=jnp.float32
+def _frame_attention(q, k, v, valid, *, dtype):
+  """One text's frame: q, k, v [F, H, K] (zeros past the text), valid [F]. -> [F, H, K] float32."""
+  logits = jnp.einsum("fhk,ghk->hfg", q, k, precision=matmul_precision(dtype), preferred_element_type=jnp.float32) * (
+    1.0 / math.sqrt(q.shape[-1])
   )
-  return (context / jnp.swapaxes(jnp.where(denom > 0, denom, 1.0), 0, 1)).astype(dtype)  # padding queries: 0
+  logits = jnp.where(valid[None, None, :], logits, -jnp.inf)  # [H, F, G]
+  p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # every text has a token: the max is finite
+  inverse = 1.0 / p.sum(-1)  # [H, F]; its reciprocal written out (XLA rewrites x / broadcast(s) in some programs)
+  context = jnp.einsum(
+    "hfg,ghk->fhk", p.astype(dtype), v, precision=matmul_precision(dtype), preferred_element_type=jnp.float32
+  )
+  return context * jnp.swapaxes(inverse, 0, 1)[..., None]
 
 
 def frames(q, k, v, segment_ids, *, dtype, max_length=None, **_):
-  batch, length, heads, width = q.shape
-  tiles = -(-length // FRAME_TILE)
-  # The same frame sizes (branches) for every row width up to the model's max_length: measured, the set of branches
-  # compiled beside a text's own changes its bits.
-  sizes = frame_sizes(max(tiles * FRAME_TILE, max_length or 0))
-  pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n - length)] + [(0, 0)] * (x.ndim - 2))
-  # Keys padded by a whole largest frame, so that no frame's slice is ever moved back (clamped) from its start.
-  qp, sq = pad(q, tiles * FRAME_TILE), pad(segment_ids, tiles * FRAME_TILE)
-  kp, vp, sk = (pad(x, tiles * FRAME_TILE + sizes[-1]) for x in (k, v, segment_ids))
-  # Each tile's frame: from the first token of the earliest text in the tile to past the last token of the latest.
-  index = jnp.arange(tiles * FRAME_TILE)
-  span = jax.vmap(
-    lambda s: (
-      jax.ops.segment_min(index, s, num_segments=index.size + 1)[s],
-      jax.ops.segment_max(index, s, num_segments=index.size + 1)[s] + 1,
-    )
-  )(sq)  # [B, T'] each: the start and end of every token's text
-  real = sq > 0
-  start = jnp.where(real, span[0], index).reshape(batch, tiles, FRAME_TILE).min(-1)  # [B, tiles]
-  end = jnp.where(real, span[1], 0).reshape(batch, tiles, FRAME_TILE).max(-1)
-  size = jnp.searchsorted(jnp.asarray(sizes), jnp.maximum(end - start, 0))  # the branch: smallest frame that holds it
+  """Each text in its own frame (invariant.over_texts): its bits depend on the text alone. Padding tokens get 0."""
+  sizes = frame_sizes(max(q.shape[1], max_length or 0))
+  attend_one = isolated(functools.partial(_frame_attention, dtype=dtype))
 
-  def tile(args):
-    row, j, start, branch = args
-    q_t = jax.lax.dynamic_slice_in_dim(qp[row], j * FRAME_TILE, FRAME_TILE)
-    s_t = jax.lax.dynamic_slice_in_dim(sq[row], j * FRAME_TILE, FRAME_TILE)
-    frame = lambda f: (
-      lambda: _frame_tile(
-        q_t,
-        jax.lax.dynamic_slice_in_dim(kp[row], start, f),
-        jax.lax.dynamic_slice_in_dim(vp[row], start, f),
-        s_t,
-        jax.lax.dynamic_slice_in_dim(sk[row], start, f),
-        dtype=dtype,
-      )
-    )
-    return jax.lax.switch(branch, [frame(f) for f in sizes])
+  def text(frame, out, row, start, length, _segment):
+    (q_t, valid, write), (k_t, _, _), (v_t, _, _) = (frame_of(x, row, start, length, frame) for x in (q, k, v))
+    return out.at[row, write].set(attend_one(q_t, k_t, v_t, valid).astype(dtype), mode="drop")
 
-  rows = jnp.repeat(jnp.arange(batch), tiles)
-  js = jnp.tile(jnp.arange(tiles), batch)
-  out = map_isolated(tile, (rows, js, start.reshape(-1), size.reshape(-1)))  # [B * tiles, C, H, K]
-  return out.reshape(batch, tiles * FRAME_TILE, heads, width)[:, :length], None
+  return over_texts(text, jnp.zeros(q.shape, dtype), text_spans(segment_ids), sizes), None
 
 
 def _dot_product_attention(implementation, q, k, v, segment_ids, *, dtype, dropout_rate=0.0, **_):

@@ -45,14 +45,14 @@ def embed_rows(
   step_tokens: int | None = None,
   interceptor: Any = None,
   dropout_rng: jax.Array | None = None,
-  text_block: int | None = None,
+  invariant: bool = False,
 ) -> dict[str, jax.Array]:
   """Rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim] (float32), "token_embeddings"
   [R, L, D], "hidden_states" [R, layers+1, L, D] (float32), "attentions" [R, layers, H, L, L].
 
   `interceptor`: a Flax method interceptor (`nn.intercept_methods`) the model runs under, to read or replace
-  activations. `dropout_rng`: dropout on with this key (training); None: deterministic. `text_block`: every text
-  starts at a multiple of it (deterministic encoding), and pooling sums in blocks of it (`pooling.pool`)."""
+  activations. `dropout_rng`: dropout on with this key (training); None: deterministic. `invariant`: pooling sums
+  each text in its own frame (deterministic encoding, `pooling.pool`)."""
   unknown = set(outputs) - set(OUTPUTS)
   if unknown:
     raise ValueError(f"outputs {sorted(unknown)} are not among {OUTPUTS}")
@@ -74,7 +74,7 @@ def embed_rows(
     if "token_embeddings" in outputs:
       out["token_embeddings"] = tokens.astype(jnp.float32)  # [r, L, D]
     if "sentence_embedding" in outputs:
-      out["sentence_embedding"] = pool(tokens, segment_ids, positions, num_segments, pooling, text_block)  # [r, S, dim]
+      out["sentence_embedding"] = pool(tokens, segment_ids, positions, num_segments, pooling, invariant)  # [r, S, dim]
     if "hidden_states" in outputs:
       out["hidden_states"] = jnp.stack([h.astype(jnp.float32) for h in encoded["hidden_states"]], 1)
     if "attentions" in outputs:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from distilbert_jax.model.tiles import map_isolated, over_tiles
+from distilbert_jax.model.invariant import frame_of, frame_sizes, isolated, over_texts, row_sum, text_spans
 
 Array = jax.Array
 
@@ -65,23 +65,18 @@ class PoolingConfig:
     return hidden_size * len(self.modes)
 
 
-def _sums_in_blocks(x: Array, segment_ids: Array, num_segments: int, block: int) -> Array:
-  """[B, T, D] -> [B, S, D]: each segment's sum, taken a block of `block` tokens at a time and then block after
-  block in order. Every text must start at a multiple of `block` (so a block holds at most one text): a text's sum
-  then has the same bits wherever its row puts it, however wide the row is and however many texts it holds."""
-  batch, length, dim = x.shape
-  blocks = -(-length // block)
-  pad = blocks * block - length
-  x = jnp.pad(jnp.where(segment_ids[..., None] > 0, x, 0.0), [(0, 0), (0, pad), (0, 0)])
-  # One compiled [block, D] sum per block (lax.map): its order cannot depend on how many blocks there are.
-  block_sums = map_isolated(lambda b: b.sum(0), x.reshape(batch * blocks, block, dim))
-  block_sums = block_sums.reshape(batch, blocks, dim)
-  owner = jnp.pad(segment_ids, [(0, 0), (0, pad)]).reshape(batch, blocks, block).max(-1)  # [B, N]
-  seg = jnp.arange(1, num_segments + 1)
-  total = jnp.zeros((batch, num_segments, dim), jnp.float32)
-  for n in range(blocks):  # a chain of adds: XLA does not reorder it, and other texts' blocks add exact zeros
-    total = total + jnp.where((owner[:, n, None] == seg)[..., None], block_sums[:, None, n], 0.0)
-  return total
+def _sums_per_text(x: Array, segment_ids: Array, num_segments: int) -> Array:
+  """[B, T, D] -> [B, S, D]: each text's sum over its own frame (`invariant.over_texts`), one compiled [F, D] sum
+  per frame size: the bits depend on the text alone, wherever its row puts it."""
+  sizes = frame_sizes(x.shape[1])
+  sum_frame = isolated(lambda tokens: tokens.sum(0))
+
+  def text(frame, out, row, start, length, segment):
+    tokens, _, _ = frame_of(x, row, start, length, frame)
+    return out.at[row, segment - 1].set(sum_frame(tokens), mode="drop")
+
+  out = jnp.zeros((x.shape[0], num_segments, x.shape[-1]), jnp.float32)
+  return over_texts(text, out, text_spans(segment_ids), sizes)
 
 
 def pool(
@@ -90,12 +85,12 @@ def pool(
   positions: Array,
   num_segments: int,
   config: PoolingConfig,
-  block: int | None = None,
+  invariant: bool = False,
 ) -> Array:
   """[B, T, D] token embeddings -> [B, num_segments, D * len(modes)] sentence embeddings, float32.
 
-  `block`: texts start at multiples of it (deterministic encoding), and sums are taken in blocks of it so that
-  they do not depend on the row (`_sums_in_blocks`); None: one matmul over the row."""
+  `invariant` (deterministic encoding): sums taken per text in its own frame (`_sums_per_text`) and normalisation
+  in a fixed order, so that they do not depend on the row; otherwise one matmul over the row."""
   x = token_embeddings.astype(jnp.float32)  # [B, T, D]
   seg = jnp.arange(1, num_segments + 1)
   member = (segment_ids[:, None, :] == seg[None, :, None]).astype(jnp.float32)  # [B, S, T]
@@ -115,28 +110,29 @@ def pool(
       best = jax.ops.segment_max(x.reshape(-1, dim), flat_ids, num_segments=batch * num_segments + 1)
       outputs.append(best[:-1].reshape(batch, num_segments, dim))
     else:
-      if block:
-        total = _sums_in_blocks(x, segment_ids, num_segments, block)
+      if invariant:
+        total = _sums_per_text(x, segment_ids, num_segments)
       else:
         total = jnp.einsum("bst,btd->bsd", member, x, precision=hp)  # [B, S, D]
       denom = jnp.maximum(count, 1e-9)
-      outputs.append(total / (denom if mode == "mean" else jnp.sqrt(denom)))
+      outputs.append(total * (1.0 / (denom if mode == "mean" else jnp.sqrt(denom))))
   pooled = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
-  if config.normalize:  # on the deterministic path in fixed tiles of embeddings, as the per-token layers
-    pooled = over_tiles(normalize, pooled, block) if block else normalize(pooled)
-  return pooled
+  return normalize(pooled, invariant) if config.normalize else pooled
 
 
-def normalize(x: Array) -> Array:
+def normalize(x: Array, invariant: bool = False) -> Array:
   """L2 normalisation as torch.nn.functional.normalize (eps 1e-12): x / max(|x|, 1e-12), with the norm taken as
   sqrt(max(|x|^2, 1e-24)), the same value, so that the gradient at a zero vector (an empty packed slot) is 0
   rather than NaN (jnp.linalg.norm's gradient at 0 is 0/0). A row whose squared norm overflows float32 (any
   entry past ~1.8e19) is scaled by its largest magnitude first, so every finite vector gets its direction; other
-  rows take the plain formula, bit for bit."""
+  rows take the plain formula, bit for bit. `invariant`: the squares summed in a fixed order (`invariant.row_sum`)
+  and the divisions written as reciprocals, so a row's bits do not depend on the other rows (deterministic path)."""
   x = x.astype(jnp.float32)
+  squares = row_sum if invariant else lambda y: jnp.sum(y, axis=-1, keepdims=True)
   # The scale is a constant to the gradient (the direction does not depend on it), and 1.0 for every row that does
   # not overflow: no branch whose gradient could be NaN, and x / 1.0 is x.
-  overflow = jnp.isinf(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  overflow = jnp.isinf(squares(jnp.square(x)))
   scale = jax.lax.stop_gradient(jnp.where(overflow, jnp.max(jnp.abs(x), axis=-1, keepdims=True), 1.0))
-  x = x / scale
-  return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
+  x = x * (1.0 / scale) if invariant else x / scale
+  norm = jnp.sqrt(jnp.maximum(squares(jnp.square(x)), 1e-24))
+  return x * (1.0 / norm) if invariant else x / norm

@@ -64,7 +64,8 @@ def quantize_tokens(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   x = x.astype(jnp.float32)
   absmax = jnp.max(jnp.abs(x), axis=-1)
   scale = jnp.where(absmax > 0, absmax / INT8_LIMIT, 1.0)
-  q = jnp.clip(jnp.round(x / scale[..., None]), -INT8_LIMIT, INT8_LIMIT).astype(jnp.int8)
+  inverse = jnp.where(absmax > 0, INT8_LIMIT / absmax, 1.0)
+  q = jnp.clip(jnp.round(x * inverse[..., None]), -INT8_LIMIT, INT8_LIMIT).astype(jnp.int8)
   return q, scale
 
 

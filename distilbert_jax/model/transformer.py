@@ -30,9 +30,9 @@ import jax.numpy as jnp
 
 from distilbert_jax.model.attention import attend, matmul_precision
 from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.invariant import over_tiles, row_sum
 from distilbert_jax.model.onednn import dot_float
 from distilbert_jax.model.quantize import int8_dense
-from distilbert_jax.model.tiles import over_tiles
 
 Array = jax.Array
 DENSE_DOTS = ("xla", "onednn")  # the float dense layers' dot: XLA's einsum, or oneDNN's GEMM (CPU, row-invariant)
@@ -62,10 +62,10 @@ class Linear(nn.Module):
 
   `int8`: the kernel is `kernel_int8` [out, in] with per-channel `kernel_scale` (`quantize.quantize_dense_params`
   makes them from a checkpoint), activations are quantized per token, the dot accumulates in int32.
-  `token_tile`: the product runs on fixed tiles of that many tokens (deterministic encoding, `tiles.py`) unless
-  `dense` is "onednn" (oneDNN's row-invariant float GEMM, `onednn.dot_float`, one call over all tokens; CPU,
-  float32 and bfloat16). int8 stays on tiles: untiled, its float steps around the exact int32 dot gave other bits
-  on 2 devices (0.0149 off in an embedding). `dense` (DENSE_DOTS): the float dot, "xla" or "onednn"."""
+  `dense` (DENSE_DOTS): the float dot, XLA's einsum or oneDNN's GEMM ("onednn", `onednn.dot_float`: CPU, float32
+  and bfloat16; a row's bits do not depend on the other rows). `token_tile`: XLA's float product runs on fixed
+  tiles of that many tokens (deterministic encoding without oneDNN, `invariant.py`). The int8 dot is exact and its
+  float steps elementwise, so it never needs tiles."""
 
   features: int
   use_bias: bool = True
@@ -98,8 +98,8 @@ class Linear(nn.Module):
         precision=matmul_precision(self.dtype),
         preferred_element_type=jnp.float32,
       )
-    row_invariant = not self.int8 and self.dense == "onednn"
-    y = over_tiles(product, x, self.token_tile) if self.token_tile and not row_invariant else product(x)
+    tiled = self.token_tile and not self.int8 and self.dense == "xla"
+    y = over_tiles(product, x, self.token_tile) if tiled else product(x)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(jnp.float32)
     return y.astype(self.dtype)
@@ -111,24 +111,24 @@ class Norm(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  token_tile: int | None = None  # its means over fixed tiles of tokens (deterministic encoding)
+  invariant: bool = False  # its means in a fixed order (`invariant.row_sum`; deterministic encoding)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg, d = self.config, x.shape[-1]
+    mean = (lambda y: row_sum(y) * (1.0 / d)) if self.invariant else (lambda y: y.mean(-1, keepdims=True))
     scale = self.param("scale", nn.initializers.ones, (d,), self.param_dtype).astype(jnp.float32)
     bias = None if cfg.norm_type == "rmsnorm" else self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
 
     def norm(x):
       x = x.astype(jnp.float32)
       if bias is None:  # RMSNorm
-        return x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + cfg.layer_norm_eps) * scale
-      mean = x.mean(-1, keepdims=True)
-      var = jnp.square(x - mean).mean(-1, keepdims=True)  # biased, as torch
-      return (x - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps) * scale + bias.astype(jnp.float32)
+        return x * jax.lax.rsqrt(mean(jnp.square(x)) + cfg.layer_norm_eps) * scale
+      centered = x - mean(x)
+      var = mean(jnp.square(centered))  # biased, as torch
+      return centered * jax.lax.rsqrt(var + cfg.layer_norm_eps) * scale + bias.astype(jnp.float32)
 
-    y = over_tiles(norm, x, self.token_tile) if self.token_tile else norm(x)
-    return y.astype(self.dtype)
+    return norm(x).astype(self.dtype)
 
 
 def rotate(x: Array, positions: Array, theta: float) -> Array:
@@ -147,7 +147,7 @@ class Embeddings(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  token_tile: int | None = None
+  invariant: bool = False
 
   @nn.compact
   def __call__(self, input_ids: Array, positions: Array, deterministic: bool) -> Array:
@@ -159,7 +159,7 @@ class Embeddings(nn.Module):
       table = self.param("position_embeddings", init, (cfg.max_position_embeddings, cfg.hidden_size), self.param_dtype)
       x = x + table[positions].astype(jnp.float32)
     if cfg.embedding_norm:
-      x = Norm(cfg, self.dtype, self.param_dtype, self.token_tile, name="LayerNorm")(x)
+      x = Norm(cfg, self.dtype, self.param_dtype, self.invariant, name="LayerNorm")(x)
     return nn.Dropout(cfg.dropout)(x.astype(self.dtype), deterministic=deterministic)
 
 
@@ -239,15 +239,16 @@ class Block(nn.Module):
   int8: bool | str = False
   token_tile: int | None = None
   dense: str = "xla"
+  invariant: bool = False
 
   @nn.compact
   def __call__(
     self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[Array, tuple[Array, Array | None]]:
-    cfg, tile = self.config, self.token_tile
-    norm1 = Norm(cfg, self.dtype, self.param_dtype, tile, name="sa_layer_norm")
-    norm2 = Norm(cfg, self.dtype, self.param_dtype, tile, name="output_layer_norm")
-    kernels = (self.int8, tile, self.dense)
+    cfg = self.config
+    norm1 = Norm(cfg, self.dtype, self.param_dtype, self.invariant, name="sa_layer_norm")
+    norm2 = Norm(cfg, self.dtype, self.param_dtype, self.invariant, name="output_layer_norm")
+    kernels = (self.int8, self.token_tile, self.dense)
     attention = Attention(cfg, self.attention, self.dtype, self.param_dtype, *kernels, name="attention")
     ffn = FeedForward(cfg, self.dtype, self.param_dtype, *kernels, name="ffn")
     residual = lambda x, y: x.astype(jnp.float32) + y.astype(jnp.float32)
@@ -277,6 +278,7 @@ class Transformer(nn.Module):
   int8: bool | str = False
   token_tile: int | None = None
   dense: str = "xla"
+  invariant: bool = False
 
   @nn.compact
   def __call__(
@@ -292,7 +294,7 @@ class Transformer(nn.Module):
         in_axes=(nn.broadcast,) * len(args),
         length=cfg.num_layers,
       )
-      kernels = (self.int8, self.token_tile, self.dense)
+      kernels = (self.int8, self.token_tile, self.dense, self.invariant)
       block = scanned(cfg, self.attention, self.dtype, self.param_dtype, *kernels, name="layers")
       x, (states, weights) = block(x, *args)
       hidden_states = [states[i] for i in range(cfg.num_layers)]
@@ -300,13 +302,13 @@ class Transformer(nn.Module):
     else:
       hidden_states, attentions = [], []
       for i in range(cfg.num_layers):
-        kernels = (self.int8, self.token_tile, self.dense)
+        kernels = (self.int8, self.token_tile, self.dense, self.invariant)
         block = Block(cfg, self.attention, self.dtype, self.param_dtype, *kernels, name=f"layer_{i}")
         x, (_, weights) = block(x, *args)
         hidden_states.append(x)
         attentions.append(weights)
     if cfg.norm_position == "pre":  # pre-norm stacks end with a norm; it is the last hidden state
-      final = Norm(cfg, self.dtype, self.param_dtype, self.token_tile, name="final_layer_norm")
+      final = Norm(cfg, self.dtype, self.param_dtype, self.invariant, name="final_layer_norm")
       hidden_states[-1] = final(hidden_states[-1])
     return hidden_states, attentions
 
@@ -317,9 +319,9 @@ class Encoder(nn.Module):
   `attention` names the implementation (attention.IMPLEMENTATIONS); `scan_layers` stacks the blocks' parameters;
   `int8`: the blocks' dense layers compute in int8 (`quantize.py`; parameters from `quantize_dense_params`); True
   or the name of the int8 dot's implementation (`quantize.INT8_DOTS`, True: "xla").
-  `token_tile`: the per-token layers (dense, norms) run on fixed tiles of that many tokens (deterministic
-  encoding, `tiles.py`; with attention "frames"). `dense`: the float dense layers' dot (DENSE_DOTS): "onednn" is
-  row-invariant, so that on the deterministic path they run as one call over all tokens rather than on tiles.
+  `invariant` (deterministic encoding, with attention "frames"): the norms' sums in a fixed order
+  (`invariant.py`). `dense`: the float dense layers' dot (DENSE_DOTS): "onednn" is row-invariant; with "xla",
+  `token_tile` runs XLA's float products on fixed tiles of that many tokens (deterministic encoding without oneDNN).
   """
 
   config: EncoderConfig
@@ -330,6 +332,7 @@ class Encoder(nn.Module):
   int8: bool | str = False
   token_tile: int | None = None
   dense: str = "xla"
+  invariant: bool = False
 
   @nn.compact
   def __call__(
@@ -345,9 +348,9 @@ class Encoder(nn.Module):
     cfg = self.config
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)  # [B, T]
-    tile = self.token_tile
-    x = Embeddings(cfg, self.dtype, self.param_dtype, tile, name="embeddings")(input_ids, positions, deterministic)
-    kernels = (self.int8, tile, self.dense)
+    embeddings = Embeddings(cfg, self.dtype, self.param_dtype, self.invariant, name="embeddings")
+    x = embeddings(input_ids, positions, deterministic)
+    kernels = (self.int8, self.token_tile, self.dense, self.invariant)
     hidden_states, attentions = Transformer(
       cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, *kernels, name="transformer"
     )(x, segment_ids, positions, deterministic, output_attentions)
