@@ -51,9 +51,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_deterministic_arg(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--deterministic",
-    action="store_true",
+    action=argparse.BooleanOptionalAction,
+    default=None,
     help="batch-invariant embeddings: a text's vector has the same bits whatever the batch size, the other texts, "
-    "packing and the device or process count (slower; README 'Deterministic encoding')",
+    "packing and the device or process count (default: on CPU, where it costs no speed; --no-deterministic: the "
+    "fast path; README 'Deterministic encoding')",
   )
 
 
@@ -69,7 +71,7 @@ def load_encoder(args, model: str | None = None, truncate_dim: int | None = None
     model or model_name(args),
     dtype=args.dtype,
     truncate_dim=truncate_dim,
-    deterministic=getattr(args, "deterministic", False),
+    deterministic=getattr(args, "deterministic", None),
   )
 
 

@@ -38,7 +38,7 @@ def cmd_search(args) -> None:
     sys.exit("error: give --query TEXT (repeatable) or --queries FILE ('-' for stdin)")
   embeddings_dir = args.embeddings and (is_url(args.embeddings) or Path(args.embeddings).is_dir())
   if not embeddings_dir:
-    args.dtype, args.deterministic = args.dtype or "float32", bool(args.deterministic)
+    args.dtype = args.dtype or "float32"
   if args.embeddings and not embeddings_dir:
     args.embeddings = str(npy_path(args.embeddings))
   if not args.corpus and not embeddings_dir:
@@ -87,7 +87,8 @@ def _search_corpus_job(args, queries: list[str]) -> None:
       f"{args.truncate_dim}"
     )
   args.dtype = args.dtype or manifest.get("dtype", "float32")
-  args.deterministic = bool(manifest.get("deterministic")) if args.deterministic is None else True
+  if args.deterministic is None:  # the queries encoded as the corpus was
+    args.deterministic = bool(manifest.get("deterministic"))
   encoder = load_encoder(args, args.model or manifest["model"], truncate_dim=manifest.get("truncate_dim"))
   check_same_model(args.embeddings, encoder)
   corpus_ids, corpus = load_embeddings(args.embeddings)

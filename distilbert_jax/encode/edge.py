@@ -2,10 +2,14 @@
 
 `choose` reads the platform of the devices (through `core.devices.platform_of`, the only reader of `.platform`)
 and returns what the model and the runners compute with: the mesh, the attention implementation, whether the
-path is deterministic, the int8 dot, the tokens per device step and the compute dtype. `over_rows` is the one
+path is deterministic (by default where it costs nothing measurable: `default_deterministic`), the int8 dot, the
+tokens per device step and the compute dtype. `over_rows` is the one
 `shard_map` of a per-device forward over the mesh's rows. Nothing below this module looks at a device.
 
 The constants below and what chose them:
+- `DETERMINISTIC_BY_PLATFORM` (cpu): `benchmarks/deterministic_cost.py` (AMD EPYC, 2 cores, one invocation): the
+  deterministic path at 1.00x/1.02x the fast path's speed in float32 (short/long texts), 0.99x/0.95x bfloat16,
+  0.98x/0.99x int8. GPU and TPU: not measured, so the fast path stays their default.
 - `STEP_TOKENS_BY_PLATFORM` (cpu 768): 512-2048 tokens measured alike on SciFact shapes by hand (AMD EPYC, 2
   cores); a whole batch at once 1.3x slower (activations leave the cache). Accelerators: the whole batch.
 - `ONEDNN_STEP_TOKENS` (1536): by hand, one pass over 300 SciFact abstracts, full msmarco config, each in its own
@@ -38,6 +42,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 ENCODE_DTYPES = (*DTYPES, "int8")  # int8: the dense layers' dots in int8 (model/quantize.py), the rest INT8_COMPUTE
 INT8_COMPUTE = jnp.float32
 STEP_TOKENS_BY_PLATFORM: dict[str, int | None] = {"cpu": 768}
+DETERMINISTIC_BY_PLATFORM = {"cpu": True}
 ONEDNN_STEP_TOKENS = 1536
 
 logger = logging.getLogger(__name__)
@@ -50,7 +55,7 @@ class Choices:
   mesh: Mesh
   dtype: str  # an ENCODE_DTYPES name
   attention: str
-  deterministic: bool  # the frames attention with the tiled per-token layers: batch-invariant bits
+  deterministic: bool  # the frames attention with invariant norms, pooling and dense layers: batch-invariant bits
   int8_dot: str  # "xla" or "onednn"; used only when dtype is "int8"
   dense_dot: str  # the float dense layers' dot, "xla" or "onednn" (row-invariant: no tiles on the deterministic path)
   step_tokens: int | None
@@ -93,6 +98,23 @@ def default_dense_dot(platform: str, dtype: str, deterministic: bool) -> str:
   return "onednn"
 
 
+def default_deterministic(platform: str, dtype: str, attention: str | None) -> bool:
+  """Deterministic unless it would cost speed or the caller named another attention: on CPU (measured within 5%
+  of the fast path, DETERMINISTIC_BY_PLATFORM) for int8 (its integer dot is exact) and for float32 and bfloat16
+  where oneDNN's GEMM is row-invariant on this CPU (else the dense layers would need tiles, 0.7-0.8x: the fast path,
+  said in a log line); the fast path on GPU and TPU (not measured) and for float16."""
+  if attention not in (None, DETERMINISTIC_ATTENTION) or not DETERMINISTIC_BY_PLATFORM.get(platform, False):
+    return False
+  if dtype == "int8":
+    return True
+  if dtype not in FLOAT_FUNCTIONS:
+    return False
+  invariant, why = row_invariant(dtype)
+  if not invariant:
+    logger.info("%s on CPU: the fast path by default (deterministic needs oneDNN's row-invariant GEMM: %s)", dtype, why)
+  return invariant
+
+
 def _check_dense_dot(dense_dot: str, dtype: str, platform: str, deterministic: bool) -> None:
   """An explicit "onednn" must be able to run, and on the deterministic path keep its promise on this CPU."""
   if dense_dot not in DENSE_DOTS:
@@ -117,14 +139,17 @@ def choose(
   devices: Sequence[Any] | None,
   dtype: str = "float32",
   attention: str | None = None,
-  deterministic: bool = False,
+  deterministic: bool | None = False,
   int8_dot: str | None = None,
   dense_dot: str | None = None,
 ) -> Choices:
-  """The choices for these devices (None: every local device); the caller's explicit ones are checked here."""
+  """The choices for these devices (None: every local device); the caller's explicit ones are checked here.
+  `deterministic` None: `default_deterministic`."""
   compute_dtype(dtype)
   mesh = data_mesh(devices)
   platform = platform_of(list(mesh.devices.flat))
+  if deterministic is None:
+    deterministic = default_deterministic(platform, dtype, attention)
   if deterministic and attention not in (None, DETERMINISTIC_ATTENTION):
     raise ValueError(
       f"deterministic=True computes attention with {DETERMINISTIC_ATTENTION!r} (its sums have a fixed order); "

@@ -168,7 +168,10 @@ class SentenceTransformer:
   `scan_layers`: one compiled block scanned over stacked parameters (same numbers);
   `deterministic`: batch-invariant encoding: a text's embedding has the same bits whatever else is in the call,
   their order, `batch_size`, packing, `max_seq_length` (above the text's length) and the device or process count
-  (attention "frames", texts starting at multiples of its tile, pooling summed in blocks; README "Deterministic");
+  (attention "frames", invariant norms, pooling and dense layers; README "Deterministic encoding"). None (default):
+  on CPU, where it runs at the fast path's speed (float32, bfloat16 with oneDNN's row-invariant GEMM; int8), and
+  unless another `attention` is named; the fast path on GPU/TPU (not measured) and float16
+  (`edge.default_deterministic`);
   `int8_dot`: with dtype "int8", the integer dot's implementation (`quantize.INT8_DOTS`; default: "onednn" on CPU
   where oneDNN loads, said in a warning where it does not, else "xla");
   `dense_dot`: with dtype "float32" or "bfloat16", the float dense layers' dot (`transformer.DENSE_DOTS`; default:
@@ -193,7 +196,7 @@ class SentenceTransformer:
     compilation_cache: bool | str | None = None,
     attention: str | None = None,
     scan_layers: bool = False,
-    deterministic: bool = False,
+    deterministic: bool | None = None,
     int8_dot: str | None = None,
     dense_dot: str | None = None,
   ):

@@ -86,7 +86,7 @@ class JobSpec:
   process_count: int = 1
   show_progress: bool = True
   storage: Storage = Storage()
-  deterministic: bool = False
+  deterministic: bool | None = None  # None: the model's default (SentenceTransformer)
 
 
 def run_job(
@@ -105,7 +105,7 @@ def run_job(
   precision: str = "float32",
   truncate_dim: int | None = None,
   calibration_size: int = 1000,
-  deterministic: bool = False,
+  deterministic: bool | None = None,
   format: str = "npy",
 ) -> dict[str, Any]:
   """Encodes INPUT (a path or URL, or an Arrow table or `datasets.Dataset`) into OUT_DIR (a path or URL; see the
@@ -115,7 +115,8 @@ def run_job(
   `calibration_size` records, kept in the manifest); `truncate_dim` keeps the first dimensions (Matryoshka),
   L2-renormalised when the model's similarity is cosine. `format`: "npy" shards with JSON ids, or "parquet" files
   (id, embedding). `deterministic`: batch-invariant encoding, so that a resume with another `batch_size`, device
-  count or process count writes the bytes an uninterrupted run would (part of the job identity)."""
+  count or process count writes the bytes an uninterrupted run would (part of the job identity); None: the
+  model's default (deterministic on CPU, `edge.default_deterministic`)."""
   storage = Storage(check_precision(precision), truncate_dim, positive_int(calibration_size, "calibration_size"))
   storage = dataclasses.replace(storage, shard_format=check_format(format))
   check_on_error(on_error)
@@ -135,7 +136,7 @@ def run_job(
     process_count=process_count,
     show_progress=show_progress,
     storage=storage,
-    deterministic=bool(deterministic),
+    deterministic=None if deterministic is None else bool(deterministic),
   )
   peers = RuntimePeers(client, "encode-corpus", process_index, process_count) if client is not None else None
   store = Store(spec.out_dir)
@@ -269,7 +270,7 @@ def _job_settings(spec: JobSpec, encoder: SentenceTransformer, fmt: InputFormat,
   # bits (~1e-7), as encoding the same texts in other batches does.
   if storage.shard_format != "npy":
     settings["shard_format"] = storage.shard_format
-  if spec.deterministic:
+  if encoder.deterministic:  # as chosen: asked for, or the default
     settings["deterministic"] = True
   return settings
 

@@ -19,8 +19,10 @@ class _Seen(Exception):
   [
     ({"dtype": "bfloat16", "deterministic": True}, [], ("bfloat16", True)),
     ({"dtype": "bfloat16", "deterministic": True}, ["--dtype", "float32"], ("float32", True)),
-    ({}, [], ("float32", False)),
-    ({}, ["--deterministic"], ("float32", True)),
+    ({}, [], ("float32", True)),  # the default job on CPU is deterministic
+    ({"deterministic": False}, [], ("float32", False)),
+    ({"deterministic": False}, ["--deterministic"], ("float32", True)),
+    ({}, ["--no-deterministic"], ("float32", False)),
   ],
 )
 def test_queries_take_the_jobs_dtype_and_mode(job, flags, expected, tiny_checkpoint, tmp_path, monkeypatch):

@@ -141,6 +141,23 @@ def test_full_config_float32_on_tiles_any_composition_gives_the_same_bits(full_f
   check_composition(full_f32_tiles, draw)
 
 
+def test_deterministic_is_the_default_on_cpu_where_it_costs_no_speed(tiny_checkpoint, monkeypatch, caplog):
+  """The default (deterministic=None) is the deterministic path on CPU for float32, bfloat16 (oneDNN's GEMM
+  row-invariant here) and int8; the fast path where another attention is named, for float16, where the probe fails
+  (said in a log line; int8 keeps it: its dot is exact), and when asked for with deterministic=False."""
+  for dtype in ("float32", "bfloat16", "int8"):
+    expected = dtype == "int8" or row_invariant(dtype)[0]
+    assert SentenceTransformer(tiny_checkpoint, dtype=dtype).deterministic is expected, dtype
+  assert not SentenceTransformer(tiny_checkpoint, attention="per_example").deterministic
+  assert not SentenceTransformer(tiny_checkpoint, dtype="float16").deterministic
+  assert not SentenceTransformer(tiny_checkpoint, deterministic=False).deterministic
+  monkeypatch.setattr(edge, "row_invariant", lambda dtype: (False, "a row's bits depend on the other rows"))
+  with caplog.at_level(logging.INFO):
+    assert not SentenceTransformer(tiny_checkpoint).deterministic
+  assert "float32 on CPU: the fast path by default (deterministic needs oneDNN's row-invariant GEMM" in caplog.text
+  assert SentenceTransformer(tiny_checkpoint, dtype="int8").deterministic
+
+
 def test_deterministic_dense_layers_run_on_onednn_where_its_rows_are_invariant(
   full_f32, full_bf16, full_int8, tiny_checkpoint, monkeypatch, caplog
 ):
@@ -157,7 +174,7 @@ def test_deterministic_dense_layers_run_on_onednn_where_its_rows_are_invariant(
     SentenceTransformer(tiny_checkpoint, deterministic=True, dense_dot="onednn")
   assert SentenceTransformer(tiny_checkpoint, dense_dot="onednn").dense_dot == "onednn"  # the fast path may use it
   assert full_int8.model.dense_dot == "xla" and full_int8.model.int8_dot == "onednn"
-  assert SentenceTransformer(tiny_checkpoint).dense_dot == "xla"
+  assert SentenceTransformer(tiny_checkpoint, deterministic=False).dense_dot == "xla"
   with pytest.raises(ValueError, match="dense_dot 'onednn' computes float32 or bfloat16, not float16"):
     SentenceTransformer(tiny_checkpoint, dtype="float16", dense_dot="onednn")
 
@@ -210,7 +227,9 @@ def test_deterministic_refuses_another_attention_and_a_batch_off_the_tiles(tiny_
   model = SentenceTransformer(tiny_checkpoint, deterministic=True, dense_dot="xla")  # XLA's dot: on tiles
   ids = model.tokenizer.encode_batch(["a short text", "another one"])
   packed = filled_batch(ids, [[0, 1]], height=1, width=32, segments=32, pad_token_id=0)  # the second text starts at 5
-  with pytest.raises(ValueError, match=r"a batch places texts \[5\] tokens off the 32-token tiles of the dense"):
+  with pytest.raises(
+    ValueError, match=r"a batch places texts \[5\] tokens off the 32-token tiles of the deterministic dense"
+  ):
     model.runner.dispatch(packed, ("sentence_embedding",))
 
 
@@ -302,5 +321,10 @@ def test_a_deterministic_job_resumes_only_deterministic(tiny_checkpoint, tmp_pat
 
   corpus = _corpus(tmp_path / "corpus.jsonl", 40)
   run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=20, deterministic=True, show_progress=False)
+  run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=20, show_progress=False)  # the CPU default
   with pytest.raises(JobError, match="deterministic"):
-    run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=20, show_progress=False)
+    run_job(corpus, str(tiny_checkpoint), tmp_path / "out", shard_size=20, deterministic=False, show_progress=False)
+  fast = tmp_path / "fast"  # and a job of the fast path resumes only on the fast path
+  run_job(corpus, str(tiny_checkpoint), fast, shard_size=20, deterministic=False, show_progress=False)
+  with pytest.raises(JobError, match="deterministic"):
+    run_job(corpus, str(tiny_checkpoint), fast, shard_size=20, show_progress=False)
