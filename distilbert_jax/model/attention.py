@@ -119,7 +119,7 @@ def _frame_attention(q, k, v, valid, *, dtype):
 
 def frames(q, k, v, segment_ids, *, dtype, max_length=None, **_):
   """Each text in its own frame (invariant.over_texts): its bits depend on the text alone. Padding tokens get 0."""
-  sizes = frame_sizes(max(q.shape[1], max_length or 0))
+  sizes = frame_sizes(q.shape[1])  # up to the row's width: the frames a text of this row can need
   attend_one = isolated(functools.partial(_frame_attention, dtype=dtype))
 
   def text(frame, out, row, start, length, _segment):
