@@ -117,7 +117,7 @@ def _frame_attention(q, k, v, valid, *, dtype):
   return context * jnp.swapaxes(inverse, 0, 1)[..., None]
 
 
-def frames(q, k, v, segment_ids, *, dtype, max_length=None, **_):
+def frames(q, k, v, segment_ids, *, dtype, **_):
   """Each text in its own frame (invariant.over_texts): its bits depend on the text alone. Padding tokens get 0."""
   sizes = frame_sizes(q.shape[1])  # up to the row's width: the frames a text of this row can need
   attend_one = isolated(functools.partial(_frame_attention, dtype=dtype))
@@ -198,10 +198,8 @@ def attend(
   dropout_rate: float = 0.0,
   dropout_rng: Array | None = None,
   return_weights: bool = False,
-  max_length: int | None = None,
 ) -> tuple[Array, Array | None]:
-  """q, k, v [B, T, H, K] -> context [B, T, H, K] in dtype, and the weights [B, H, T, S] (float32) on request.
-  `max_length`: the longest sequence the model takes (its max_position_embeddings), for "frames"."""
+  """q, k, v [B, T, H, K] -> context [B, T, H, K] in dtype, and the weights [B, H, T, S] (float32) on request."""
   if dropout_rate and name not in WITH_DROPOUT:
     raise ValueError(
       f"attention {name!r} has no attention dropout: train with attention='dense' or 'per_example', or set the "
@@ -211,5 +209,5 @@ def attend(
     raise ValueError(f"attention {name!r} does not return attention weights; load with attention='dense'")
   return IMPLEMENTATIONS[check_attention(name)](
     q, k, v, segment_ids, dtype=dtype, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-    return_weights=return_weights, max_length=max_length,
+    return_weights=return_weights,
   )  # fmt: skip

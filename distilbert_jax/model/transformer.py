@@ -195,7 +195,6 @@ class Attention(nn.Module):
       dropout_rate=rate,
       dropout_rng=self.make_rng("dropout") if rate else None,
       return_weights=return_weights,
-      max_length=cfg.max_position_embeddings,
     )  # [B, T, H, K], [B, H, T, S]
     context = Hook(name="heads")(context)  # per-head outputs: ablate a head here
     return dense("out_lin")(context.reshape(*context.shape[:-2], cfg.hidden_size)), weights  # [B, T, D]

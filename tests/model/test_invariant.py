@@ -74,7 +74,7 @@ def test_frames_attention_is_dense_attention_and_a_text_keeps_its_bits_in_any_ro
   layout = [[5, 33, 2], [40], [1, 1, 7]]
   seg = jnp.asarray(_rows(layout, 48))
   q, k, v = (jnp.asarray(RNG.standard_normal((3, 48, heads, width)), dtype) for _ in range(3))
-  got = attention.frames(q, k, v, seg, dtype=dtype, max_length=64)[0]
+  got = attention.frames(q, k, v, seg, dtype=dtype)[0]
   expected = attention.dense(q, k, v, seg, dtype=dtype)[0]
   real = np.asarray(seg) > 0
   tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
@@ -83,7 +83,7 @@ def test_frames_attention_is_dense_attention_and_a_text_keeps_its_bits_in_any_ro
   # The 33-token text of row 0 (tokens 5..37) alone in a 40-wide row, from its start: the same bits.
   alone = jnp.asarray(_rows([[33]], 40))
   moved = [jnp.pad(x[:1, 5:38], [(0, 0), (0, 7), (0, 0), (0, 0)]) for x in (q, k, v)]
-  single = attention.frames(*moved, alone, dtype=dtype, max_length=64)[0]
+  single = attention.frames(*moved, alone, dtype=dtype)[0]
   assert np.array_equal(np.asarray(single[0, :33]), np.asarray(got[0, 5:38]))
 
 
