@@ -97,9 +97,13 @@ def test_parquet_job_on_object_storage_searches_as_the_local_job_and_resumes_aft
 
   resumed = f"{bucket}/resumed"
   store = Store(resumed)
-  for target in (0, 3, 7):  # kill -9 during start-up, then after 3 and 7 committed shards (mid-commit or between)
+  # kill -9 during start-up, then after 3 and 7 committed shards (mid-commit or between). The killed runs encode one
+  # text a step, so that a shard takes many steps and the kill lands before the job ends on a fast machine; the
+  # resume below runs at the default batch size: a deterministic job resumed at another batch size writes the same
+  # bytes.
+  for target in (0, 3, 7):
     proc = subprocess.Popen(
-      _cli("encode-corpus", f"{bucket}/in/corpus.parquet", "--out", resumed, *args),
+      _cli("encode-corpus", f"{bucket}/in/corpus.parquet", "--out", resumed, *args, "--batch-size", "1"),
       env=env,
       stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL,
@@ -110,7 +114,8 @@ def test_parquet_job_on_object_storage_searches_as_the_local_job_and_resumes_aft
     time.sleep(random.uniform(0, 0.1) if target else 1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  assert 0 < _shard_count(store) < 12
+    assert proc.returncode == -signal.SIGKILL, f"the run to kill after {target} shards ended first: {proc.returncode}"
+  assert 0 < _shard_count(store) < 12, _shard_count(store)
   subprocess.run(
     _cli("encode-corpus", f"{bucket}/in/corpus.parquet", "--out", resumed, *args),
     check=True,
