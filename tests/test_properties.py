@@ -101,14 +101,15 @@ def test_stop_mode_fails_naming_file_and_first_bad_line(tiny_checkpoint, tmp_pat
   rows=st.integers(1, 40),
   packing=st.sampled_from([True, False, "auto"]),
   max_len=st.sampled_from([64, 100, 128]),
+  pack_width=st.sampled_from([0, 64, 96, 256]),
 )
-def test_planner_covers_every_text_once_within_the_shape_budget(lengths, rows, packing, max_len):
+def test_planner_covers_every_text_once_within_the_shape_budget(lengths, rows, packing, max_len, pack_width):
   token_ids = [np.arange(1, min(n, max_len) + 1, dtype=np.int32) for n in lengths]
   seen, shapes = {}, set()
-  for batch in plan_batches(token_ids, rows, max_len, packing):
+  for batch in plan_batches(token_ids, rows, max_len, packing, pack_width=pack_width):
     shapes.add(batch.input_ids.shape)
     width = batch.input_ids.shape[1]
-    assert width % 32 == 0 or width == max_len
+    assert (width % 32 == 0 and width <= max_len) or width == max_len
     for r, s in zip(*np.nonzero(batch.text_index >= 0)):
       i = int(batch.text_index[r, s])
       start = batch.text_start[r, s]

@@ -76,14 +76,15 @@ def pack_rows(lengths: np.ndarray, capacity: int, max_segments: int) -> list[lis
   return rows
 
 
-def _rows(lengths: np.ndarray, buckets: Sequence[int], packed: bool) -> list[list[int]]:
+def _rows(lengths: np.ndarray, buckets: Sequence[int], packed: bool, pack_width: int) -> list[list[int]]:
   if packed:
-    return pack_rows(lengths, bucket_for(int(lengths.max()), buckets), MAX_SEGMENTS)
+    capacity = bucket_for(min(max(int(lengths.max()), pack_width), buckets[-1]), buckets)
+    return pack_rows(lengths, capacity, MAX_SEGMENTS)
   return [[int(i)] for i in range(len(lengths))]
 
 
 def _layout(
-  lengths: np.ndarray, buckets: Sequence[int], height: int, small: int, packed: bool
+  lengths: np.ndarray, buckets: Sequence[int], height: int, small: int, packed: bool, pack_width: int = 0
 ) -> list[tuple[int, int, list[list[int]]]]:
   """(width, rows, texts of each row) per batch, longest rows first.
 
@@ -92,7 +93,7 @@ def _layout(
   topped up with the next bucket's longest rows) instead of a full batch padded far past the shorter rows: on
   1,000 SciFact abstracts this and the short tail batch raise padding efficiency from 95.0% to 98.0%.
   """
-  rows = _rows(lengths, buckets, packed)
+  rows = _rows(lengths, buckets, packed, pack_width)
   fill = np.array([lengths[r].sum() for r in rows])
   order = np.argsort(-fill, kind="stable")
   rows, fill = [rows[i] for i in order], fill[order]
@@ -148,12 +149,15 @@ def plan_batches(
   pad_token_id: int = 0,
   small_rows: int | None = None,
   align: int = 1,
+  pack_width: int = 0,
 ) -> Iterator[Batch]:
   """Batches covering every text exactly once, longest rows first, in at most MAX_SHAPES shapes.
 
   `packing`: True, False, or "auto": pack when that saves at least 1% of the computed tokens. Packing puts
-  texts into rows of the longest text's bucket, so attention runs over longer rows; see the README for
-  measurements on SciFact abstracts and on short texts.
+  texts into rows of the longest text's bucket, or of `pack_width` tokens where that is wider (capped at
+  max_seq_length): an attention whose cost is per text, not per row (the frames attention), packs short texts
+  into wide rows with no padding between them; one whose cost grows with the row (dense, per_example) packs no
+  wider than it must.
   Batches have `rows_per_batch` rows, or `small_rows` (default rows_per_batch // 8) for the remainder of a
   bucket and for the end. `align` > 1 (the deterministic path: BUCKET_STEP): every text starts at a multiple of it
   in its row, and rows are whole multiples of it.
@@ -170,12 +174,12 @@ def plan_batches(
   if align > 1 and any(b % align for b in buckets):
     raise ValueError(f"align {align} does not divide the row widths {buckets}")
   if packing == "auto":
-    packed = _layout(lengths, buckets, rows_per_batch, small_rows, True)
+    packed = _layout(lengths, buckets, rows_per_batch, small_rows, True, pack_width)
     plain = _layout(lengths, buckets, rows_per_batch, small_rows, False)
     packing = _computed_tokens(packed) <= (1 - PACKING_MIN_SAVING) * _computed_tokens(plain)
     layout = packed if packing else plain
   else:
-    layout = _layout(lengths, buckets, rows_per_batch, small_rows, bool(packing))
+    layout = _layout(lengths, buckets, rows_per_batch, small_rows, bool(packing), pack_width)
   segments = MAX_SEGMENTS if packing else 1
   for width, height, chunk in layout:
     yield filled_batch(token_ids, chunk, height, width, segments, pad_token_id, align)

@@ -10,28 +10,31 @@ The constants below and what chose them:
 - `DETERMINISTIC_BY_PLATFORM` (cpu): `benchmarks/deterministic_cost.py` (AMD EPYC, 2 cores, one invocation): the
   deterministic path at 1.00x/1.02x the fast path's speed in float32 (short/long texts), 0.99x/0.95x bfloat16,
   0.98x/0.99x int8. GPU and TPU: not measured, so the fast path stays their default.
-- `STEP_TOKENS_BY_PLATFORM` (cpu 768): 512-2048 tokens measured alike on SciFact shapes by hand (AMD EPYC, 2
-  cores); a whole batch at once 1.3x slower (activations leave the cache). Accelerators: the whole batch.
-- `ONEDNN_STEP_TOKENS` (1536): by hand, one pass over 300 SciFact abstracts, full msmarco config, each in its own
-  process (AMD EPYC): 5,630 tokens/s at 768 tokens a step, 6,801 at 1,536, 6,115 at 3,072 (the custom call per
-  layer and step is amortised).
+- `CPU_TUNING`: per instruction-set class (`core.cpu.isa_class`: kernels are chosen per class, so a constant
+  measured on one says nothing about another), each entry with the `benchmarks/cpu_tuning.py` log that measured
+  it. A CPU can carry its own entry, measured on it (`benchmarks/cpu_tuning.py --save`, keyed by its model and
+  flags, in `cpu_tuning_file()`); a class without an entry takes FALLBACK_ISA's and says so. Accelerators compute
+  the whole batch in one step and pack no wider than the longest text (not measured).
 - `INT8_COMPUTE` (float32): `benchmarks/encode_throughput.py`, bfloat16 around the int8 dots 4,238 tokens/s vs
   float32 4,255.
-
-They were measured on one CPU kind, not per CPU (README, "Speed").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from distilbert_jax.core.cpu import cpu_identity
 from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
 from distilbert_jax.model.onednn import FLOAT_FUNCTIONS, onednn_function, onednn_gemm, row_invariant
@@ -41,9 +44,27 @@ from distilbert_jax.model.transformer import DENSE_DOTS
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # float compute dtypes
 ENCODE_DTYPES = (*DTYPES, "int8")  # int8: the dense layers' dots in int8 (model/quantize.py), the rest INT8_COMPUTE
 INT8_COMPUTE = jnp.float32
-STEP_TOKENS_BY_PLATFORM: dict[str, int | None] = {"cpu": 768}
 DETERMINISTIC_BY_PLATFORM = {"cpu": True}
-ONEDNN_STEP_TOKENS = 1536
+CPU_TUNING_ENV = "DISTILBERT_JAX_CPU_TUNING"  # the file of entries measured on this machine (default: cpu_tuning_file)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuTuning:
+  """The encoder's CPU constants for one instruction-set class, or for one CPU they were measured on."""
+
+  step_tokens: int  # tokens a device step computes (forward.rows_per_step): float dense layers, XLA's or oneDNN's
+  int8_step_tokens: int  # the same for int8 on oneDNN (its custom call per layer and step is amortised)
+  pack_width: int  # the frames attention packs texts into rows at least this wide (batching.plan_batches)
+  measured: str  # the log that measured it, and on which CPU
+
+
+CPU_TUNING = {
+  # AMD EPYC Zen 4, 2 cores: float32 short texts 2,021 tokens/s at 768 tokens a step and rows of 256 vs 1,641 in
+  # rows of their longest's bucket (64); int8 4,819 vs 4,137, bfloat16 3,133 vs 2,596; steps of 512-3,072 tokens
+  # within 8% of each other; long abstracts alike at every width (they fill their rows).
+  "avx512_bf16": CpuTuning(768, 1536, 256, "benchmarks/results/cpu_tuning.txt (AMD EPYC, 2 cores)"),
+}
+FALLBACK_ISA = "avx512_bf16"
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +80,7 @@ class Choices:
   int8_dot: str  # "xla" or "onednn"; used only when dtype is "int8"
   dense_dot: str  # the float dense layers' dot, "xla" or "onednn" (row-invariant: no tiles on the deterministic path)
   step_tokens: int | None
+  pack_width: int  # packed rows are at least this wide (the frames attention on CPU: CpuTuning; else 0, the longest)
 
   @property
   def compute_dtype(self) -> Any:
@@ -165,6 +187,7 @@ def choose(
   deterministic = attention == DETERMINISTIC_ATTENTION
   dense_dot = dense_dot or default_dense_dot(platform, dtype, deterministic)
   _check_dense_dot(dense_dot, dtype, platform, deterministic)
+  tuning = cpu_tuning() if platform == "cpu" else None
   return Choices(
     mesh=mesh,
     dtype=dtype,
@@ -173,8 +196,42 @@ def choose(
     deterministic=deterministic,
     int8_dot=int8_dot,
     dense_dot=dense_dot,
-    step_tokens=ONEDNN_STEP_TOKENS if onednn else STEP_TOKENS_BY_PLATFORM.get(platform),
+    step_tokens=(tuning.int8_step_tokens if onednn else tuning.step_tokens) if tuning else None,
+    pack_width=tuning.pack_width if tuning and attention == DETERMINISTIC_ATTENTION else 0,
   )
+
+
+def cpu_tuning_file() -> Path:
+  """Where this machine's own measured entries are: $DISTILBERT_JAX_CPU_TUNING, else beside the compilation cache."""
+  if os.environ.get(CPU_TUNING_ENV):
+    return Path(os.environ[CPU_TUNING_ENV])
+  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distilbert_jax" / "cpu_tuning.json"
+
+
+@functools.cache
+def cpu_tuning() -> CpuTuning:
+  """This CPU's constants: the entry measured on it (`cpu_tuning_file`, by `benchmarks/cpu_tuning.py --save`),
+  else its instruction-set class's in CPU_TUNING, else FALLBACK_ISA's, said in a warning (not measured here)."""
+  identity, path = cpu_identity(), cpu_tuning_file()
+  if path.exists():
+    try:
+      entry = json.loads(path.read_text()).get(identity.key)
+      if entry is not None:
+        fields = {f.name for f in dataclasses.fields(CpuTuning)} - {"measured"}
+        return CpuTuning(**{k: int(entry[k]) for k in sorted(fields)}, measured=f"{path} ({identity.key})")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+      raise ValueError(f"{path}: the CPU tuning entry for {identity.key!r} is unreadable: {error!r}") from error
+  if identity.isa in CPU_TUNING:
+    return CPU_TUNING[identity.isa]
+  logger.warning(
+    "CPU tuning: nothing measured for %s (class %s); using the %s entry (%s). benchmarks/cpu_tuning.py --save "
+    "measures this CPU",
+    identity.model,
+    identity.isa,
+    FALLBACK_ISA,
+    CPU_TUNING[FALLBACK_ISA].measured,
+  )
+  return CPU_TUNING[FALLBACK_ISA]
 
 
 def over_rows(per_device: Callable, mesh: Mesh, replicated: Sequence[bool]) -> Callable:

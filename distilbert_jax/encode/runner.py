@@ -105,7 +105,14 @@ class EncodeRunner:
     rows = -(-min(batch_size, count_bucket(len(token_ids))) // n_dev) * n_dev
     small_rows = -(-max(1, rows // 8) // n_dev) * n_dev
     return plan_batches(
-      token_ids, rows, self.tokenizer.max_seq_length, packing, self.tokenizer.pad_token_id, small_rows, self.align
+      token_ids,
+      rows,
+      self.tokenizer.max_seq_length,
+      packing,
+      self.tokenizer.pad_token_id,
+      small_rows,
+      self.align,
+      self.choices.pack_width,
     )
 
   def dispatch(self, batch: Batch, outputs: tuple[str, ...]) -> dict[str, jax.Array]:

@@ -117,6 +117,21 @@ def test_plan_covers_every_text_once_and_packs_short_texts():
       assert real / computed > 0.95, real / computed
 
 
+def test_a_pack_width_packs_short_texts_into_wide_rows_with_less_padding():
+  """Texts of 30-60 tokens: packed at their longest's bucket (64) few pairs fit, so about a third of a row is
+  padding; at a pack width of 256 (the frames attention's rows) the rows fill to more than 90%."""
+  rng = np.random.default_rng(3)
+  token_ids = [np.arange(1, n + 1, dtype=np.int32) for n in rng.integers(30, 61, 256)]
+  efficiency = {}
+  for pack_width in (0, 256, 10_000):  # beyond max_seq_length: capped there
+    batches = list(plan_batches(token_ids, 32, 512, packing=True, pack_width=pack_width))
+    assert max(b.input_ids.shape[1] for b in batches) <= min(max(pack_width, 64), 512)
+    covered = sorted(i for b in batches for i in b.text_index[b.text_index >= 0].tolist())
+    assert covered == list(range(256))
+    efficiency[pack_width] = sum(b.real_tokens for b in batches) / sum(b.input_ids.size for b in batches)
+  assert efficiency[0] < 0.8 < 0.9 < efficiency[256], efficiency
+
+
 def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm, scifact):
   from distilbert_jax.data.beir import find_beir_file
   from distilbert_jax.data.records import read_texts
