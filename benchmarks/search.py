@@ -2,7 +2,7 @@
 JAX imported), ours (`util.semantic_search(..., score_function=dot_score)`) in another.
 
   pip install -e '.[bench]'
-  python benchmarks/search.py [--sizes 100000,200000,1000000] [--queries 1,4,8,16,100,1000,10000] [--rounds 3]
+  python benchmarks/search.py [--sizes 100000,200000,1000000] [--queries 1,4,8,16,32,100,1000,10000] [--rounds 3]
 
 Why processes: in a process where JAX has started, faiss' threads compete with XLA's thread pool (the same faiss
 search ran 3x slower there), so a one-process comparison handicaps the reference.
@@ -213,7 +213,7 @@ def run_size(n: int, args, work: Path, say) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sizes", default="100000,200000,1000000")
-  parser.add_argument("--queries", default="1,4,8,16,100,1000,10000", help="query counts")
+  parser.add_argument("--queries", default="1,4,8,16,32,100,1000,10000", help="query counts")
   parser.add_argument("--mmap-queries", default="1,100,1000", help="query counts also run on a memory map")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--dim", type=int, default=768)

@@ -59,10 +59,10 @@ class CpuTuning:
 
 
 CPU_TUNING = {
-  # AMD EPYC Zen 4, 2 cores: float32 short texts 2,021 tokens/s at 768 tokens a step and rows of 256 vs 1,641 in
-  # rows of their longest's bucket (64); int8 4,819 vs 4,137, bfloat16 3,133 vs 2,596; steps of 512-3,072 tokens
-  # within 8% of each other; long abstracts alike at every width (they fill their rows).
-  "avx512_bf16": CpuTuning(768, 1536, 256, "benchmarks/results/cpu_tuning.txt (AMD EPYC, 2 cores)"),
+  # benchmarks/cpu_tuning.py's choice (the best geometric mean over short and long texts): AMD EPYC Zen 4, 2 cores,
+  # float32 short passages 1,940 tokens/s in rows of 512 vs 1,529 in rows of their longest's bucket (int8 4,642 vs
+  # 3,878 at 256, bfloat16 3,107 vs 2,356); steps of 512-1,536 tokens within 5% of each other (this VM's noise).
+  "avx512_bf16": CpuTuning(1536, 1536, 512, "benchmarks/results/cpu_tuning.txt (AMD EPYC, 2 cores)"),
 }
 FALLBACK_ISA = "avx512_bf16"
 
@@ -218,9 +218,14 @@ def cpu_tuning() -> CpuTuning:
       entry = json.loads(path.read_text()).get(identity.key)
       if entry is not None:
         fields = {f.name for f in dataclasses.fields(CpuTuning)} - {"measured"}
-        return CpuTuning(**{k: int(entry[k]) for k in sorted(fields)}, measured=f"{path} ({identity.key})")
+        values = {k: int(entry[k]) for k in sorted(fields)}
     except (ValueError, KeyError, TypeError, AttributeError) as error:
       raise ValueError(f"{path}: the CPU tuning entry for {identity.key!r} is unreadable: {error!r}") from error
+    if entry is not None:
+      bad = {k: v for k, v in values.items() if v < (0 if k == "pack_width" else 1)}
+      if bad:
+        raise ValueError(f"{path}: the CPU tuning entry for {identity.key!r} has {bad} (steps >= 1, width >= 0)")
+      return CpuTuning(**values, measured=f"{path} ({identity.key})")
   if identity.isa in CPU_TUNING:
     return CPU_TUNING[identity.isa]
   logger.warning(
