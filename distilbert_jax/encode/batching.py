@@ -154,10 +154,10 @@ def plan_batches(
   """Batches covering every text exactly once, longest rows first, in at most MAX_SHAPES shapes.
 
   `packing`: True, False, or "auto": pack when that saves at least 1% of the computed tokens. Packing puts
-  texts into rows of the longest text's bucket, or of `pack_width` tokens where that is wider (capped at
-  max_seq_length): an attention whose cost is per text, not per row (the frames attention), packs short texts
-  into wide rows with no padding between them; one whose cost grows with the row (dense, per_example) packs no
-  wider than it must.
+  texts into rows of the longest text's bucket, or of `pack_width` tokens (capped at max_seq_length) where those
+  compute fewer tokens: an attention whose cost is per text, not per row (the frames attention), packs short texts
+  into wide rows with little padding; one whose cost grows with the row (dense, per_example) packs no wider than
+  it must (pack_width 0).
   Batches have `rows_per_batch` rows, or `small_rows` (default rows_per_batch // 8) for the remainder of a
   bucket and for the end. `align` > 1 (the deterministic path: BUCKET_STEP): every text starts at a multiple of it
   in its row, and rows are whole multiples of it.
@@ -173,6 +173,12 @@ def plan_batches(
   buckets = bucket_lengths(max_seq_length, whole_steps=align > 1)
   if align > 1 and any(b % align for b in buckets):
     raise ValueError(f"align {align} does not divide the row widths {buckets}")
+  if packing in (True, "auto") and pack_width:
+    # Wider rows only where they compute fewer tokens: texts that already fill their bucket's rows (queries of a
+    # few tokens, long abstracts) gain no padding there, and the frames attention's per-text loop copies more.
+    wide = _layout(lengths, buckets, rows_per_batch, small_rows, True, pack_width)
+    narrow = _layout(lengths, buckets, rows_per_batch, small_rows, True)
+    pack_width = pack_width if _computed_tokens(wide) < _computed_tokens(narrow) else 0
   if packing == "auto":
     packed = _layout(lengths, buckets, rows_per_batch, small_rows, True, pack_width)
     plain = _layout(lengths, buckets, rows_per_batch, small_rows, False)

@@ -130,6 +130,11 @@ def test_a_pack_width_packs_short_texts_into_wide_rows_with_less_padding():
     assert covered == list(range(256))
     efficiency[pack_width] = sum(b.real_tokens for b in batches) / sum(b.input_ids.size for b in batches)
   assert efficiency[0] < 0.8 < 0.9 < efficiency[256], efficiency
+  # Queries (5-30 tokens) already fill rows of their bucket: no wider rows, which would only add padding.
+  queries = [np.arange(1, n + 1, dtype=np.int32) for n in rng.integers(5, 31, 300)]
+  layouts = [[(b.input_ids.shape, b.text_index.tolist()) for b in plan_batches(queries, 32, 512, True, pack_width=w)]
+             for w in (0, 512)]  # fmt: skip
+  assert layouts[0] == layouts[1]
 
 
 def test_plan_keeps_97_percent_of_computed_tokens_real_on_scifact_abstracts(minilm, scifact):
