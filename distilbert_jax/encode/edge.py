@@ -7,9 +7,10 @@ tokens per device step and the compute dtype. `over_rows` is the one
 `shard_map` of a per-device forward over the mesh's rows. Nothing below this module looks at a device.
 
 The constants below and what chose them:
-- `DETERMINISTIC_BY_PLATFORM` (cpu): `benchmarks/deterministic_cost.py` (AMD EPYC, 2 cores, one invocation): the
-  deterministic path at 1.00x/1.02x the fast path's speed in float32 (short/long texts), 0.99x/0.95x bfloat16,
-  0.98x/0.99x int8. GPU and TPU: not measured, so the fast path stays their default.
+- `DETERMINISTIC_BY_PLATFORM` (cpu): `benchmarks/cpu_runtimes.py` (AMD EPYC, 2 cores, one invocation, commit
+  a474e25): the deterministic path against the fast path on queries / short passages / abstracts, float32
+  1.05x / 1.15x / 0.95x, bfloat16 0.87x / 1.09x / 0.87x, int8 0.93x / 1.12x / 0.92x. GPU and TPU: not measured,
+  so the fast path stays their default.
 - `CPU_TUNING`: per instruction-set class (`core.cpu.isa_class`: kernels are chosen per class, so a constant
   measured on one says nothing about another), each entry with the `benchmarks/cpu_tuning.py` log that measured
   it. A CPU can carry its own entry, measured on it (`benchmarks/cpu_tuning.py --save`, keyed by its model and
@@ -121,8 +122,8 @@ def default_dense_dot(platform: str, dtype: str, deterministic: bool) -> str:
 
 
 def default_deterministic(platform: str, dtype: str, attention: str | None) -> bool:
-  """Deterministic unless it would cost speed or the caller named another attention: on CPU (measured within 5%
-  of the fast path, DETERMINISTIC_BY_PLATFORM) for int8 (its integer dot is exact) and for float32 and bfloat16
+  """Deterministic unless the caller named another attention: on CPU (measured at 0.87-1.15x the fast path,
+  DETERMINISTIC_BY_PLATFORM) for int8 (its integer dot is exact) and for float32 and bfloat16
   where oneDNN's GEMM is row-invariant on this CPU (else the dense layers would need tiles, 0.7-0.8x: the fast path,
   said in a log line); the fast path on GPU and TPU (not measured) and for float16."""
   if attention not in (None, DETERMINISTIC_ATTENTION) or not DETERMINISTIC_BY_PLATFORM.get(platform, False):
