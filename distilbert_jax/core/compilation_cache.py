@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 COMPILATION_CACHE_ENV = "DISTILBERT_JAX_COMPILATION_CACHE"  # a directory, or "off"
 
 
+def cache_home() -> Path:
+  """This project's per-user cache directory: $XDG_CACHE_HOME/distilbert_jax (default ~/.cache/distilbert_jax)."""
+  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distilbert_jax"
+
+
 def enable_compilation_cache(setting: bool | str | None = None) -> str | None:
   """JAX's persistent compilation cache, so a fresh process with the same shapes loads its executables instead of
   compiling them again. `setting`: True/None (default: $DISTILBERT_JAX_COMPILATION_CACHE, else
@@ -31,8 +36,7 @@ def enable_compilation_cache(setting: bool | str | None = None) -> str | None:
   if jax.config.jax_compilation_cache_dir:
     return jax.config.jax_compilation_cache_dir
   if setting is True:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    setting = base / "distilbert_jax" / "jax"
+    setting = cache_home() / "jax"
   Path(setting).mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(setting))
   logger.info("JAX persistent compilation cache: %s (min compile time 0 s)", setting)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from distilbert_jax.core.compilation_cache import cache_home
 from distilbert_jax.core.cpu import cpu_identity
 from distilbert_jax.core.devices import data_mesh, platform_of
 from distilbert_jax.model.attention import DETERMINISTIC_ATTENTION, check_attention, default_attention
@@ -206,7 +207,7 @@ def cpu_tuning_file() -> Path:
   """Where this machine's own measured entries are: $DISTILBERT_JAX_CPU_TUNING, else beside the compilation cache."""
   if os.environ.get(CPU_TUNING_ENV):
     return Path(os.environ[CPU_TUNING_ENV])
-  return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distilbert_jax" / "cpu_tuning.json"
+  return cache_home() / "cpu_tuning.json"
 
 
 @functools.cache
