@@ -173,19 +173,19 @@ def plan_batches(
   buckets = bucket_lengths(max_seq_length, whole_steps=align > 1)
   if align > 1 and any(b % align for b in buckets):
     raise ValueError(f"align {align} does not divide the row widths {buckets}")
-  if packing in (True, "auto") and pack_width:
-    # Wider rows only where they compute fewer tokens: texts that already fill their bucket's rows (queries of a
-    # few tokens, long abstracts) gain no padding there, and the frames attention's per-text loop copies more.
-    wide = _layout(lengths, buckets, rows_per_batch, small_rows, True, pack_width)
-    narrow = _layout(lengths, buckets, rows_per_batch, small_rows, True)
-    pack_width = pack_width if _computed_tokens(wide) < _computed_tokens(narrow) else 0
+  if packing in (True, "auto"):
+    packed = _layout(lengths, buckets, rows_per_batch, small_rows, True)
+    if pack_width:
+      # Wider rows only where they compute fewer tokens: texts that already fill their bucket's rows (queries of a
+      # few tokens, long abstracts) gain no padding there, and the frames attention's per-text loop copies more.
+      wide = _layout(lengths, buckets, rows_per_batch, small_rows, True, pack_width)
+      packed = wide if _computed_tokens(wide) < _computed_tokens(packed) else packed
   if packing == "auto":
-    packed = _layout(lengths, buckets, rows_per_batch, small_rows, True, pack_width)
     plain = _layout(lengths, buckets, rows_per_batch, small_rows, False)
     packing = _computed_tokens(packed) <= (1 - PACKING_MIN_SAVING) * _computed_tokens(plain)
     layout = packed if packing else plain
   else:
-    layout = _layout(lengths, buckets, rows_per_batch, small_rows, bool(packing), pack_width)
+    layout = packed if packing else _layout(lengths, buckets, rows_per_batch, small_rows, False)
   segments = MAX_SEGMENTS if packing else 1
   for width, height, chunk in layout:
     yield filled_batch(token_ids, chunk, height, width, segments, pad_token_id, align)
