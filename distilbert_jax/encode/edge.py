@@ -18,6 +18,9 @@ The constants below and what chose them:
   the whole batch in one step and pack no wider than the longest text (not measured).
 - `INT8_COMPUTE` (float32): `benchmarks/encode_throughput.py`, bfloat16 around the int8 dots 4,238 tokens/s vs
   float32 4,255.
+- `INT8_ATTENTION_BY_ISA`: int8 encoding's attention products in bfloat16 (float32 accumulation and softmax) on the
+  classes with bfloat16 units: profiled on AMD EPYC (avx512_bf16), the float32 products were a quarter of int8
+  encoding on SciFact abstracts (as much as the feed-forward GEMMs); elsewhere float32 (bfloat16 is emulated there).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 ENCODE_DTYPES = (*DTYPES, "int8")  # int8: the dense layers' dots in int8 (model/quantize.py), the rest INT8_COMPUTE
 INT8_COMPUTE = jnp.float32
 DETERMINISTIC_BY_PLATFORM = {"cpu": True}
+INT8_ATTENTION_BY_ISA = {"amx": "bfloat16", "avx512_bf16": "bfloat16"}  # core.cpu.isa_class -> products' dtype
 CPU_TUNING_ENV = "DISTILBERT_JAX_CPU_TUNING"  # the file of entries measured on this machine (default: cpu_tuning_file)
 
 
@@ -83,6 +87,7 @@ class Choices:
   dense_dot: str  # the float dense layers' dot, "xla" or "onednn" (row-invariant: no tiles on the deterministic path)
   step_tokens: int | None
   pack_width: int  # packed rows are at least this wide (the frames attention on CPU: CpuTuning; else 0, the longest)
+  attention_dtype: str | None = None  # the attention products' operands (None: the compute dtype)
 
   @property
   def compute_dtype(self) -> Any:
@@ -200,6 +205,7 @@ def choose(
     dense_dot=dense_dot,
     step_tokens=(tuning.int8_step_tokens if onednn else tuning.step_tokens) if tuning else None,
     pack_width=tuning.pack_width if tuning and attention == DETERMINISTIC_ATTENTION else 0,
+    attention_dtype=INT8_ATTENTION_BY_ISA.get(cpu_identity().isa) if dtype == "int8" and platform == "cpu" else None,
   )
 
 

@@ -25,7 +25,7 @@ from distilbert_jax.checkpoint.names import stack_layers
 from distilbert_jax.core.progress import progress_bar
 from distilbert_jax.core.shapes import count_bucket
 from distilbert_jax.encode.batching import Batch, plan_batches
-from distilbert_jax.encode.edge import Choices, compute_dtype, over_rows
+from distilbert_jax.encode.edge import DTYPES, Choices, compute_dtype, over_rows
 from distilbert_jax.model.forward import embed_rows
 from distilbert_jax.model.invariant import TILE
 from distilbert_jax.model.quantize import quantize_dense_params
@@ -76,6 +76,7 @@ class EncodeRunner:
       dense=choices.dense_dot,  # "onednn" only for float dtypes (edge.choose refuses it for int8)
       token_tile=self.align if self.align > 1 else None,
       invariant=choices.deterministic,
+      attention_dtype=DTYPES[choices.attention_dtype] if choices.attention_dtype else None,
     )
     self.params = device_params(loaded, choices.dtype, scan_layers, self.mesh)
     self.step_tokens = choices.step_tokens

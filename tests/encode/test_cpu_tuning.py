@@ -104,3 +104,26 @@ def test_an_unreadable_entry_is_refused_naming_the_file_and_the_cpu(tmp_path, co
   with pytest.raises(ValueError, match="cpu_tuning.json") as error:
     edge.cpu_tuning()
   assert says in str(error.value) and key in str(error.value)
+
+
+@pytest.mark.parametrize(
+  "flags, products", [(SAPPHIRE_RAPIDS, "bfloat16"), (ZEN4, "bfloat16"), ("sse2 avx avx2 fma", None)]
+)
+def test_int8_attention_products_are_bfloat16_only_where_the_cpu_has_bfloat16_units(
+  monkeypatch, tmp_path, tiny_checkpoint, flags, products
+):
+  """int8 encoding's attention products take bfloat16 operands on the classes with bfloat16 units (float32
+  elsewhere, where bfloat16 is emulated); the float dtypes keep theirs. The embeddings stay within int8's
+  tolerance of those with float32 products, and the deterministic path's bits stay batch-invariant."""
+  fake_cpu(monkeypatch, tmp_path, "Some CPU", flags)
+  assert edge.choose(None, "int8").attention_dtype == products
+  assert edge.choose(None, "float32").attention_dtype is None and edge.choose(None, "bfloat16").attention_dtype is None
+  model = SentenceTransformer(tiny_checkpoint, dtype="int8", deterministic=True)
+  assert model.runner.choices.attention_dtype == products
+  together = model.encode(TEXTS, batch_size=8)
+  alone = np.concatenate([model.encode([t]) for t in TEXTS])
+  np.testing.assert_array_equal(together, alone)
+  fake_cpu(monkeypatch, tmp_path, "Some CPU", "sse2 avx avx2 fma")
+  reference = SentenceTransformer(tiny_checkpoint, dtype="int8", deterministic=True).encode(TEXTS)
+  cosine = (together * reference).sum(1) / np.linalg.norm(together, axis=1) / np.linalg.norm(reference, axis=1)
+  assert cosine.min() >= 0.999, cosine.min()

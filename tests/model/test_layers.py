@@ -11,7 +11,7 @@ import transformers
 from distilbert_jax.checkpoint import names as checkpoint
 from distilbert_jax.checkpoint.hf_config import from_hf_dict, to_hf_dict
 from distilbert_jax.model.config import EncoderConfig
-from distilbert_jax.model.transformer import Attention, Block, Embeddings, Encoder, FeedForward
+from distilbert_jax.model.transformer import Attention, Block, Embeddings, Encoder, FeedForward, gelu_erf
 
 TOL = 1e-5
 B, T = 3, 11
@@ -183,3 +183,13 @@ def test_dropout_only_when_not_deterministic():
     "token_embeddings"
   ]
   assert not np.allclose(a, c)
+
+
+def test_gelu_is_torchs_exact_gelu():
+  """The erf form torch computes (jax.nn.gelu's exact form takes erfc, on two branches): within 1e-6 of max(|x|, 1)
+  over [-12, 12] (the two erf implementations differ by a few units in the last place), so the activations are
+  torch's."""
+  x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+  ours = np.asarray(gelu_erf(jnp.asarray(x)))
+  theirs = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+  assert (np.abs(ours - theirs) <= 1e-6 * np.maximum(np.abs(x), 1)).all(), np.abs(ours - theirs).max()
