@@ -8,8 +8,8 @@ tokens per device step and the compute dtype. `over_rows` is the one
 
 The constants below and what chose them:
 - `DETERMINISTIC_BY_PLATFORM` (cpu): `benchmarks/cpu_runtimes.py` (AMD EPYC, 2 cores, one invocation, commit
-  a474e25): the deterministic path against the fast path on queries / short passages / abstracts, float32
-  1.05x / 1.15x / 0.95x, bfloat16 0.87x / 1.09x / 0.87x, int8 0.93x / 1.12x / 0.92x. GPU and TPU: not measured,
+  f4129b0): the deterministic path against the fast path on queries / short passages / abstracts, float32
+  1.04x / 1.23x / 1.01x, bfloat16 1.01x / 1.22x / 0.95x, int8 0.96x / 1.13x / 0.91x. GPU and TPU: not measured,
   so the fast path stays their default.
 - `CPU_TUNING`: per instruction-set class (`core.cpu.isa_class`: kernels are chosen per class, so a constant
   measured on one says nothing about another), each entry with the `benchmarks/cpu_tuning.py` log that measured
@@ -128,7 +128,7 @@ def default_dense_dot(platform: str, dtype: str, deterministic: bool) -> str:
 
 
 def default_deterministic(platform: str, dtype: str, attention: str | None) -> bool:
-  """Deterministic unless the caller named another attention: on CPU (measured at 0.87-1.15x the fast path,
+  """Deterministic unless the caller named another attention: on CPU (measured at 0.91-1.23x the fast path,
   DETERMINISTIC_BY_PLATFORM) for int8 (its integer dot is exact) and for float32 and bfloat16
   where oneDNN's GEMM is row-invariant on this CPU (else the dense layers would need tiles, 0.7-0.8x: the fast path,
   said in a log line); the fast path on GPU and TPU (not measured) and for float16."""
