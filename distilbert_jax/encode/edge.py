@@ -20,7 +20,8 @@ The constants below and what chose them:
   float32 4,255.
 - `INT8_ATTENTION_BY_ISA`: int8 encoding's attention products in bfloat16 (float32 accumulation and softmax) on the
   classes with bfloat16 units: profiled on AMD EPYC (avx512_bf16), the float32 products were a quarter of int8
-  encoding on SciFact abstracts (as much as the feed-forward GEMMs); elsewhere float32 (bfloat16 is emulated there).
+  encoding on SciFact abstracts (as much as the feed-forward GEMMs); amx by its bfloat16 units (avx512_bf16 among
+  them), not measured; elsewhere float32 (bfloat16 is emulated there).
 """
 
 from __future__ import annotations
