@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distilbert_jax.model.dropout import dropout
 from distilbert_jax.model.invariant import frame_of, frame_sizes, isolated, over_texts, text_spans
 
 Array = jax.Array
@@ -80,10 +81,7 @@ def _mix(weights: Array, v: Array, dtype) -> Array:
 
 
 def _drop(weights: Array, rate: float, rng: Array | None) -> Array:
-  if not rate:
-    return weights
-  keep = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
-  return jnp.where(keep, weights / (1.0 - rate), 0.0)
+  return dropout(weights, rate, rng) if rate else weights
 
 
 def dense(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=None, return_weights=False, **_):

@@ -46,13 +46,18 @@ def embed_rows(
   interceptor: Any = None,
   dropout_rng: jax.Array | None = None,
   invariant: bool = False,
+  unroll_steps: bool = False,
 ) -> dict[str, jax.Array]:
   """Rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim] (float32), "token_embeddings"
   [R, L, D], "hidden_states" [R, layers+1, L, D] (float32), "attentions" [R, layers, H, L, L].
 
   `interceptor`: a Flax method interceptor (`nn.intercept_methods`) the model runs under, to read or replace
   activations. `dropout_rng`: dropout on with this key (training); None: deterministic. `invariant`: pooling sums
-  each text in its own frame (deterministic encoding, `pooling.pool`)."""
+  each text in its own frame (deterministic encoding, `pooling.pool`). `unroll_steps`: the row steps are separate
+  calls, not one loop (training: XLA runs independent steps side by side, and their gradients need no loop that
+  stacks every step's residuals: a fine-tuning step of all-MiniLM-L6-v2, batch 16, per_example attention, AMD EPYC,
+  took 3.65-3.80 s unrolled, 4.10-4.35 s without steps, 5.2 s looped); the loop compiles one body whatever the step
+  count (encoding)."""
   unknown = set(outputs) - set(OUTPUTS)
   if unknown:
     raise ValueError(f"outputs {sorted(unknown)} are not among {OUTPUTS}")
@@ -88,10 +93,15 @@ def embed_rows(
   # A whole batch's activations ([R, L, F] alone is 140 MB at R=32, L=352) stream through memory between every
   # matmul; a few rows at a time stay in cache (measured 1.3-1.4x faster end to end on CPU).
   n_steps = rows // step
+  keys = [None] * n_steps if dropout_rng is None else jax.random.split(dropout_rng, n_steps)
+  if unroll_steps:
+    part = lambda a, i: a[i * step : (i + 1) * step]
+    outs = [encode(part(input_ids, i), part(segment_ids, i), part(positions, i), keys[i]) for i in range(n_steps)]
+    return {name: jnp.concatenate([out[name] for out in outs]) for name in outs[0]}
   steps = lambda a: a.reshape(n_steps, step, *a.shape[1:])
   xs = (steps(input_ids), steps(segment_ids), steps(positions))
   if dropout_rng is None:
     out = jax.lax.map(lambda a: encode(*a, None), xs)
   else:
-    out = jax.lax.map(lambda a: encode(*a), (*xs, jax.random.split(dropout_rng, n_steps)))
+    out = jax.lax.map(lambda a: encode(*a), (*xs, keys))
   return {name: value.reshape(rows, *value.shape[2:]) for name, value in out.items()}

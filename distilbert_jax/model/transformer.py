@@ -31,6 +31,7 @@ import numpy as np
 
 from distilbert_jax.model.attention import attend, matmul_precision
 from distilbert_jax.model.config import EncoderConfig
+from distilbert_jax.model.dropout import Dropout
 from distilbert_jax.model.invariant import over_tiles, row_sum
 from distilbert_jax.model.onednn import dot_float
 from distilbert_jax.model.quantize import int8_dense
@@ -171,7 +172,7 @@ class Embeddings(nn.Module):
       x = x + gathered(table, positions)
     if cfg.embedding_norm:
       x = Norm(cfg, self.dtype, self.param_dtype, self.invariant, name="LayerNorm")(x)
-    return nn.Dropout(cfg.dropout)(x.astype(self.dtype), deterministic=deterministic)
+    return Dropout(cfg.dropout)(x.astype(self.dtype), deterministic=deterministic)
 
 
 class Attention(nn.Module):
@@ -239,7 +240,7 @@ class FeedForward(nn.Module):
       h = act(h)
     h = Hook(name="activations")(h.astype(self.dtype))
     y = linear(cfg.hidden_size, "lin2")(h)  # [B, T, D]
-    return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+    return Dropout(cfg.dropout)(y, deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -275,7 +276,7 @@ class Block(nn.Module):
     attn_in = norm1(x) if cfg.norm_position == "pre" else x
     attn_out, weights = attention(attn_in, segment_ids, positions, deterministic, return_weights)
     if cfg.attention_output_dropout:
-      attn_out = nn.Dropout(cfg.dropout)(attn_out, deterministic=deterministic)
+      attn_out = Dropout(cfg.dropout)(attn_out, deterministic=deterministic)
     if cfg.norm_position == "pre":
       x = residual(x, attn_out).astype(self.dtype)
       x = residual(x, ffn(norm2(x), deterministic)).astype(self.dtype)

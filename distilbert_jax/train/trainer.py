@@ -64,7 +64,7 @@ class Trainer:
     self.with_negatives = with_negatives
     self.packing, self.interceptor = bool(packing), interceptor
     self.tokenizer = WordPieceTokenizer.from_dir(loaded.tokenizer_dir, loaded.max_seq_length, loaded.do_lower_case)
-    choices = choose(devices, cfg.dtype, attention)
+    choices = choose(devices, cfg.dtype, attention, training=True)
     self.mesh, self.attention, self.step_tokens = choices.mesh, choices.attention, choices.step_tokens
     self.module = Encoder(loaded.config, dtype=choices.compute_dtype, param_dtype=jnp.float32, attention=self.attention)
     self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -106,6 +106,7 @@ class Trainer:
         step_tokens=self.step_tokens,
         interceptor=self.interceptor,
         dropout_rng=rng,
+        unroll_steps=True,
       )["sentence_embedding"]
       return out.reshape(-1, out.shape[-1])  # [r * S, dim]
 

@@ -127,3 +127,12 @@ def test_int8_attention_products_are_bfloat16_only_where_the_cpu_has_bfloat16_un
   reference = SentenceTransformer(tiny_checkpoint, dtype="int8", deterministic=True).encode(TEXTS)
   cosine = (together * reference).sum(1) / np.linalg.norm(together, axis=1) / np.linalg.norm(reference, axis=1)
   assert cosine.min() >= 0.999, cosine.min()
+
+
+def test_training_takes_the_platforms_training_attention_unless_one_is_named():
+  """On CPU a forward with gradients runs dense attention (edge.TRAINING_ATTENTION_BY_PLATFORM); encoding keeps its
+  own default, and a named attention or the deterministic path wins over both."""
+  assert edge.choose(None, training=True).attention == edge.TRAINING_ATTENTION_BY_PLATFORM["cpu"] == "dense"
+  assert edge.choose(None).attention == "per_example"
+  assert edge.choose(None, attention="per_example", training=True).attention == "per_example"
+  assert edge.choose(None, deterministic=True, training=True).attention == "frames"

@@ -179,26 +179,34 @@ def test_compiles_at_most_16_shapes_and_none_on_a_second_call(tiny_checkpoint):
   assert more.shape == (300, 32)
 
 
-def test_cpu_steps_of_a_few_rows_equal_one_whole_batch(tiny):
+def test_cpu_steps_of_a_few_rows_looped_or_unrolled_equal_one_whole_batch(tiny):
   assert [rows_per_step(32, length, 768) for length in (32, 128, 352, 512)] == [16, 4, 2, 1]
   assert rows_per_step(7, 128, 768) == 1 and rows_per_step(4, 64, 768) == 4 and rows_per_step(4, 64, None) == 4
   rng = np.random.default_rng(0)
   ids = rng.integers(1, tiny.config.vocab_size, (32, 128)).astype(np.int32)
   segments = (np.arange(128)[None] < rng.integers(1, 129, (32, 1))).astype(np.int32)
   positions = np.broadcast_to(np.arange(128), ids.shape)
-  run = lambda step_tokens: jax.jit(
+  run = lambda step_tokens, unroll=False, rng=None, module=tiny.module: jax.jit(
     functools.partial(
       embed_rows,
-      tiny.module,
+      module,
       tiny.pooling,
       num_segments=1,
       outputs=("sentence_embedding", "token_embeddings"),
       step_tokens=step_tokens,
+      unroll_steps=unroll,
+      dropout_rng=rng,
     )
   )(tiny.params, ids, segments, positions)
-  stepped, whole = run(768), run(None)
+  stepped, whole, unrolled = run(768), run(None), run(768, True)
   for output in ("sentence_embedding", "token_embeddings"):
     np.testing.assert_allclose(stepped[output], whole[output], atol=1e-5, rtol=1e-5, err_msg=output)
+    np.testing.assert_allclose(unrolled[output], stepped[output], atol=1e-5, rtol=1e-5, err_msg=output)
+  # Training's unrolled steps take the loop's dropout keys, step for step: the same draws, the same outputs.
+  key, training = jax.random.PRNGKey(7), tiny.module.clone(attention="dense", invariant=False, dense="xla")
+  looped, unrolled = run(768, False, key, training), run(768, True, key, training)
+  assert not np.allclose(looped["token_embeddings"], stepped["token_embeddings"], atol=1e-3)  # dropout ran
+  np.testing.assert_allclose(unrolled["token_embeddings"], looped["token_embeddings"], atol=1e-5, rtol=1e-5)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

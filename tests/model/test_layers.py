@@ -185,6 +185,35 @@ def test_dropout_only_when_not_deterministic():
   assert not np.allclose(a, c)
 
 
+def test_dropout_masks_keep_one_minus_rate_independently_and_scale_the_kept():
+  """keep_mask's 16-bit draws: the kept fraction within 5 binomial standard deviations of 1 - rate at each rate,
+  the two 16-bit halves of a word and neighbouring elements uncorrelated (|r| < 0.01), other keys other masks,
+  a typed key the same as its raw data; dropout scales the kept values by 1 / (1 - rate)."""
+  import jax
+
+  from distilbert_jax.model.dropout import dropout, keep_mask
+
+  n = 1_000_001  # odd: the last word's second half is cut off
+  for rate in (0.05, 0.1, 0.5, 0.9):
+    kept = np.asarray(keep_mask(jax.random.PRNGKey(3), rate, (n,)))
+    sd = np.sqrt(rate * (1 - rate) / n)
+    assert abs(kept.mean() - (1 - rate)) < 5 * sd, (rate, kept.mean())
+    pairs = kept[:-1].astype(np.float64)
+    assert abs(np.corrcoef(pairs[0::2], pairs[1::2])[0, 1]) < 0.01  # the halves of one word
+    assert abs(np.corrcoef(kept[:-1], kept[1:])[0, 1]) < 0.01
+  shape = (3, 50, 70)
+  a, b = keep_mask(jax.random.PRNGKey(0), 0.1, shape), keep_mask(jax.random.PRNGKey(1), 0.1, shape)
+  assert a.shape == shape and (np.asarray(a) != np.asarray(b)).mean() > 0.1
+  np.testing.assert_array_equal(a, keep_mask(jax.random.key(0), 0.1, shape))
+  x = jnp.full(shape, 2.0)
+  y = np.asarray(dropout(x, 0.2, jax.random.PRNGKey(0)))
+  assert set(np.unique(y)) == {0.0, np.float32(2.0 / 0.8)}
+  np.testing.assert_array_equal(dropout(x, 0.0, jax.random.PRNGKey(0)), x)
+  for bad in (-0.1, 1.0):
+    with pytest.raises(ValueError, match="dropout rate"):
+      keep_mask(jax.random.PRNGKey(0), bad, shape)
+
+
 def test_gelu_is_torchs_exact_gelu():
   """The erf form torch computes (jax.nn.gelu's exact form takes erfc, on two branches): within 1e-6 of max(|x|, 1)
   over [-12, 12] (the two erf implementations differ by a few units in the last place), so the activations are

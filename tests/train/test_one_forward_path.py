@@ -9,6 +9,7 @@ import pytest
 
 from distilbert_jax import SentenceTransformer
 from distilbert_jax.checkpoint import model_dir
+from distilbert_jax.encode import edge
 from distilbert_jax.train.config import TrainConfig
 from distilbert_jax.train.data import Example
 from distilbert_jax.train.trainer import Trainer
@@ -94,11 +95,13 @@ def test_packed_training_of_a_normalising_model_has_finite_gradients(minilm):
 
 
 def test_encoding_and_training_take_their_device_choices_from_one_edge(loaded):
-  """The same devices give the same choices (attention, step tokens, mesh) to the encoder's fast path and the
-  trainer (training has dropout: never the deterministic path, which is the encoder's default on CPU)."""
+  """The same devices give the same choices (step tokens, mesh) to the encoder's fast path and the trainer, and the
+  trainer the edge's attention for training (training has dropout: never the deterministic path, which is the
+  encoder's default on CPU)."""
   encoder, trainer = SentenceTransformer(loaded, deterministic=False), Trainer(loaded, _cfg(4))
   choices = encoder.runner.choices
-  assert (trainer.attention, trainer.step_tokens) == (choices.attention, choices.step_tokens)
+  assert trainer.step_tokens == choices.step_tokens
+  assert trainer.attention == edge.choose(encoder.devices, training=True).attention
   assert list(trainer.mesh.devices.flat) == list(choices.mesh.devices.flat) == encoder.devices
   with pytest.raises(ValueError, match="deterministic=True computes attention with 'frames'"):
     SentenceTransformer(loaded, deterministic=True, attention="dense")
