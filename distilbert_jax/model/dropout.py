@@ -33,7 +33,7 @@ def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
   words = -(-n // 2)  # two draws a 32-bit word
   counts = jax.lax.iota(jnp.uint32, words + words % 2)  # even: threefry_2x32 pairs the halves, 2 words an evaluation
   draws = jax.lax.bitcast_convert_type(threefry_2x32(rng, counts), jnp.uint16).reshape(-1)[:n]
-  return draws.reshape(shape) >= round(rate * DRAW_LEVELS)
+  return draws.reshape(shape) >= min(round(rate * DRAW_LEVELS), DRAW_LEVELS - 1)  # a rate near 1 keeps 1/65,536
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:

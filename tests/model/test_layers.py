@@ -209,6 +209,7 @@ def test_dropout_masks_keep_one_minus_rate_independently_and_scale_the_kept():
   y = np.asarray(dropout(x, 0.2, jax.random.PRNGKey(0)))
   assert set(np.unique(y)) == {0.0, np.float32(2.0 / 0.8)}
   np.testing.assert_array_equal(dropout(x, 0.0, jax.random.PRNGKey(0)), x)
+  assert 0 < np.asarray(keep_mask(jax.random.PRNGKey(0), 1 - 1e-7, (2_000_000,))).sum() < 200  # no uint16 overflow
   for bad in (-0.1, 1.0):
     with pytest.raises(ValueError, match="dropout rate"):
       keep_mask(jax.random.PRNGKey(0), bad, shape)
