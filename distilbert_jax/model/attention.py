@@ -80,13 +80,9 @@ def _mix(weights: Array, v: Array, dtype) -> Array:
   ).astype(dtype)
 
 
-def _drop(weights: Array, rate: float, rng: Array | None) -> Array:
-  return dropout(weights, rate, rng) if rate else weights
-
-
 def dense(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=None, return_weights=False, **_):
   weights = _weights(q, k, segment_mask(segment_ids), dtype)  # [B, H, T, S]
-  return _mix(_drop(weights, dropout_rate, dropout_rng), v, dtype), weights if return_weights else None
+  return _mix(dropout(weights, dropout_rate, dropout_rng), v, dtype), weights if return_weights else None
 
 
 def per_example(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=None, return_weights=False, **_):
@@ -96,7 +92,7 @@ def per_example(q, k, v, segment_ids, *, dtype, dropout_rate=0.0, dropout_rng=No
   def one(args):
     q, k, v, seg, key = args
     weights = _weights(q, k, segment_mask(seg[None])[0], dtype)  # [H, T, S]
-    return _mix(_drop(weights, dropout_rate, key), v, dtype), (weights if return_weights else None)
+    return _mix(dropout(weights, dropout_rate, key), v, dtype), (weights if return_weights else None)
 
   return jax.lax.map(one, (q, k, v, segment_ids, keys))
 

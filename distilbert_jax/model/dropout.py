@@ -22,17 +22,24 @@ from jax.extend.random import threefry_2x32
 DRAW_LEVELS = 1 << 16  # a draw is 16 random bits
 
 
+def random_words(rng: jax.Array, count: int) -> jax.Array:
+  """`count` (at least) uint32 words of random bits from `rng`, a typed key or raw key data (of jax's default
+  implementation). Threefry keys: both words of each evaluation; any other implementation: its own bits."""
+  key = rng if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rng)
+  if str(jax.random.key_impl(key)) != "threefry2x32":
+    return jax.random.bits(key, (count,), jnp.uint32)
+  counts = jax.lax.iota(jnp.uint32, count + count % 2)  # even: threefry_2x32 pairs the halves, 2 words an evaluation
+  return threefry_2x32(jax.random.key_data(key), counts)
+
+
 def keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-  """bool `shape`: True where a value is kept, each with probability 1 - rate (to 1/65,536), from key `rng` (a raw
-  uint32[2] key or a typed threefry key)."""
+  """bool `shape`: True where a value is kept, each with probability 1 - rate (to 1/65,536), from key `rng` (a typed
+  key or raw key data, `random_words`)."""
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout rate {rate} is not in [0, 1)")
-  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.key_data(rng)
   n = math.prod(shape)
-  words = -(-n // 2)  # two draws a 32-bit word
-  counts = jax.lax.iota(jnp.uint32, words + words % 2)  # even: threefry_2x32 pairs the halves, 2 words an evaluation
-  draws = jax.lax.bitcast_convert_type(threefry_2x32(rng, counts), jnp.uint16).reshape(-1)[:n]
+  words = random_words(rng, -(-n // 2))  # two draws a 32-bit word
+  draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n]
   return draws.reshape(shape) >= min(round(rate * DRAW_LEVELS), DRAW_LEVELS - 1)  # a rate near 1 keeps 1/65,536
 
 

@@ -188,7 +188,8 @@ def test_dropout_only_when_not_deterministic():
 def test_dropout_masks_keep_one_minus_rate_independently_and_scale_the_kept():
   """keep_mask's 16-bit draws: the kept fraction within 5 binomial standard deviations of 1 - rate at each rate,
   the two 16-bit halves of a word and neighbouring elements uncorrelated (|r| < 0.01), other keys other masks,
-  a typed key the same as its raw data; dropout scales the kept values by 1 / (1 - rate)."""
+  a typed key the same as its raw data, a key of another implementation (rbg) served by its own bits; dropout
+  scales the kept values by 1 / (1 - rate)."""
   import jax
 
   from distilbert_jax.model.dropout import dropout, keep_mask
@@ -205,6 +206,8 @@ def test_dropout_masks_keep_one_minus_rate_independently_and_scale_the_kept():
   a, b = keep_mask(jax.random.PRNGKey(0), 0.1, shape), keep_mask(jax.random.PRNGKey(1), 0.1, shape)
   assert a.shape == shape and (np.asarray(a) != np.asarray(b)).mean() > 0.1
   np.testing.assert_array_equal(a, keep_mask(jax.random.key(0), 0.1, shape))
+  other = np.asarray(keep_mask(jax.random.key(0, impl="rbg"), 0.1, (n,)))  # another implementation: its own bits
+  assert abs(other.mean() - 0.9) < 5 * np.sqrt(0.09 / n), other.mean()
   x = jnp.full(shape, 2.0)
   y = np.asarray(dropout(x, 0.2, jax.random.PRNGKey(0)))
   assert set(np.unique(y)) == {0.0, np.float32(2.0 / 0.8)}
