@@ -31,6 +31,7 @@ import numpy as np
 
 ONEDNN_LIBRARY = "libdnnl.so.3"  # what the onednn-cpu-gomp wheel installs into <prefix>/lib
 _I64, _F32, _P = C.c_int64, C.c_float, C.c_void_p
+MIN_ROWS = 2  # rows a call computes at least when told fewer hold tokens: a 1-row call takes another kernel
 _SIGNATURES = {  # oneDNN's C API (dnnl.h), row-major
   "dnnl_gemm_u8s8s32": [C.c_char] * 3
   + [_I64] * 3
@@ -173,6 +174,8 @@ def _error(frame: _CallFrame, message: str) -> int:
 
 def _make_handler(name: str, label: str, gemm: Callable[[int, int, int, int, int, int], int], b_is_nk: bool):
   """An FFI handler for c [M, N] = a [M, K] x b ([N, K] when `b_is_nk`, else [K, N]) by `gemm` on raw pointers.
+  A third operand, an int32 scalar, is the rows of `a` that hold tokens (the rest are trailing padding): only
+  those are multiplied (at least MIN_ROWS, the row-invariant paths), the others of c are zeros.
   Every failure becomes an XLA error (an exception escaping a ctypes callback would be printed and the call reported
   as done)."""
 
@@ -190,6 +193,10 @@ def _make_handler(name: str, label: str, gemm: Callable[[int, int, int, int, int
       buffer = lambda buffers, i: C.cast(buffers.buffers[i], C.POINTER(_Buffer)).contents
       a, b, c = buffer(frame.args, 0), buffer(frame.args, 1), buffer(frame.rets, 0)
       (m, k), n = (a.dims[0], a.dims[1]), b.dims[0 if b_is_nk else 1]
+      if frame.args.size > 2:
+        used = min(m, max(MIN_ROWS, C.cast(buffer(frame.args, 2).data, C.POINTER(C.c_int32))[0]))
+        C.memset(c.data + used * n * 4, 0, (m - used) * n * 4)  # c is 4-byte (int32 or float32)
+        m = used
       status = gemm(a.data, b.data, c.data, m, n, k)
       if status != 0:
         return _error(frame, f"oneDNN {name} failed (status {status}) on [{m}, {k}] x [{b.dims[0]}, {b.dims[1]}]")
@@ -219,33 +226,37 @@ def _register(target: str) -> None:
   jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(_HANDLERS[target]), platform="cpu")
 
 
-def _call(target: str, out_dtype, a: jax.Array, b: jax.Array, n: int) -> jax.Array:
+def _call(target: str, out_dtype, a: jax.Array, b: jax.Array, n: int, rows: jax.Array | None) -> jax.Array:
   _register(target)
   out = jax.ShapeDtypeStruct((a.shape[0], n), out_dtype)
-  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b)
+  operands = (a, b) if rows is None else (a, b, jnp.asarray(rows, jnp.int32))
+  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*operands)
 
 
-def dot_u8s8s32(shifted: jax.Array, kernel: jax.Array) -> jax.Array:
+def dot_u8s8s32(shifted: jax.Array, kernel: jax.Array, rows: jax.Array | None = None) -> jax.Array:
   """[M, K] uint8 (int8 + 128), [N, K] int8 -> [M, N] int32 = (shifted - 128) @ kernel.T, exactly, by oneDNN
-  inside the XLA computation (CPU)."""
-  return _call(TARGET, jnp.int32, shifted, kernel, kernel.shape[0])
+  inside the XLA computation (CPU). `rows` (int32 scalar): only the first rows hold tokens; the rest of the
+  product is zeros (none: every row)."""
+  return _call(TARGET, jnp.int32, shifted, kernel, kernel.shape[0], rows)
 
 
 FLOAT_TARGETS = {"float32": "distilbert_jax_onednn_sgemm", "bfloat16": "distilbert_jax_onednn_gemm_bf16bf16f32"}
 FLOAT_FUNCTIONS = {"float32": "dnnl_sgemm", "bfloat16": "dnnl_gemm_bf16bf16f32"}
 
 
-def dot_float(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def dot_float(x: jax.Array, kernel: jax.Array, rows: jax.Array | None = None) -> jax.Array:
   """[M, K] x [K, N] (both float32, or both bfloat16) -> [M, N] float32 by oneDNN's row-major GEMM inside the XLA
   computation (CPU). A row's bits do not depend on the other rows (module docstring): a lone row is computed as two
-  (oneDNN's 1-row path gives other bits)."""
+  (oneDNN's 1-row path gives other bits). `rows` (int32 scalar): only the first rows hold tokens, the rest of the
+  product is zeros (at least MIN_ROWS are computed; none: every row)."""
   name = jnp.dtype(x.dtype).name
   if name not in FLOAT_TARGETS or kernel.dtype != x.dtype:
     raise ValueError(f"dense 'onednn' takes float32 or bfloat16 operands of one dtype, got {x.dtype}, {kernel.dtype}")
-  rows = x.shape[0]
-  if rows == 1:
+  count = x.shape[0]
+  if count == 1:
     x = jnp.concatenate([x, x])
-  return _call(FLOAT_TARGETS[name], jnp.float32, x, kernel, kernel.shape[1])[:rows]
+  used = None if rows is None else jnp.minimum(rows, count)
+  return _call(FLOAT_TARGETS[name], jnp.float32, x, kernel, kernel.shape[1], used)[:count]
 
 
 _PROBE_SHAPES = ((768, 3072), (3072, 768), (768, 2304))  # the encoder's dense layers: [K, N]

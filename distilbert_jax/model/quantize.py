@@ -69,22 +69,28 @@ def quantize_tokens(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return q, scale
 
 
-def int8_dot(xq: jax.Array, kernel_int8: jax.Array, implementation: str = "xla") -> jax.Array:
-  """xq [T.., I] int8, kernel [O, I] int8 -> [T.., O] int32, exact, by the named implementation."""
+def int8_dot(
+  xq: jax.Array, kernel_int8: jax.Array, implementation: str = "xla", rows: jax.Array | None = None
+) -> jax.Array:
+  """xq [T.., I] int8, kernel [O, I] int8 -> [T.., O] int32, exact, by the named implementation. `rows` (int32
+  scalar, "onednn" only): the flattened tokens past it are trailing padding, their products zeros."""
   if implementation == "xla":
     return jax.lax.dot_general(xq, kernel_int8, (((xq.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
   if implementation != "onednn":
     raise ValueError(f"int8 dot {implementation!r} is not one of {INT8_DOTS}")
   lead, width, out = xq.shape[:-1], xq.shape[-1], kernel_int8.shape[0]
   shifted = (xq.reshape(-1, width).astype(jnp.int16) + 128).astype(jnp.uint8)  # oneDNN's A operand is unsigned
-  return dot_u8s8s32(shifted, kernel_int8).reshape(*lead, out)
+  return dot_u8s8s32(shifted, kernel_int8, rows).reshape(*lead, out)
 
 
 INT8_DOTS = ("xla", "onednn")
 
 
-def int8_dense(x: jax.Array, kernel_int8: jax.Array, kernel_scale: jax.Array, implementation: str = "xla") -> jax.Array:
-  """x [T.., I] float, kernel [O, I] int8, scales [O] -> x @ W [T.., O] in float32, from an int32 accumulation."""
+def int8_dense(
+  x: jax.Array, kernel_int8: jax.Array, kernel_scale: jax.Array, implementation: str = "xla", rows=None
+) -> jax.Array:
+  """x [T.., I] float, kernel [O, I] int8, scales [O] -> x @ W [T.., O] in float32, from an int32 accumulation.
+  `rows`: as `int8_dot`'s."""
   xq, x_scale = quantize_tokens(x)
-  acc = int8_dot(xq, kernel_int8, implementation)  # [T.., O], exact
+  acc = int8_dot(xq, kernel_int8, implementation, rows)  # [T.., O], exact
   return acc.astype(jnp.float32) * x_scale[..., None] * kernel_scale.astype(jnp.float32)

@@ -214,3 +214,26 @@ def test_onednn_float_dot_rows_do_not_depend_on_the_other_rows(dtype):
   np.testing.assert_allclose(full, want, atol=2e-4 if dtype == "float32" else 2e-3)
   with pytest.raises(ValueError, match="float32 or bfloat16 operands of one dtype"):
     dot_float(x.astype(jnp.float16), w.astype(jnp.float16))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_onednn_dots_told_the_used_rows_multiply_those_alone_and_zero_the_rest(dtype):
+  """`rows` (the tokens before a step's trailing padding): those rows keep the bits of the whole call, the others
+  are zeros; at least two rows are computed (one row takes oneDNN's other kernel); a count beyond the rows is the
+  whole call; zero rows zeroes all but the two."""
+  from distilbert_jax.model.onednn import dot_float
+
+  rng = np.random.default_rng(4)
+  if dtype == "int8":
+    x = jnp.asarray(rng.integers(-127, 128, (300, 768)), jnp.int8)
+    w = jnp.asarray(rng.integers(-127, 128, (3072, 768)), jnp.int8)
+    dot = jax.jit(lambda x, w, rows=None: int8_dot(x, w, "onednn", rows))
+  else:
+    x = jnp.asarray(rng.standard_normal((300, 768)), dtype)
+    w = jnp.asarray(rng.standard_normal((768, 3072)) * 0.03, dtype)
+    dot = jax.jit(dot_float)
+  full = np.asarray(dot(x, w))
+  for rows, computed in ((137, 137), (1, 2), (0, 2), (300, 300), (10_000, 300)):
+    got = np.asarray(dot(x, w, jnp.int32(rows)))
+    assert np.array_equal(got[:computed], full[:computed]), rows
+    assert not got[computed:].any(), rows
