@@ -50,7 +50,7 @@ def embed_rows(
 ) -> dict[str, jax.Array]:
   """Rows [R, L] -> the requested outputs: "sentence_embedding" [R, S, dim] (float32), "token_embeddings"
   [R, L, D], "hidden_states" [R, layers+1, L, D] (float32), "attentions" [R, layers, H, L, L]. Padding tokens'
-  states are unspecified (oneDNN's dense layers skip a step's trailing padding: `Encoder._used_tokens`).
+  states are unspecified (oneDNN's dense layers skip a step's trailing padding: `transformer.used_tokens_of`).
 
   `interceptor`: a Flax method interceptor (`nn.intercept_methods`) the model runs under, to read or replace
   activations. `dropout_rng`: dropout on with this key (training); None: deterministic. `invariant`: pooling sums

@@ -58,6 +58,17 @@ def activation_fn(name: str):
   }[name]
 
 
+def used_tokens_of(segment_ids: Array, int8: bool | str, dense: str) -> Array | None:
+  """Where oneDNN computes the dense layers, the tokens of the rows [B, T], flattened, up to the last real one
+  (int32 scalar): a partly filled step's trailing padding (a batch's empty last rows: 6% of the tokens of 256 short
+  passages) is not multiplied. Its products are zeros, which nothing reads: attention, pooling and the outputs take
+  each text's own tokens. None where XLA's dot computes (its shapes are static)."""
+  if int8 != "onednn" and not (dense == "onednn" and not int8):
+    return None
+  flat = segment_ids.reshape(-1) > 0
+  return jnp.max(jnp.where(flat, jnp.arange(1, flat.size + 1, dtype=jnp.int32), 0))
+
+
 class Hook(nn.Module):
   """Identity. A named place to read (capture_intermediates) or replace (nn.intercept_methods) an activation."""
 
@@ -192,15 +203,10 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(
-    self,
-    x: Array,
-    segment_ids: Array,
-    positions: Array,
-    deterministic: bool,
-    return_weights: bool = False,
-    used_tokens: Array | None = None,
+    self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[Array, Array | None]:
     cfg = self.config
+    used_tokens = used_tokens_of(segment_ids, self.int8, self.dense)
     dense = lambda name: Linear(
       cfg.hidden_size, cfg.use_bias, self.dtype, self.param_dtype, self.int8, self.token_tile, self.dense, name=name
     )
@@ -269,15 +275,10 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(
-    self,
-    x: Array,
-    segment_ids: Array,
-    positions: Array,
-    deterministic: bool,
-    return_weights: bool = False,
-    used_tokens: Array | None = None,
+    self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[Array, tuple[Array, Array | None]]:
     cfg = self.config
+    used_tokens = used_tokens_of(segment_ids, self.int8, self.dense)
     norm1 = Norm(cfg, self.dtype, self.param_dtype, self.invariant, name="sa_layer_norm")
     norm2 = Norm(cfg, self.dtype, self.param_dtype, self.invariant, name="output_layer_norm")
     kernels = (self.int8, self.token_tile, self.dense)
@@ -288,7 +289,7 @@ class Block(nn.Module):
     residual = lambda x, y: x.astype(jnp.float32) + y.astype(jnp.float32)
 
     attn_in = norm1(x) if cfg.norm_position == "pre" else x
-    attn_out, weights = attention(attn_in, segment_ids, positions, deterministic, return_weights, used_tokens)
+    attn_out, weights = attention(attn_in, segment_ids, positions, deterministic, return_weights)
     if cfg.attention_output_dropout:
       attn_out = Dropout(cfg.dropout)(attn_out, deterministic=deterministic)
     if cfg.norm_position == "pre":
@@ -317,16 +318,10 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(
-    self,
-    x: Array,
-    segment_ids: Array,
-    positions: Array,
-    deterministic: bool,
-    return_weights: bool = False,
-    used_tokens: Array | None = None,
+    self, x: Array, segment_ids: Array, positions: Array, deterministic: bool, return_weights: bool = False
   ) -> tuple[list[Array], list[Array | None]]:
     cfg = self.config
-    args = (segment_ids, positions, deterministic, return_weights, used_tokens)
+    args = (segment_ids, positions, deterministic, return_weights)
     if self.scan_layers:
       scanned = nn.scan(
         Block,
@@ -396,23 +391,13 @@ class Encoder(nn.Module):
     kernels = (self.int8, self.token_tile, self.dense, self.invariant, self.attention_dtype)
     hidden_states, attentions = Transformer(
       cfg, self.attention, self.scan_layers, self.dtype, self.param_dtype, *kernels, name="transformer"
-    )(x, segment_ids, positions, deterministic, output_attentions, self._used_tokens(segment_ids))
+    )(x, segment_ids, positions, deterministic, output_attentions)
     out = {"token_embeddings": hidden_states[-1]}
     if output_hidden_states:
       out["hidden_states"] = (x, *hidden_states)  # embeddings output, then each block's, as transformers
     if output_attentions:
       out["attentions"] = tuple(attentions)  # [B, H, T, S] per block, float32
     return out
-
-  def _used_tokens(self, segment_ids: Array) -> Array | None:
-    """Where oneDNN computes dense layers, the tokens of the rows, flattened, up to the last real one (int32
-    scalar): the trailing padding of a partly filled step (a batch's empty last rows: 6% of the tokens of 256 short
-    passages) is not multiplied. Its products are zeros, which nothing reads: attention, pooling and the outputs
-    take each text's own tokens. None where XLA's dot computes (shapes are static there)."""
-    if self.int8 != "onednn" and not (self.dense == "onednn" and not self.int8):
-      return None
-    flat = segment_ids.reshape(-1) > 0
-    return jnp.max(jnp.where(flat, jnp.arange(1, flat.size + 1, dtype=jnp.int32), 0))
 
   def init_params(self, rng: Array) -> dict[str, Any]:
     """Randomly initialised parameters (shapes and names as a converted checkpoint's)."""
