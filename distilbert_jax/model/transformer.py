@@ -98,7 +98,8 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x: Array, used_tokens: Array | None = None) -> Array:
     """`used_tokens` (int32 scalar): the tokens of x, flattened, past which all are padding; oneDNN's dots then
-    multiply only those (the others' products are zeros: never read, `Encoder`). XLA's dot computes every token."""
+    multiply only those (the others' products are zeros, never read: `used_tokens_of`). XLA's dot computes every
+    token."""
     if self.int8:
       kernel = self.param("kernel_int8", nn.initializers.zeros, (self.features, x.shape[-1]), jnp.int8)
       scale = self.param("kernel_scale", nn.initializers.ones, (self.features,), jnp.float32)
