@@ -24,7 +24,8 @@ Runtimes, each in its own process (no JAX in a reference's: XLA's thread pool sl
                          settings), calibrated on CALIBRATION texts none of which is timed: a third train queries,
                          a third short spans and a third abstracts of DOC_RANGES["calibration"];
   ours-*                 distilbert_jax.SentenceTransformer at float32, bfloat16 and int8, fast (deterministic=False)
-                         and -det (deterministic=True).
+                         and -det (deterministic=True); ours-int8s is static int8 (`encode.calibration`), calibrated
+                         in its process (untimed) on ov-int8's calibration texts.
 A runtime's process loads it, then per profile warms up (ours: model.warmup(texts, batch_size=32), compiling and
 running each batch shape; the references: one batch, as encode_throughput.py) and encodes the whole profile once,
 saving the embeddings. Ratio columns: to torch-f32, ort-int8, ov-default and ov-int8, on every row (PEERS).
@@ -89,6 +90,10 @@ TARGETS = (  # issue 35: (ours, peer, at least)
   ("ours-int8-det", "ov-int8", 1.2),
   ("ours-int8", "ort-int8", 1.3),
   ("ours-int8-det", "ort-int8", 1.3),
+  ("ours-int8s", "ov-int8", 1.2),
+  ("ours-int8s-det", "ov-int8", 1.2),
+  ("ours-int8s", "ort-int8", 1.3),
+  ("ours-int8s-det", "ort-int8", 1.3),
 )
 MIN_COSINE = {"float32": 0.999, "bfloat16": 0.999, "int8": 0.995}  # ours to torch float32, every text
 GEMM_PRECISION = {  # encode_throughput.run_gemm's kinds by the precision they measure
@@ -100,7 +105,8 @@ GEMM_PRECISION = {  # encode_throughput.run_gemm's kinds by the precision they m
   "onednn-int8": "int8",
   "ort-int8": "int8",
 }
-OURS = {"ours-f32": "float32", "ours-bf16": "bfloat16", "ours-int8": "int8"}  # and each one's -det
+OURS = {"ours-f32": "float32", "ours-bf16": "bfloat16", "ours-int8": "int8", "ours-int8s": "int8"}  # and -det
+STATIC_INT8 = ("ours-int8s",)  # static int8: calibrated on texts["calibration"] at load
 
 
 @dataclasses.dataclass
@@ -202,15 +208,19 @@ def load_onnx(path: Path, texts: dict, runtime: str, model: str, ov_config: dict
   return Runtime(encode, lambda t: encode(t[:BATCH]), tokens, str(info["threads"]), precision)
 
 
-def load_ours(path: Path, texts: dict, dtype: str, deterministic: bool, cache: str) -> Runtime:
+def load_ours(path: Path, texts: dict, dtype: str, deterministic: bool, cache: str, static: bool = False) -> Runtime:
   from distilbert_jax import SentenceTransformer
+  from distilbert_jax.encode.calibration import calibrate_int8
 
-  model = SentenceTransformer(path, dtype=dtype, deterministic=deterministic, compilation_cache=cache)
+  calibration = calibrate_int8(path, texts["calibration"], batch_size=BATCH) if static else None
+  model = SentenceTransformer(
+    path, dtype=dtype, deterministic=deterministic, compilation_cache=cache, int8_calibration=calibration
+  )
   encode = lambda t: np.asarray(model.encode(t, batch_size=BATCH), np.float32)
   warmup = lambda t: model.warmup(t, batch_size=BATCH)
   tokens = lambda t: model.last_encode_stats["real_tokens"]
   dots = f"int8_dot {model.int8_dot}" if dtype == "int8" else f"dense_dot {model.dense_dot}"
-  precision = f"{dtype}{' det' if deterministic else ''} ({dots})"
+  precision = f"{dtype}{' static' if static else ''}{' det' if deterministic else ''} ({dots})"
   return Runtime(encode, warmup, tokens, f"XLA {os.cpu_count()}, OMP {os.environ.get('OMP_NUM_THREADS')}", precision)
 
 
@@ -222,8 +232,10 @@ RUNTIMES = {  # name: (loader, its keyword arguments)
   "ov-default": (load_onnx, {"runtime": "openvino", "model": "f32"}),
   "ov-f32": (load_onnx, {"runtime": "openvino", "model": "f32", "ov_config": {"INFERENCE_PRECISION_HINT": "f32"}}),
   "ov-int8": (load_onnx, {"runtime": "openvino", "model": "static-int8"}),
-  **{name: (load_ours, {"dtype": dtype, "deterministic": False}) for name, dtype in OURS.items()},
-  **{f"{name}-det": (load_ours, {"dtype": dtype, "deterministic": True}) for name, dtype in OURS.items()},
+  **{
+    name: (load_ours, {"dtype": d, "deterministic": False, "static": name in STATIC_INT8}) for name, d in OURS.items()
+  },
+  **{f"{n}-det": (load_ours, {"dtype": d, "deterministic": True, "static": n in STATIC_INT8}) for n, d in OURS.items()},
 }
 GEMMS = tuple(f"gemm-{kind}" for kind in GEMM_PRECISION)
 

@@ -36,14 +36,18 @@ CHUNK_TEXTS = 8192  # texts tokenised and planned together; bounds host memory o
 SHOW_PROGRESS_FROM = 10_000  # texts: encode shows a bar by default from there (show_progress_bar=None)
 
 
-def device_params(loaded: LoadedModel, dtype: str, scan_layers: bool, mesh) -> Any:
+def device_params(
+  loaded: LoadedModel, dtype: str, scan_layers: bool, mesh, int8_calibration: dict[str, Any] | None = None
+) -> Any:
   """The parameters replicated over `mesh`: matrices in the compute dtype (half the memory in bf16), vectors
   (biases, LayerNorm) float32; with scan_layers, the layers stacked (a stacked layer's vectors are 2-D). For
-  "int8" the dense kernels are quantized here, once (int8 [out, in] and float32 scales per output channel)."""
+  "int8" the dense kernels are quantized here, once (int8 [out, in] and float32 scales per output channel), with
+  each layer's fixed input steps where `int8_calibration` is given (static int8, `calibration.py`)."""
   compute = compute_dtype(dtype)
-  params = stack_layers(loaded.params, loaded.config.num_layers) if scan_layers else loaded.params
+  params = loaded.params
   if dtype == "int8":
-    params = quantize_dense_params(params)
+    params = quantize_dense_params(params, int8_calibration)
+  params = stack_layers(params, loaded.config.num_layers) if scan_layers else params
 
   def cast(path, p):
     stacked = scan_layers and path[0].key == "transformer" and path[1].key == "layers"
@@ -57,7 +61,14 @@ def device_params(loaded: LoadedModel, dtype: str, scan_layers: bool, mesh) -> A
 class EncodeRunner:
   """One model on the devices of `choices` (made at the edge, `encode.edge.choose`)."""
 
-  def __init__(self, loaded: LoadedModel, tokenizer: WordPieceTokenizer, choices: Choices, scan_layers: bool):
+  def __init__(
+    self,
+    loaded: LoadedModel,
+    tokenizer: WordPieceTokenizer,
+    choices: Choices,
+    scan_layers: bool,
+    int8_calibration: dict[str, Any] | None = None,
+  ):
     self.loaded, self.tokenizer, self.choices = loaded, tokenizer, choices
     self.mesh = choices.mesh
     self.devices = list(self.mesh.devices.flat)
@@ -78,7 +89,7 @@ class EncodeRunner:
       invariant=choices.deterministic,
       attention_dtype=DTYPES[choices.attention_dtype] if choices.attention_dtype else None,
     )
-    self.params = device_params(loaded, choices.dtype, scan_layers, self.mesh)
+    self.params = device_params(loaded, choices.dtype, scan_layers, self.mesh, int8_calibration)
     self.step_tokens = choices.step_tokens
     self.interceptor = None
     self.last_stats: dict[str, int] = {}  # real vs computed tokens of the last run

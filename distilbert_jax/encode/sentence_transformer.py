@@ -29,6 +29,12 @@ from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.devices import device_names, devices_named, resolve_devices
 from distilbert_jax.encode import hub_upload
+from distilbert_jax.encode.calibration import (
+  CALIBRATION_FILE,
+  check_absmax,
+  load_int8_calibration,
+  save_int8_calibration,
+)
 from distilbert_jax.encode.edge import ENCODE_DTYPES, choose
 from distilbert_jax.encode.runner import EncodeRunner
 from distilbert_jax.model.config import EncoderConfig
@@ -112,6 +118,21 @@ def model_kwargs_choices(model_kwargs: dict[str, Any] | None, dtype: str | None,
   return dtype or "float32", attention
 
 
+def _int8_calibration(calibration: Any, dtype: str, loaded: model_dir.LoadedModel) -> dict[str, Any] | None:
+  """The static int8 calibration asked for: "model" (the model directory's file), a file, or a dict; int8 only."""
+  if calibration is None:
+    return None
+  if dtype != "int8":
+    raise ValueError(f"int8_calibration is static int8's: it needs dtype 'int8', not {dtype!r}")
+  if isinstance(calibration, dict):
+    return {name: check_absmax(name, value) for name, value in calibration.items()}
+  if calibration == "model":
+    if not Path(loaded.source).is_dir():
+      raise ValueError(f"int8_calibration='model': the model {loaded.source!r} has no directory to read it from")
+    return load_int8_calibration(Path(loaded.source) / CALIBRATION_FILE)
+  return load_int8_calibration(calibration)
+
+
 def _load(model_name_or_path: Any) -> model_dir.LoadedModel:
   """The model, with msmarco-distilbert-dot-v5's similarity from its model card where its config names none."""
   if model_name_or_path is None:
@@ -175,7 +196,10 @@ class SentenceTransformer:
   `int8_dot`: with dtype "int8", the integer dot's implementation (`quantize.INT8_DOTS`; default: "onednn" on CPU
   where oneDNN loads, said in a warning where it does not, else "xla");
   `dense_dot`: with dtype "float32" or "bfloat16", the float dense layers' dot (`transformer.DENSE_DOTS`; default:
-  "onednn" when deterministic on a CPU where oneDNN loads and its rows are checked invariant: no tiles; else "xla").
+  "onednn" when deterministic on a CPU where oneDNN loads and its rows are checked invariant: no tiles; else "xla");
+  `int8_calibration`: with dtype "int8", static int8 (fixed activation steps instead of per-token scales,
+  `encode.calibration`) from "model" (the model directory's int8_calibration.json), a path to such a file, or
+  {dense layer path: max |input| per channel}.
   """
 
   SUPPORTED_SIMILARITY_FN_NAMES = tuple(SIMILARITY_FUNCTIONS)
@@ -199,6 +223,7 @@ class SentenceTransformer:
     deterministic: bool | None = None,
     int8_dot: str | None = None,
     dense_dot: str | None = None,
+    int8_calibration: str | Path | dict[str, Any] | None = None,
   ):
     # First: JAX reads the cache setting at its first compilation and ignores later changes. Off unless asked
     # for (True or a directory): a library does not change the process's JAX settings unannounced.
@@ -227,7 +252,8 @@ class SentenceTransformer:
     self.devices, self.dtype, self.scan_layers = list(choices.mesh.devices.flat), choices.dtype, bool(scan_layers)
     self.attention, self.deterministic, self.int8_dot = choices.attention, choices.deterministic, choices.int8_dot
     self.dense_dot = choices.dense_dot
-    self.runner = EncodeRunner(loaded, self.tokenizer, choices, self.scan_layers)
+    self.int8_calibration = _int8_calibration(int8_calibration, choices.dtype, loaded)
+    self.runner = EncodeRunner(loaded, self.tokenizer, choices, self.scan_layers, self.int8_calibration)
 
   # copy.deepcopy and pickle (sentence-transformers' test fixtures deep-copy a model): the state is the loaded
   # model (host arrays) and the settings; the devices are named by platform and id, and the runner is rebuilt.
@@ -242,6 +268,7 @@ class SentenceTransformer:
       "deterministic": self.deterministic,
       "int8_dot": self.int8_dot,
       "dense_dot": self.dense_dot,
+      "int8_calibration": self.int8_calibration,
       "compilation_cache": self.compilation_cache,
       "interceptor": self.runner.interceptor,
     }
@@ -258,6 +285,7 @@ class SentenceTransformer:
       deterministic=state["deterministic"],
       int8_dot=state["int8_dot"],
       dense_dot=state["dense_dot"],
+      int8_calibration=state["int8_calibration"],
       compilation_cache=state["compilation_cache"],
     )
     self.max_seq_length = loaded.max_seq_length
@@ -429,7 +457,7 @@ class SentenceTransformer:
     nothing, as theirs."""
     if path is None:
       return None
-    return model_dir.export_sentence_transformers_dir(self._current(), path)
+    return self._with_int8_calibration(model_dir.export_sentence_transformers_dir(self._current(), path))
 
   def save_pretrained(self, path: str | Path | None, *args: Any, **kwargs: Any) -> Path | None:
     """The same as `save`: the sentence-transformers layout (as theirs)."""
@@ -437,7 +465,13 @@ class SentenceTransformer:
 
   def save_jax(self, out_dir: str | Path) -> Path:
     """Our own directory: safetensors parameters, config, tokenizer, pooling and settings; loads without torch."""
-    return model_dir.save_jax_dir(self._current(), out_dir)
+    return self._with_int8_calibration(model_dir.save_jax_dir(self._current(), out_dir))
+
+  def _with_int8_calibration(self, out_dir: Path) -> Path:
+    """A saved model keeps its static int8 calibration beside it (int8_calibration="model" reads it back)."""
+    if self.int8_calibration is not None:
+      save_int8_calibration(self.int8_calibration, Path(out_dir) / CALIBRATION_FILE, n_texts=None)
+    return out_dir
 
   def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
     """Uploads the sentence-transformers layout to the hub, with their arguments (`encode.hub_upload`)."""

@@ -81,7 +81,8 @@ class Linear(nn.Module):
   """y = x @ kernel (+ bias), kernel [in, out] (the transpose of torch's weight), float32 accumulation.
 
   `int8`: the kernel is `kernel_int8` [out, in] with per-channel `kernel_scale` (`quantize.quantize_dense_params`
-  makes them from a checkpoint), activations are quantized per token, the dot accumulates in int32.
+  makes them from a checkpoint), activations are quantized per token, or by the layer's `input_step` where the
+  parameters hold one (static int8, `encode.calibration`); the dot accumulates in int32.
   `dense` (DENSE_DOTS): the float dot, XLA's einsum or oneDNN's GEMM ("onednn", `onednn.dot_float`: CPU, float32
   and bfloat16; a row's bits do not depend on the other rows). `token_tile`: XLA's float product runs on fixed
   tiles of that many tokens (deterministic encoding without oneDNN, `invariant.py`). The int8 dot is exact and its
@@ -104,7 +105,11 @@ class Linear(nn.Module):
       kernel = self.param("kernel_int8", nn.initializers.zeros, (self.features, x.shape[-1]), jnp.int8)
       scale = self.param("kernel_scale", nn.initializers.ones, (self.features,), jnp.float32)
       dot = "xla" if self.int8 is True else self.int8  # the int8 dot's implementation (quantize.INT8_DOTS)
-      product = lambda x: int8_dense(x, kernel, scale, dot, used_tokens)  # [..., O] float32
+      # Calibrated input steps in the parameters (quantize_dense_params) make the layer's int8 static.
+      static = None
+      if self.has_variable("params", "input_step"):
+        static = self.param("input_step", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+      product = lambda x: int8_dense(x, kernel, scale, dot, used_tokens, static)  # [..., O] float32
     elif self.dense == "onednn":
       kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
       product = lambda x: dot_float(

@@ -64,15 +64,16 @@ def chunk_scores(kind: str, queries: jax.Array, corpus: jax.Array) -> jax.Array:
   return -(ones(q_bits)[:, None] + ones(c_bits)[None, :] - 2 * common).astype(jnp.float32)
 
 
-def grouped_top_k(scores: jax.Array, n_valid: jax.Array, k: int, group: int) -> tuple[jax.Array, jax.Array]:
-  """Exact top k of each row of `scores` [Q, B] among its first `n_valid` columns, ties to the lower column, as
-  jax.lax.top_k; B a multiple of `group`.
+def group_candidates(scores: jax.Array, n_valid: jax.Array, k: int, group: int) -> tuple[jax.Array, jax.Array]:
+  """The candidates of the exact top k of each row of `scores` [Q, B] among its first `n_valid` columns: values and
+  columns [Q, k * group] in column order (invalid ones -inf); B a multiple of `group`.
 
   XLA:CPU's top_k over a whole [Q, 8192] block cost about a third of the block's GEMM. The k best of a row lie in
   the k groups (of `group` columns) whose maxima rank first: a group ranked below k others has k larger elements
   ahead of each of its own. So only the group maxima [Q, B / group] and k * group candidates are ranked. Groups are
   taken in column order, so ties among candidates still go to the lower column. The validity mask touches the
-  small arrays only (masking all of [Q, B] cost a full pass over the scores)."""
+  small arrays only (masking all of [Q, B] cost a full pass over the scores). A NaN score may be lost by the
+  maxima (XLA:CPU's YNNPACK reduction does not propagate it): the caller checks the scores finite."""
   n_queries, width = scores.shape
   n_groups = width // group
   grouped = scores.reshape(n_queries, n_groups, group)
@@ -87,17 +88,26 @@ def grouped_top_k(scores: jax.Array, n_valid: jax.Array, k: int, group: int) -> 
   best_groups = jnp.sort(best_groups, axis=1)  # [Q, k], column order
   values = jnp.take_along_axis(grouped, best_groups[:, :, None], 1).reshape(n_queries, k * group)
   columns = (best_groups[:, :, None] * group + jnp.arange(group)).reshape(n_queries, k * group)
-  values, where = jax.lax.top_k(jnp.where(columns < n_valid, values, -jnp.inf), k)
+  return jnp.where(columns < n_valid, values, -jnp.inf), columns
+
+
+def grouped_top_k(scores: jax.Array, n_valid: jax.Array, k: int, group: int) -> tuple[jax.Array, jax.Array]:
+  """Exact top k of each row of `scores` [Q, B] among its first `n_valid` columns, ties to the lower column, as
+  jax.lax.top_k; B a multiple of `group` (`group_candidates`, then one top_k over them)."""
+  values, columns = group_candidates(scores, n_valid, k, group)
+  values, where = jax.lax.top_k(values, k)
   return values, jnp.take_along_axis(columns, where, 1)
 
 
-def _block_top_k(scores, valid, k_local: int, recall_target: float | None, block: int, group: int):
-  """Top k_local of one block's scores [Q, block] among its valid rows (a prefix of the block)."""
+def _block_candidates(scores, valid, k_local: int, recall_target: float | None, block: int, group: int):
+  """Candidates for the top k_local of one block's scores [Q, block] among its valid rows (a prefix of the block):
+  (values, block rows). The grouped path's candidates are k_local groups, the others' the top k_local itself."""
+  if recall_target is None and not block % group and k_local * group * 4 <= block:
+    return group_candidates(scores, jnp.sum(valid, dtype=jnp.int32), k_local, group)
+  masked = jnp.where(valid[None, :], scores, -jnp.inf)
   if recall_target is not None:
-    return jax.lax.approx_max_k(jnp.where(valid[None, :], scores, -jnp.inf), k_local, recall_target=recall_target)
-  if block % group or k_local * group * 4 > block:  # too few groups to gain: the plain top-k
-    return jax.lax.top_k(jnp.where(valid[None, :], scores, -jnp.inf), k_local)
-  return grouped_top_k(scores, jnp.sum(valid, dtype=jnp.int32), k_local, group)
+    return jax.lax.approx_max_k(masked, k_local, recall_target=recall_target)
+  return jax.lax.top_k(masked, k_local)  # too few groups to gain: the plain top-k
 
 
 def _shard_top_k(queries, corpus, corpus_valid, offset, *, k, kind, recall_target, block, group):
@@ -117,8 +127,9 @@ def _shard_top_k(queries, corpus, corpus_valid, offset, *, k, kind, recall_targe
     # The corpus' own finite check: a NaN or inf in a row makes every score with it non-finite (rows past the
     # corpus are zeros or earlier rows), so this replaces a separate pass over the corpus.
     finite = finite & jnp.all(jnp.isfinite(scores))
-    values, idx = _block_top_k(scores, valid, k_local, recall_target, block, group)
-    # The running best comes first: top_k prefers lower positions, so equal scores keep the lower corpus id.
+    values, idx = _block_candidates(scores, valid, k_local, recall_target, block, group)
+    # One top_k merges the candidates into the running best, which comes first: top_k prefers lower positions, so
+    # equal scores keep the lower corpus id (the candidates stand in column order).
     values, where = jax.lax.top_k(jnp.concatenate([best_values, values], 1), best_values.shape[1])
     ids = jnp.take_along_axis(jnp.concatenate([best_ids, idx + start], 1), where, 1)
     return (values, ids, finite), None

@@ -202,12 +202,17 @@ def test_a_read_only_map_is_scored_in_place_and_its_pages_released(tmp_path, mon
 
 @pytest.mark.parametrize("layout", ["aligned", "unaligned", "memmap"])
 @pytest.mark.parametrize("n_queries", [1, 40, 200])
-def test_non_finite_or_overflowing_corpus_rows_are_named_by_every_engine(layout, n_queries, tmp_path, monkeypatch):
-  """The JAX engine checks the corpus inside its scan: a NaN or inf past the first chunk, in the tail blocks, is
+@pytest.mark.parametrize("block, group, chunk_rows", [(64, 64, "512..1023"), (128, 4, "0..1023")])
+def test_non_finite_or_overflowing_corpus_rows_are_named_by_every_engine(
+  layout, n_queries, block, group, chunk_rows, tmp_path, monkeypatch
+):
+  """The JAX engine checks the corpus inside its scan, on the scores, whether the block's top-k is plain or grouped
+  (groups of 4 here; the group maxima may drop a NaN): a NaN or inf past the first chunk, in the tail blocks, is
   named by row, and finite rows whose dot products overflow float32 are refused, not ranked."""
   from distilbert_jax.search import engines
 
-  monkeypatch.setattr(engines, "CPU_SCORE_BLOCK", 64)  # chunks of 8 blocks: 512 rows, then a tail of blocks
+  monkeypatch.setattr(engines, "CPU_SCORE_BLOCK", block)  # chunks of 8 blocks, then a tail of blocks
+  monkeypatch.setattr(engines, "TOP_K_GROUP", group)
   rng = np.random.default_rng(4)
   queries = rng.normal(size=(n_queries, 16)).astype(np.float32)
   for row, value in [(1337, np.nan), (700, np.inf), (5, -np.inf)]:
@@ -220,7 +225,7 @@ def test_non_finite_or_overflowing_corpus_rows_are_named_by_every_engine(layout,
   rows = rng.normal(size=(1400, 16)).astype(np.float32)
   rows[900] = 1.5e37  # finite, its sum too (2.4e38), but not its dot products with these queries
   corpus = _layout(rows, layout, tmp_path)
-  with pytest.raises(ValueError, match=r"corpus_embeddings: the scores of rows 512\.\.1023 overflow float32"):
+  with pytest.raises(ValueError, match=rf"corpus_embeddings: the scores of rows {chunk_rows} overflow float32"):
     engines.top_k_search(np.abs(queries) + 2, corpus, "dot", 5, backend="jax")
   for backend in ("auto", "faiss", "numpy"):
     with pytest.raises(ValueError, match=r"corpus_embeddings: the scores of rows \d+\.\.\d+ overflow float32"):
@@ -284,8 +289,8 @@ def test_cpu_engine_with_grouped_block_top_k_is_exact(monkeypatch):
   monkeypatch.setattr(scoring, "CPU_SCORE_BLOCK", 256)
   monkeypatch.setattr(scoring, "TOP_K_GROUP", 8)
   traced = []
-  grouped = scoring.grouped_top_k
-  monkeypatch.setattr(scoring, "grouped_top_k", lambda *a: traced.append(a[2:]) or grouped(*a))
+  grouped = scoring.group_candidates
+  monkeypatch.setattr(scoring, "group_candidates", lambda *a: traced.append(a[2:]) or grouped(*a))
   rng = np.random.default_rng(3)
   corpus = rng.integers(-2, 3, size=(2100, 16)).astype(np.float32)
   queries = rng.integers(-2, 3, size=(30, 16)).astype(np.float32)

@@ -1,0 +1,124 @@
+"""Static int8: each dense layer's input range, calibrated on a few hundred texts (as NNCF calibrates OpenVINO's
+static int8) and saved with the model (`int8_calibration.json`), beside the per-token scales of plain "int8".
+
+  absmax = calibrate_int8(model_dir, texts)          # float32 encoding of the texts, real tokens only
+  save_int8_calibration(absmax, model_dir / CALIBRATION_FILE, n_texts=len(texts))
+  SentenceTransformer(model_dir, dtype="int8", int8_calibration="model")
+
+What is calibrated and saved is each dense layer's max |input| per input channel over the texts' real tokens
+(padding never counts); the fixed quantization steps follow from it and the kernel at load
+(`quantize.static_int8_layer`: SmoothQuant's migration, then one symmetric scale). Inputs beyond the calibrated
+range at encoding time are clipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distilbert_jax.core.files import write_json
+from distilbert_jax.model.transformer import Linear, Transformer
+
+CALIBRATION_FILE = "int8_calibration.json"  # in the model directory: what int8_calibration="model" reads
+CALIBRATION_FORMAT = 1
+
+
+def _absmax_interceptor(record: Callable[[str, Any], None]) -> Callable:
+  """A Flax interceptor that hands `record(layer path, max |input| per channel over real tokens)` every dense
+  layer's input.
+  The Transformer's call gives the segment ids (0 = padding) of the dense layers traced after it."""
+  seen: dict[str, Any] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, Transformer) and context.method_name == "__call__":
+      seen["segment_ids"] = args[1]
+    elif isinstance(module, Linear) and context.method_name == "__call__":
+      x, segment_ids, name = args[0], seen.get("segment_ids"), "/".join(module.path)
+      if segment_ids is None or x.shape[:-1] != segment_ids.shape:
+        shape = None if segment_ids is None else segment_ids.shape
+        raise ValueError(f"int8 calibration: {name}'s input {x.shape} is not per token of the rows {shape}")
+      real = (segment_ids > 0)[..., None]
+      absmax = jnp.max(jnp.where(real, jnp.abs(x.astype(jnp.float32)), 0.0), axis=tuple(range(x.ndim - 1)))
+      jax.debug.callback(functools.partial(record, name), absmax)
+    return next_fun(*args, **kwargs)
+
+  return interceptor
+
+
+def calibrate_int8(
+  model_name_or_path: Any, texts: Sequence[str], batch_size: int = 32, devices: Sequence[Any] | None = None
+) -> dict[str, np.ndarray]:
+  """{dense layer path: max |input| per input channel [I]} from encoding `texts` in float32 (the fast path,
+  per-layer parameters); a NaN or inf activation is refused by layer."""
+  from distilbert_jax.encode.sentence_transformer import SentenceTransformer
+
+  texts = list(texts)
+  if not texts:
+    raise ValueError("int8 calibration needs texts: got none")
+  model = SentenceTransformer(model_name_or_path, dtype="float32", deterministic=False, devices=devices)
+  absmax: dict[str, np.ndarray] = {}
+
+  def record(name: str, value: Any) -> None:
+    value = np.asarray(value, np.float32)
+    value = np.where(np.isnan(value), np.inf, value)  # a NaN is kept (as inf), never lost by the maximum
+    absmax[name] = np.maximum(absmax[name], value) if name in absmax else value
+
+  with model.intervene(_absmax_interceptor(record)):
+    model.encode(texts, batch_size=batch_size)
+  jax.effects_barrier()  # every callback has run
+  bad = sorted(name for name, value in absmax.items() if not np.isfinite(value).all())
+  if bad:
+    raise ValueError(f"int8 calibration: the inputs of {bad} hold NaN or inf on these texts")
+  return dict(sorted(absmax.items()))
+
+
+def save_int8_calibration(absmax: dict[str, Any], path: str | Path, n_texts: int | None) -> Path:
+  """The calibration as a JSON file (atomically), with how it was made (`n_texts` None: not known here, a saved
+  model's copy)."""
+  document = {
+    "format": CALIBRATION_FORMAT,
+    "method": "max |input| per input channel over real tokens, float32 encoding",
+    "calibration_texts": None if n_texts is None else int(n_texts),
+    "input_absmax": {name: check_absmax(name, value).tolist() for name, value in absmax.items()},
+  }
+  return write_json(path, document)
+
+
+def check_absmax(name: str, value: Any) -> np.ndarray:
+  """One layer's max |input| per channel: a non-empty vector of finite numbers >= 0, else named."""
+  try:
+    array = np.asarray(value, np.float32)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"int8 calibration of {name}: not a vector of numbers ({e})") from e
+  if array.ndim != 1 or not array.size or not np.isfinite(array).all() or (array < 0).any():
+    raise ValueError(f"int8 calibration of {name}: max |input| must be a non-empty vector of finite numbers >= 0")
+  return array
+
+
+def load_int8_calibration(path: str | Path) -> dict[str, np.ndarray]:
+  """A file `save_int8_calibration` wrote; a missing file, bad JSON, another format or a bad entry is named."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(
+      f"{path}: no int8 calibration (make it with distilbert_jax.encode.calibration.calibrate_int8 and "
+      "save_int8_calibration)"
+    )
+  try:
+    document = json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not a JSON document ({e})") from e
+  if not isinstance(document, dict) or document.get("format") != CALIBRATION_FORMAT:
+    found = document.get("format") if isinstance(document, dict) else type(document).__name__
+    raise ValueError(f"{path}: format {found!r}, expected {CALIBRATION_FORMAT}")
+  absmax = document.get("input_absmax")
+  if not isinstance(absmax, dict) or not absmax:
+    raise ValueError(f"{path}: key 'input_absmax' is not a non-empty object")
+  return {name: check_absmax(f"{path}: input_absmax[{name!r}]", value) for name, value in absmax.items()}
