@@ -36,9 +36,8 @@ Drift: this VM's speed drifts by +-10% between minutes, so every process runs `-
 interleaved: round 1 runs every runtime once, then round 2 every runtime (in an order rotated by one), and so on;
 each runtime's fastest round counts. Ours keep their compiled shapes in a persistent compilation cache of the
 invocation, so only round 1 compiles. Time on 2 cores: --quick about 4 minutes (1 round, mostly processes
-starting: importing sentence-transformers alone takes 5 s); the defaults an estimated 20-25 minutes (3 rounds of 20
-processes; per round about 3 minutes of passes, torch float32 the slowest at ~1,400 tokens/s, and 2-3 of
-start-up and warm-up; round 1's compiling 3-4 more), estimated from --quick's process times, not yet run here.
+starting: importing sentence-transformers alone takes 5 s); --rounds 2 took 20 minutes (1,197 s, 22 processes a
+round, commit a3b76a6), the default 3 rounds about 9 more.
 The targets are checked for the fast and the deterministic path alike; cosine: ours to torch float32, every text.
 
   python benchmarks/cpu_runtimes.py [--queries 300] [--short 256] [--long 64] [--rounds 3] [--runtimes a,b] [--quick]
