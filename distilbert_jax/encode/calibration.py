@@ -32,8 +32,7 @@ CALIBRATION_FORMAT = 1
 
 def _absmax_interceptor(record: Callable[[str, Any], None]) -> Callable:
   """A Flax interceptor that hands `record(layer path, max |input| per channel over real tokens)` every dense
-  layer's input.
-  The Transformer's call gives the segment ids (0 = padding) of the dense layers traced after it."""
+  layer's input. The Transformer's call gives the segment ids (0 = padding) of the dense layers traced after it."""
   seen: dict[str, Any] = {}
 
   def interceptor(next_fun, args, kwargs, context):
@@ -45,8 +44,10 @@ def _absmax_interceptor(record: Callable[[str, Any], None]) -> Callable:
       if segment_ids is None or x.shape[:-1] != segment_ids.shape:
         shape = None if segment_ids is None else segment_ids.shape
         raise ValueError(f"int8 calibration: {name}'s input {x.shape} is not per token of the rows {shape}")
-      real = (segment_ids > 0)[..., None]
-      absmax = jnp.max(jnp.where(real, jnp.abs(x.astype(jnp.float32)), 0.0), axis=tuple(range(x.ndim - 1)))
+      values = jnp.where((segment_ids > 0)[..., None], jnp.abs(x.astype(jnp.float32)), 0.0)  # real tokens only
+      # XLA:CPU's maximum may drop a NaN (its YNNPACK reduction): a channel holding one is sent as inf.
+      finite = jnp.all(jnp.isfinite(values), axis=tuple(range(x.ndim - 1)))
+      absmax = jnp.where(finite, jnp.max(values, axis=tuple(range(x.ndim - 1))), jnp.inf)
       jax.debug.callback(functools.partial(record, name), absmax)
     return next_fun(*args, **kwargs)
 
