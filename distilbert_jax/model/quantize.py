@@ -2,10 +2,11 @@
 (dynamic) or by fixed steps calibrated per layer (static: `static_int8_layer`, `encode.calibration`).
 
   y[t, o] = (sum_i xq[t, i] * wq[o, i]) * x_scale[t] * w_scale[o]      (int8 x int8, int32 accumulation)
+  static:   xq[t, i] = round(x[t, i] / step[i]),  y[t, o] = (sum_i xq[t, i] * wq[o, i]) * w_scale[o]
 
-Static scales skip each token's max |x| (a reduction before every dense layer): int8 deterministic encoding of 256
-short passages ran 6,023-6,042 tokens/s against 5,681-5,734 dynamic (AMD EPYC, by hand, two interleaved rounds);
-values beyond the calibrated range are clipped to +-127 steps.
+Static steps skip each token's max |x| (a reduction before every dense layer): deterministic int8 encoding ran
+1.09x / 1.11x / 1.11x the per-token path on queries / short passages / abstracts, the fast path 1.00x / 1.06x /
+1.06x (benchmarks/cpu_runtimes.py, commit a3b76a6, AMD EPYC); values beyond the calibrated range clip to +-127 steps.
 
 Both sides are symmetric (zero point 0, values in [-127, 127]): the integer dot is exact, and the only errors are
 the two roundings. The result is dequantized into float32 before bias, residual, norms, softmax and pooling.
