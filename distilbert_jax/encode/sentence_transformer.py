@@ -29,7 +29,7 @@ from distilbert_jax.core.checks import positive_int
 from distilbert_jax.core.compilation_cache import enable_compilation_cache
 from distilbert_jax.core.devices import device_names, devices_named, resolve_devices
 from distilbert_jax.encode import hub_upload
-from distilbert_jax.encode.calibration import (
+from distilbert_jax.encode.calibration_file import (
   CALIBRATION_FILE,
   check_absmax,
   load_int8_calibration,
