@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -227,13 +228,22 @@ def _load_jax_dir(model_dir: Path, root: Path) -> LoadedModel:
   )
 
 
-def save_jax_dir(model: LoadedModel, out_dir: str | Path, overwrite: bool = True) -> Path:
+def save_jax_dir(
+  model: LoadedModel, out_dir: str | Path, overwrite: bool = True, extra_json: dict[str, Any] | None = None
+) -> Path:
   """Our directory, built beside `out_dir` and swapped in whole (`core.outdir.replaced_dir`): no file of what
   was there before survives. Refused when `out_dir` is, holds or is inside the model's own directory, or (with
-  `overwrite` off, as the commands run) when it is not empty."""
+  `overwrite` off, as the commands run) when it is not empty. `extra_json`: {file name: document} written into
+  the directory before the swap (a static int8 calibration)."""
   with replaced_dir(out_dir, model.source_dirs, overwrite) as new:
     _write_jax_dir(model, new)
+    _write_extra_json(new, extra_json)
   return Path(out_dir)
+
+
+def _write_extra_json(out_dir: Path, documents: dict[str, Any] | None) -> None:
+  for name, document in (documents or {}).items():
+    write_json(out_dir / name, document)
 
 
 def _write_jax_dir(model: LoadedModel, out_dir: Path) -> None:
@@ -253,11 +263,14 @@ def _write_jax_dir(model: LoadedModel, out_dir: Path) -> None:
   write_json(out_dir / JAX_MARKER, meta)  # written last: marks it complete
 
 
-def export_sentence_transformers_dir(model: LoadedModel, out_dir: str | Path, overwrite: bool = True) -> Path:
+def export_sentence_transformers_dir(
+  model: LoadedModel, out_dir: str | Path, overwrite: bool = True, extra_json: dict[str, Any] | None = None
+) -> Path:
   """The sentence-transformers layout (model at the root, 1_Pooling, 2_Normalize) that PyTorch loads, replacing
-  `out_dir` whole as `save_jax_dir` does."""
+  `out_dir` whole as `save_jax_dir` does (`extra_json` too)."""
   with replaced_dir(out_dir, model.source_dirs, overwrite) as new:
     _write_sentence_transformers_dir(model, new)
+    _write_extra_json(new, extra_json)
   return Path(out_dir)
 
 

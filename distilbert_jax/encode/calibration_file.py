@@ -15,16 +15,19 @@ CALIBRATION_FILE = "int8_calibration.json"  # in the model directory: what int8_
 CALIBRATION_FORMAT = 1
 
 
-def save_int8_calibration(absmax: dict[str, Any], path: str | Path, n_texts: int | None) -> Path:
-  """The calibration as a JSON file (atomically), with how it was made (`n_texts` None: not known here, a saved
-  model's copy)."""
-  document = {
+def calibration_document(absmax: dict[str, Any], n_texts: int | None) -> dict[str, Any]:
+  """The calibration as the file holds it, with how it was made (`n_texts` None: not known, a saved model's copy)."""
+  return {
     "format": CALIBRATION_FORMAT,
     "method": "max |input| per input channel over real tokens, float32 encoding",
     "calibration_texts": None if n_texts is None else int(n_texts),
     "input_absmax": {name: check_absmax(name, value).tolist() for name, value in absmax.items()},
   }
-  return write_json(path, document)
+
+
+def save_int8_calibration(absmax: dict[str, Any], path: str | Path, n_texts: int | None) -> Path:
+  """`calibration_document` as a JSON file, written atomically."""
+  return write_json(path, calibration_document(absmax, n_texts))
 
 
 def check_absmax(name: str, value: Any) -> np.ndarray:

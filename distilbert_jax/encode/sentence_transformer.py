@@ -31,9 +31,9 @@ from distilbert_jax.core.devices import device_names, devices_named, resolve_dev
 from distilbert_jax.encode import hub_upload
 from distilbert_jax.encode.calibration_file import (
   CALIBRATION_FILE,
+  calibration_document,
   check_absmax,
   load_int8_calibration,
-  save_int8_calibration,
 )
 from distilbert_jax.encode.edge import ENCODE_DTYPES, choose
 from distilbert_jax.encode.runner import EncodeRunner
@@ -457,7 +457,7 @@ class SentenceTransformer:
     nothing, as theirs."""
     if path is None:
       return None
-    return self._with_int8_calibration(model_dir.export_sentence_transformers_dir(self._current(), path))
+    return model_dir.export_sentence_transformers_dir(self._current(), path, extra_json=self._extra_json())
 
   def save_pretrained(self, path: str | Path | None, *args: Any, **kwargs: Any) -> Path | None:
     """The same as `save`: the sentence-transformers layout (as theirs)."""
@@ -465,13 +465,14 @@ class SentenceTransformer:
 
   def save_jax(self, out_dir: str | Path) -> Path:
     """Our own directory: safetensors parameters, config, tokenizer, pooling and settings; loads without torch."""
-    return self._with_int8_calibration(model_dir.save_jax_dir(self._current(), out_dir))
+    return model_dir.save_jax_dir(self._current(), out_dir, extra_json=self._extra_json())
 
-  def _with_int8_calibration(self, out_dir: Path) -> Path:
-    """A saved model keeps its static int8 calibration beside it (int8_calibration="model" reads it back)."""
-    if self.int8_calibration is not None:
-      save_int8_calibration(self.int8_calibration, Path(out_dir) / CALIBRATION_FILE, n_texts=None)
-    return out_dir
+  def _extra_json(self) -> dict[str, Any] | None:
+    """A saved model keeps its static int8 calibration beside it, inside the one directory swap
+    (int8_calibration="model" reads it back)."""
+    if self.int8_calibration is None:
+      return None
+    return {CALIBRATION_FILE: calibration_document(self.int8_calibration, n_texts=None)}
 
   def push_to_hub(self, repo_id: str, *args: Any, **kwargs: Any) -> str:
     """Uploads the sentence-transformers layout to the hub, with their arguments (`encode.hub_upload`)."""
